@@ -1,0 +1,55 @@
+"""DES and 3DES ECB primitives (through `cryptography`), check values.
+
+Double-length keys (k1k2) are expanded to k1k2k1: `cryptography` deprecates 16-byte keys.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    try:  # cryptography >= 43 keeps TripleDES under decrepit
+        from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+    except ImportError:  # pragma: no cover - older cryptography
+        TripleDES = algorithms.TripleDES  # type: ignore[misc,unused-ignore]
+
+
+class KeyLengthError(ValueError):
+    pass
+
+
+def _expand(key: bytes) -> bytes:
+    if len(key) == 8:
+        return key * 3
+    if len(key) == 16:
+        return key + key[:8]
+    if len(key) == 24:
+        return key
+    raise KeyLengthError(f"DES key must be 8, 16 or 24 bytes, got {len(key)}")
+
+
+def _cipher(key: bytes) -> Cipher[modes.ECB]:
+    return Cipher(TripleDES(_expand(key)), modes.ECB())
+
+
+def encrypt(key: bytes, data: bytes) -> bytes:
+    """DES (8-byte key) or 3DES (16/24-byte key) ECB encryption of whole blocks."""
+    if len(data) % 8:
+        raise ValueError(f"data must be a multiple of 8 bytes, got {len(data)}")
+    enc = _cipher(key).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+def decrypt(key: bytes, data: bytes) -> bytes:
+    if len(data) % 8:
+        raise ValueError(f"data must be a multiple of 8 bytes, got {len(data)}")
+    dec = _cipher(key).decryptor()
+    return dec.update(data) + dec.finalize()
+
+
+def check_value(key: bytes) -> bytes:
+    """First 4 bytes of the key's encryption of 8 zero bytes."""
+    return encrypt(key, bytes(8))[:4]

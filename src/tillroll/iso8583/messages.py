@@ -1,0 +1,226 @@
+"""Typed ISO 8583 messages of the profile: pack/unpack, MAC, and builders for PROFILE §3.
+
+A `Message` is an MTI plus field values as strings: numeric fields are digit strings, text
+fields plain strings, binary fields (52, 55, 62) uppercase hex, tracks use '='.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import iso8583
+
+from tillroll.crypto.mac import mac_ecb
+from tillroll.iso8583.errors import DecodeError, EncodeError
+from tillroll.iso8583.spec import SPEC, SUPPORTED_FIELDS, TRACK_FIELDS
+
+MAC_FIELD = "64"
+MAC_LEN = 8
+CURRENCY_CNY = "156"
+MAX_PIN_LEN = "12"
+SECURITY_CONTROL = "2600000000000000"  # PIN with PAN, double-length keys, no track encryption
+CONDITION_NORMAL = "00"
+ACQUIRER_ID = "00010000"
+
+
+class Mti(enum.StrEnum):
+    SIGN_IN = "0800"
+    SIGN_IN_RESPONSE = "0810"
+    NETWORK = "0820"  # sign-out and echo
+    NETWORK_RESPONSE = "0830"
+    FINANCIAL = "0200"
+    FINANCIAL_RESPONSE = "0210"
+    ADVICE = "0220"  # refund
+    ADVICE_RESPONSE = "0230"
+    REVERSAL = "0400"
+    REVERSAL_RESPONSE = "0410"
+    SETTLEMENT = "0500"
+    SETTLEMENT_RESPONSE = "0510"
+    BATCH_UPLOAD = "0320"
+    BATCH_UPLOAD_RESPONSE = "0330"
+
+    @property
+    def response(self) -> Mti:
+        return Mti(self.value[:2] + str(int(self.value[2]) + 1) + self.value[3])
+
+
+class Kind(enum.StrEnum):
+    """What a request is, read from MTI, field 3 and 60.1/60.3 (PROFILE §3)."""
+
+    SIGN_IN = "sign_in"
+    SIGN_OUT = "sign_out"
+    ECHO = "echo"
+    BALANCE = "balance"
+    SALE = "sale"
+    VOID = "void"
+    REFUND = "refund"
+    REVERSAL = "reversal"
+    SETTLEMENT = "settlement"
+    BATCH_UPLOAD = "batch_upload"
+    BATCH_UPLOAD_END = "batch_upload_end"
+    UNKNOWN = "unknown"
+
+
+PROCESSING_CODE = {Kind.SALE: "000000", Kind.BALANCE: "310000", Kind.VOID: "200000", Kind.REFUND: "200000"}
+TYPE_CODE = {Kind.SALE: "22", Kind.VOID: "23", Kind.REFUND: "25", Kind.BALANCE: "01"}
+# Requests whose outcome, if unknown, must be reversed.
+NEEDS_REVERSAL = frozenset({Kind.SALE, Kind.VOID})
+
+
+@dataclass(frozen=True)
+class Field60:
+    type_code: str  # 60.1 n2
+    batch: str  # 60.2 n6
+    network_code: str = "000"  # 60.3 n3
+
+    def encode(self) -> str:
+        return f"{self.type_code}{self.batch}{self.network_code}"
+
+    @classmethod
+    def parse(cls, value: str) -> Field60:
+        if len(value) < 8 or not value.isdigit():
+            raise DecodeError(f"field 60 {value!r} is not 60.1 n2 + 60.2 n6 [+ 60.3 n3]", field="60")
+        return cls(value[:2], value[2:8], value[8:11] or "000")
+
+
+@dataclass(frozen=True)
+class Field61:
+    batch: str
+    stan: str
+    date_mmdd: str
+
+    def encode(self) -> str:
+        return f"{self.batch}{self.stan}{self.date_mmdd}"
+
+    @classmethod
+    def parse(cls, value: str) -> Field61:
+        if len(value) < 16 or not value.isdigit():
+            raise DecodeError(f"field 61 {value!r} is not batch n6 + STAN n6 + date n4", field="61")
+        return cls(value[:6], value[6:12], value[12:16])
+
+
+@dataclass(frozen=True)
+class Message:
+    mti: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> str:
+        return self.fields[key]
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self.fields.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.fields
+
+    def with_fields(self, **changes: str | None) -> Message:
+        """Copy with fields set (`f39="00"`) or removed (`f52=None`)."""
+        new = dict(self.fields)
+        for k, v in changes.items():
+            num = k.lstrip("f")
+            if v is None:
+                new.pop(num, None)
+            else:
+                new[num] = v
+        return replace(self, fields=new)
+
+    def without(self, *keys: str) -> Message:
+        return replace(self, fields={k: v for k, v in self.fields.items() if k not in keys})
+
+    @property
+    def field60(self) -> Field60:
+        return Field60.parse(self.fields.get("60", ""))
+
+    @property
+    def kind(self) -> Kind:
+        return classify(self)
+
+    @property
+    def response_code(self) -> str | None:
+        return self.fields.get("39")
+
+    def content_key(self) -> tuple[tuple[str, str], ...]:
+        """Every field but 64: what "same content" means for a retried request."""
+        return tuple(sorted((k, v) for k, v in self.fields.items() if k != MAC_FIELD))
+
+
+def classify(msg: Message) -> Kind:
+    f60 = msg.fields.get("60", "")
+    nmc = f60[8:11]
+    mti = msg.mti
+    if mti in ("0800", "0810"):
+        return Kind.SIGN_IN
+    if mti in ("0820", "0830"):
+        return {"002": Kind.SIGN_OUT, "301": Kind.ECHO}.get(nmc, Kind.UNKNOWN)
+    if mti in ("0200", "0210"):
+        pc = msg.fields.get("3", "")
+        return {"000000": Kind.SALE, "310000": Kind.BALANCE, "200000": Kind.VOID}.get(pc, Kind.UNKNOWN)
+    if mti in ("0220", "0230"):
+        return Kind.REFUND
+    if mti in ("0400", "0410"):
+        return Kind.REVERSAL
+    if mti in ("0500", "0510"):
+        return Kind.SETTLEMENT
+    if mti in ("0320", "0330"):
+        return Kind.BATCH_UPLOAD if nmc == "201" else Kind.BATCH_UPLOAD_END
+    return Kind.UNKNOWN
+
+
+def _to_wire(msg: Message) -> dict[str, Any]:
+    doc: dict[str, Any] = {"t": msg.mti}
+    for key, value in msg.fields.items():
+        if key not in SUPPORTED_FIELDS:
+            raise EncodeError("field not in the profile", field=key)
+        doc[key] = value.replace("=", "D") if key in TRACK_FIELDS else value
+    return doc
+
+
+def pack(msg: Message) -> bytes:
+    try:
+        raw, _ = iso8583.encode(_to_wire(msg), SPEC)
+    except iso8583.EncodeError as exc:
+        raise EncodeError(exc.msg, field=exc.field) from None
+    return bytes(raw)
+
+
+def unpack(raw: bytes) -> Message:
+    try:
+        doc, _ = iso8583.decode(bytearray(raw), SPEC)
+    except iso8583.DecodeError as exc:
+        raise DecodeError(exc.msg, field=exc.field, offset=exc.pos) from None
+    mti = doc.pop("t")
+    doc.pop("p", None)
+    doc.pop("h", None)
+    for key in TRACK_FIELDS & doc.keys():
+        doc[key] = doc[key].replace("D", "=")
+    return Message(mti=mti, fields=doc)
+
+
+def sign(msg: Message, mak: bytes) -> bytes:
+    """Pack with field 64 = UnionPay MAC over MTI..field 63 (bit 64 set)."""
+    placeholder = pack(msg.with_fields(f64="0" * MAC_LEN))
+    return placeholder[:-MAC_LEN] + mac_ecb(mak, placeholder[:-MAC_LEN])
+
+
+def has_mac(raw: bytes) -> bool:
+    return len(raw) >= 10 and bool(raw[9] & 0x01)
+
+
+def mac_matches(raw: bytes, mak: bytes) -> bool:
+    """True when the packed message carries field 64 and it verifies under the MAK."""
+    return has_mac(raw) and mac_ecb(mak, raw[:-MAC_LEN]) == raw[-MAC_LEN:]
+
+
+def read_mti_and_tid(raw: bytes) -> tuple[str | None, str | None]:
+    """Best effort for a message that does not parse: enough to answer 30."""
+    mti = raw[:2].hex() if len(raw) >= 2 else None
+    if mti is None or not mti.isdigit():
+        return None, None
+    try:
+        doc, _ = iso8583.decode(bytearray(raw), SPEC)
+        return mti, doc.get("41")
+    except iso8583.DecodeError as exc:
+        return mti, exc.doc_dec.get("41")
