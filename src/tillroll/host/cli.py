@@ -1,0 +1,131 @@
+"""`tillroll host …`: register merchants, terminals and cards; serve the card rail."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+from tillroll.host.admin import AdminError, add_card, add_merchant, add_terminal, card_balance, card_messages
+from tillroll.host.config import ConfigError, HostConfig
+from tillroll.money import AmountError, format_yuan, parse_yuan
+from tillroll.pan import mask_pan
+from tillroll.store import DatabaseUrlError
+
+app = typer.Typer(no_args_is_help=True, help="The acquirer host and its simulated issuer.")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL (default: $TILLROLL_DB, else ./tillroll-data/host.db)"),
+]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(2)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise typer.BadParameter(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8583")
+    return host, int(port)
+
+
+@app.command("add-merchant")
+def add_merchant_cmd(
+    mid: Annotated[str, typer.Argument(help="Merchant id, 15 characters")],
+    name: Annotated[str, typer.Option("--name", help="Registered merchant name")],
+    db: DbOption = None,
+) -> None:
+    """Register a merchant."""
+    try:
+        add_merchant(db, mid, name)
+    except (AdminError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"mid": mid, "name": name}, ensure_ascii=False))
+
+
+@app.command("add-terminal")
+def add_terminal_cmd(
+    tid: Annotated[str, typer.Argument(help="Terminal id, 8 characters")],
+    merchant: Annotated[str, typer.Option("--merchant", help="Merchant id the terminal belongs to")],
+    tmk: Annotated[str | None, typer.Option("--tmk", help="Terminal master key, 32 hex digits")] = None,
+    db: DbOption = None,
+) -> None:
+    """Register a terminal; prints JSON {"tid","mid","tmk"} (TMK random when not given)."""
+    key: bytes | None = None
+    if tmk is not None:
+        try:
+            key = bytes.fromhex(tmk)
+        except ValueError:
+            raise _fail("--tmk must be 32 hex digits") from None
+        if len(key) != 16:
+            raise _fail("--tmk must be 32 hex digits (a double-length key)")
+    try:
+        key = add_terminal(db, tid, merchant, key)
+    except (AdminError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"tid": tid, "mid": merchant, "tmk": key.hex().upper()}))
+
+
+@app.command("add-card")
+def add_card_cmd(
+    pan: Annotated[str, typer.Argument(help="Card number")],
+    expiry: Annotated[str, typer.Option("--expiry", help="YYMM")],
+    pin: Annotated[str, typer.Option("--pin", help="4-12 digits; stored only as a salted hash")],
+    balance: Annotated[str, typer.Option("--balance", help="Opening balance in yuan, e.g. 1000.00")],
+    limit: Annotated[str | None, typer.Option("--limit", help="Per-transaction limit in yuan")] = None,
+    db: DbOption = None,
+) -> None:
+    """Issue a card at the simulated bank."""
+    try:
+        balance_minor = parse_yuan(balance)
+        limit_minor = parse_yuan(limit) if limit is not None else None
+        add_card(db, pan, expiry, pin, balance_minor, limit_minor=limit_minor)
+    except (AdminError, AmountError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"card": mask_pan(pan), "balance": format_yuan(balance_minor)}))
+
+
+@app.command("messages")
+def messages_cmd(
+    pan: Annotated[str, typer.Argument(help="Card number")],
+    db: DbOption = None,
+) -> None:
+    """Show the cardholder's message stream (what the customer's phone received)."""
+    try:
+        for text in card_messages(db, pan):
+            typer.echo(text)
+        typer.echo(f"balance {format_yuan(card_balance(db, pan))}")
+    except (ValueError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("serve")
+def serve_cmd(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT")] = "127.0.0.1:8583",
+    db: DbOption = None,
+    key_lifetime_s: Annotated[
+        int, typer.Option("--key-lifetime-s", help="Working-key session lifetime")
+    ] = 86_400,
+) -> None:
+    """Serve the card rail over TCP until interrupted."""
+    from tillroll.host.server import serve
+    from tillroll.host.store import open_store
+
+    host, port = parse_listen(listen)
+    try:
+        config = HostConfig(key_lifetime_s=key_lifetime_s)
+        store = open_store(db)
+    except (ConfigError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    typer.echo(f"tillroll host listening on {host}:{port} ({store.url.split('://')[0]})")
+    try:
+        asyncio.run(serve(store, config, host, port))
+    except KeyboardInterrupt:
+        typer.echo("stopped")

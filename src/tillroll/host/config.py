@@ -1,0 +1,30 @@
+"""Typed, validated host settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    key_lifetime_s: int = 86_400
+    connections_max: int = 512
+    idle_timeout_s: float = 300.0
+    frame_max_len: int = 2048
+    db_workers: int = 4
+    acquirer_id: str = "00010000"
+    issuer_name: str = "TILLROLL BANK"
+
+    def __post_init__(self) -> None:
+        if self.key_lifetime_s <= 0:
+            raise ConfigError("key lifetime must be a positive number of seconds")
+        if self.connections_max <= 0 or self.db_workers <= 0:
+            raise ConfigError("connection and worker limits must be positive")
+        if not 13 <= self.frame_max_len <= 2048:
+            raise ConfigError("frame limit must be within 13..2048 bytes (PROFILE §1)")
+        if self.idle_timeout_s <= 0:
+            raise ConfigError("idle timeout must be positive")

@@ -1,0 +1,181 @@
+"""The acquirer host's asyncio TCP server.
+
+Each connection carries request/response pairs one at a time, in order. A bad frame closes only
+its own connection; connections, frame size and idle time are bounded. The pipeline's database
+work runs in a small thread pool so that one slow request never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from tillroll.clock import Clock, SystemClock
+from tillroll.host.config import HostConfig
+from tillroll.host.pipeline import HostPipeline
+from tillroll.host.store import HostStore, open_store
+from tillroll.iso8583 import framing
+from tillroll.iso8583.errors import FramingError
+
+log = logging.getLogger("tillroll.host")
+
+
+class HostService:
+    """The server proper: runs inside an event loop."""
+
+    def __init__(self, store: HostStore, config: HostConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.pipeline = HostPipeline(store.engine, store.keystore, clock or SystemClock(), config)
+        workers = 1 if store.url.startswith("sqlite") else config.db_workers
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="host-db")
+        self._connections = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._serve, host, port, limit=4096, backlog=1024)
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        if self._connections >= self.config.connections_max:
+            writer.close()
+            return
+        self._connections += 1
+        peer = writer.get_extra_info("peername")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    payload = await asyncio.wait_for(
+                        framing.read_payload(reader, self.config.frame_max_len),
+                        timeout=self.config.idle_timeout_s,
+                    )
+                except FramingError as exc:
+                    log.warning("closing %s: %s", peer, exc)
+                    return
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return
+                reply = await loop.run_in_executor(self._executor, self.pipeline.handle, payload)
+                if reply.frame is not None:
+                    writer.write(reply.frame)
+                    await writer.drain()
+                if reply.close:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            return
+        except Exception:  # a bug must not take the other connections down
+            log.exception("connection %s failed", peer)
+        finally:
+            self._connections -= 1
+            if task is not None:
+                self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), timeout=1)
+
+
+class HostServer:
+    """The host in a background thread: for tests, the demo and benchmarks."""
+
+    def __init__(
+        self,
+        db_url: str | HostStore | None = None,
+        listen: tuple[str, int] = ("127.0.0.1", 0),
+        key_lifetime_s: int = 86_400,
+        *,
+        clock: Clock | None = None,
+        config: HostConfig | None = None,
+    ) -> None:
+        self.store = db_url if isinstance(db_url, HostStore) else open_store(db_url)
+        self.config = config or HostConfig(key_lifetime_s=key_lifetime_s)
+        self.clock = clock
+        self._listen = listen
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._service: HostService | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self.address: tuple[str, int] = listen
+
+    def start(self) -> HostServer:
+        self._thread = threading.Thread(target=self._run, name="tillroll-host", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout=10):
+            raise RuntimeError("host did not start within 10 s")
+        if self._error is not None:
+            raise RuntimeError(f"host failed to start: {self._error}") from self._error
+        return self
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._service = HostService(self.store, self.config, self.clock)
+        try:
+            self.address = loop.run_until_complete(self._service.start(*self._listen))
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_until_complete(self._service.serve_forever())
+        except asyncio.CancelledError:
+            pass
+        finally:
+            loop.run_until_complete(self._service.close())
+            loop.close()
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if not loop.is_closed():
+
+            def _cancel() -> None:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_cancel)
+        thread.join(timeout=10)
+        self._thread = None
+
+    def __enter__(self) -> HostServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def serve(store: HostStore, config: HostConfig, host: str, port: int) -> None:
+    """Run the host in the foreground until cancelled (`tillroll host serve`)."""
+    service = HostService(store, config)
+    address = await service.start(host, port)
+    log.info("tillroll host listening on %s:%d", *address)
+    try:
+        await service.serve_forever()
+    finally:
+        await service.close()

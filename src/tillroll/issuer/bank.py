@@ -1,0 +1,335 @@
+"""The simulated issuing bank: cards, PINs (salted hashes), balances, limits, statuses,
+and the cardholder's own message stream.
+
+Every function works inside the caller's database transaction (the host's one transaction per
+request), so a debit, its message and the host's booking commit or roll back together.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from tillroll.iso8583.codes import ResponseCode
+from tillroll.money import format_yuan
+from tillroll.store import inserted_id
+from tillroll.store.tables import issuer_authorizations, issuer_cards, issuer_messages
+
+PIN_HASH_ITERATIONS = 2_000
+PIN_TRIES_MAX = 3
+BANK_NAME = "模拟银行"
+
+
+class CardStatus(enum.StrEnum):
+    ACTIVE = "active"
+    LOCKED = "locked"  # PIN tries exceeded
+    LOST = "lost"
+
+
+class Reason(enum.StrEnum):
+    SALE = "sale"
+    VOID = "void"
+    REVERSAL = "reversal"
+    REFUND = "refund"
+    AUTO_REFUND = "auto_refund"
+
+
+_REASON_ZH = {
+    Reason.SALE: "消费",
+    Reason.VOID: "消费撤销退回",
+    Reason.REVERSAL: "冲正退回",
+    Reason.REFUND: "退货退回",
+    Reason.AUTO_REFUND: "自动退款退回",
+}
+
+
+class CardError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    code: ResponseCode
+    authorization_id: int | None = None
+    balance_minor: int | None = None
+
+    @property
+    def approved(self) -> bool:
+        return self.code is ResponseCode.APPROVED
+
+
+def _hash_pin(pin: str, salt: bytes) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, PIN_HASH_ITERATIONS)
+
+
+def add_card(
+    conn: Connection,
+    *,
+    pan: str,
+    expiry_yymm: str,
+    pin: str,
+    balance_minor: int,
+    now: datetime,
+    limit_minor: int | None = None,
+) -> int:
+    # No Luhn check: test cards of the profile's examples (e.g. 6222021234567890123) fail it.
+    if not (pan.isdigit() and 13 <= len(pan) <= 19):
+        raise CardError("card number must be 13 to 19 digits")
+    if not (len(expiry_yymm) == 4 and expiry_yymm.isdigit() and 1 <= int(expiry_yymm[2:]) <= 12):
+        raise CardError(f"expiry {expiry_yymm!r} is not YYMM")
+    if not (pin.isdigit() and 4 <= len(pin) <= 12):
+        raise CardError("PIN must be 4 to 12 digits")
+    if balance_minor < 0:
+        raise CardError("opening balance cannot be negative")
+    salt = os.urandom(16)
+    result = conn.execute(
+        insert(issuer_cards).values(
+            pan=pan,
+            expiry=expiry_yymm,
+            pin_salt=salt,
+            pin_hash=_hash_pin(pin, salt),
+            balance_minor=balance_minor,
+            limit_minor=limit_minor,
+            status=CardStatus.ACTIVE,
+            created_at=now,
+        )
+    )
+    return inserted_id(result)
+
+
+def _card(conn: Connection, pan: str, *, for_update: bool = True) -> dict[str, object] | None:
+    stmt = select(issuer_cards).where(issuer_cards.c.pan == pan)
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
+    return dict(row) if row else None
+
+
+def _check_card(
+    conn: Connection, card: dict[str, object] | None, expiry_yymm: str | None, pin: str | None, now: datetime
+) -> ResponseCode | None:
+    """Card-level checks a bank makes before looking at money; None when they pass."""
+    if card is None:
+        return ResponseCode.INVALID_CARD
+    if card["status"] == CardStatus.LOCKED:
+        return ResponseCode.PIN_TRIES_EXCEEDED
+    if card["status"] != CardStatus.ACTIVE:
+        return ResponseCode.DO_NOT_HONOUR
+    card_expiry = str(card["expiry"])
+    if card_expiry < now.strftime("%y%m") or (expiry_yymm is not None and expiry_yymm != card_expiry):
+        return ResponseCode.EXPIRED_CARD
+    if pin is not None:
+        salt, stored = card["pin_salt"], card["pin_hash"]
+        assert isinstance(salt, bytes) and isinstance(stored, bytes)
+        if not hmac.compare_digest(_hash_pin(pin, salt), stored):
+            tries = int(str(card["pin_tries"])) + 1
+            locked = tries >= PIN_TRIES_MAX
+            conn.execute(
+                update(issuer_cards)
+                .where(issuer_cards.c.id == card["id"])
+                .values(pin_tries=tries, status=CardStatus.LOCKED if locked else CardStatus.ACTIVE)
+            )
+            return ResponseCode.PIN_TRIES_EXCEEDED if locked else ResponseCode.INCORRECT_PIN
+        if card["pin_tries"]:
+            conn.execute(update(issuer_cards).where(issuer_cards.c.id == card["id"]).values(pin_tries=0))
+    return None
+
+
+def _message(
+    conn: Connection,
+    *,
+    card: dict[str, object],
+    authorization_id: int,
+    what: str,
+    amount_minor: int,
+    balance_minor: int,
+    merchant_name: str,
+    now: datetime,
+) -> None:
+    pan = str(card["pan"])
+    text = (
+        f"您尾号{pan[-4:]}的卡于{now:%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
+        f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
+    )
+    conn.execute(
+        insert(issuer_messages).values(
+            card_id=card["id"], authorization_id=authorization_id, text=text, created_at=now
+        )
+    )
+
+
+def _post(
+    conn: Connection,
+    *,
+    card: dict[str, object],
+    direction: str,
+    amount_minor: int,
+    reason: Reason,
+    reference: str,
+    merchant_name: str,
+    now: datetime,
+) -> Outcome:
+    delta = -amount_minor if direction == "debit" else amount_minor
+    balance = int(str(card["balance_minor"])) + delta
+    conn.execute(update(issuer_cards).where(issuer_cards.c.id == card["id"]).values(balance_minor=balance))
+    auth_id = inserted_id(
+        conn.execute(
+            insert(issuer_authorizations).values(
+                card_id=card["id"],
+                direction=direction,
+                amount_minor=amount_minor,
+                reason=reason,
+                reference=reference,
+                merchant_name=merchant_name,
+                created_at=now,
+            )
+        )
+    )
+    _message(
+        conn,
+        card=card,
+        authorization_id=auth_id,
+        what=_REASON_ZH[reason],
+        amount_minor=amount_minor,
+        balance_minor=balance,
+        merchant_name=merchant_name,
+        now=now,
+    )
+    return Outcome(ResponseCode.APPROVED, auth_id, balance)
+
+
+def debit(
+    conn: Connection,
+    *,
+    pan: str,
+    expiry_yymm: str | None,
+    pin: str | None,
+    amount_minor: int,
+    reference: str,
+    merchant_name: str,
+    now: datetime,
+) -> Outcome:
+    """Authorise and book a purchase, as a bank would."""
+    card = _card(conn, pan)
+    refusal = _check_card(conn, card, expiry_yymm, pin, now)
+    if refusal is not None or card is None:
+        return Outcome(refusal or ResponseCode.INVALID_CARD)
+    if amount_minor <= 0:
+        return Outcome(ResponseCode.INVALID_AMOUNT)
+    limit = card["limit_minor"]
+    if limit is not None and amount_minor > int(str(limit)):
+        return Outcome(ResponseCode.AMOUNT_LIMIT)
+    if int(str(card["balance_minor"])) < amount_minor:
+        return Outcome(ResponseCode.INSUFFICIENT_FUNDS)
+    return _post(
+        conn,
+        card=card,
+        direction="debit",
+        amount_minor=amount_minor,
+        reason=Reason.SALE,
+        reference=reference,
+        merchant_name=merchant_name,
+        now=now,
+    )
+
+
+def _card_of(conn: Connection, authorization_id: int) -> dict[str, object] | None:
+    card_id = conn.execute(
+        select(issuer_authorizations.c.card_id).where(issuer_authorizations.c.id == authorization_id)
+    ).scalar()
+    if card_id is None:
+        return None
+    row = (
+        conn.execute(select(issuer_cards).where(issuer_cards.c.id == card_id).with_for_update())
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def credit(
+    conn: Connection,
+    *,
+    authorization_id: int,
+    amount_minor: int,
+    reason: Reason,
+    reference: str,
+    merchant_name: str,
+    now: datetime,
+) -> Outcome:
+    """Give money back on the card of an earlier authorization (void, reversal, refund):
+    no card checks, a bank always accepts a credit."""
+    card = _card_of(conn, authorization_id)
+    if card is None:
+        return Outcome(ResponseCode.ORIGINAL_NOT_FOUND)
+    return _post(
+        conn,
+        card=card,
+        direction="credit",
+        amount_minor=amount_minor,
+        reason=reason,
+        reference=reference,
+        merchant_name=merchant_name,
+        now=now,
+    )
+
+
+def rebook_debit(
+    conn: Connection,
+    *,
+    authorization_id: int,
+    amount_minor: int,
+    reference: str,
+    merchant_name: str,
+    now: datetime,
+) -> Outcome:
+    """Take back a credit that was itself undone (a reversed void): no checks, as a bank does."""
+    card = _card_of(conn, authorization_id)
+    if card is None:
+        return Outcome(ResponseCode.ORIGINAL_NOT_FOUND)
+    return _post(
+        conn,
+        card=card,
+        direction="debit",
+        amount_minor=amount_minor,
+        reason=Reason.SALE,
+        reference=reference,
+        merchant_name=merchant_name,
+        now=now,
+    )
+
+
+def balance(
+    conn: Connection, *, pan: str, expiry_yymm: str | None, pin: str | None, now: datetime
+) -> Outcome:
+    card = _card(conn, pan)
+    refusal = _check_card(conn, card, expiry_yymm, pin, now)
+    if refusal is not None or card is None:
+        return Outcome(refusal or ResponseCode.INVALID_CARD)
+    return Outcome(ResponseCode.APPROVED, None, int(str(card["balance_minor"])))
+
+
+def card_balance(conn: Connection, pan: str) -> int:
+    card = _card(conn, pan, for_update=False)
+    if card is None:
+        raise CardError(f"no card ending {pan[-4:]}")
+    return int(str(card["balance_minor"]))
+
+
+def messages(conn: Connection, pan: str) -> list[str]:
+    """The cardholder's message stream, oldest first."""
+    card = _card(conn, pan, for_update=False)
+    if card is None:
+        raise CardError(f"no card ending {pan[-4:]}")
+    rows = conn.execute(
+        select(issuer_messages.c.text)
+        .where(issuer_messages.c.card_id == card["id"])
+        .order_by(issuer_messages.c.id)
+    )
+    return [r[0] for r in rows]

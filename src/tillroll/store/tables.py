@@ -1,0 +1,166 @@
+"""SQLAlchemy Core tables of the host side (acquirer host and simulated issuer).
+
+Uniqueness constraints, not process memory, enforce idempotency: several host processes may
+share one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# A BIGINT that is still SQLite's rowid alias (SQLite only autoincrements INTEGER PRIMARY KEY).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+merchants = Table(
+    "merchants",
+    metadata,
+    Column("mid", String(15), primary_key=True),
+    Column("name", String(80), nullable=False),
+    Column("fee_rate_ppm", Integer, nullable=False, server_default="6000"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("tid", String(8), primary_key=True),
+    Column("mid", String(15), ForeignKey("merchants.mid"), nullable=False),
+    Column("tmk_enc", LargeBinary, nullable=False),  # under the local master key
+    Column("batch", String(6), nullable=False, server_default="000001"),  # batch the host expects
+    Column("status", String(12), nullable=False, server_default="active"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# One row per sign-in; the terminal's current session is its newest row.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), ForeignKey("terminals.tid"), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("pik_enc", LargeBinary, nullable=False),
+    Column("mak_enc", LargeBinary, nullable=False),
+    Column("tdk_enc", LargeBinary, nullable=True),
+    Column("state", String(12), nullable=False),  # active | signed_out | settled
+    Column("signed_in_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+    Index("ix_sessions_tid_id", "tid", "id"),
+)
+
+# Idempotency: one row per request key; the stored response is replayed for a retry.
+# Sign-ins get a row with a NULL key (never replayed) so that every answer has an RRN.
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=True),
+    Column("batch", String(6), nullable=True),
+    Column("stan", String(6), nullable=True),
+    Column("mti", String(4), nullable=True),
+    Column("content_hash", String(64), nullable=False),
+    Column("response", Text, nullable=True),  # JSON of the response fields (without 64)
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "batch", "stan", "mti", name="uq_requests_key"),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("rrn", String(12), nullable=False, unique=True),
+    Column("tid", String(8), nullable=False),
+    Column("mid", String(15), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("kind", String(16), nullable=False),  # sale | void | balance | refund | auto_refund
+    Column("status", String(12), nullable=False),  # approved | declined | reversed | voided
+    Column("response_code", String(2), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("pan_masked", String(19), nullable=False),
+    Column("auth_code", String(6), nullable=True),
+    Column("issuer_ref", BigInteger, nullable=True),  # the issuer's authorization id
+    Column("original_id", BigInteger, nullable=True),  # for voids and refunds
+    Column("local_date", String(4), nullable=False),  # field 13 as answered (MMDD)
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_transactions_tid_batch_stan", "tid", "batch", "stan"),
+)
+
+# A reversal that overtook its original: the original, if it arrives, is declined 94.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("mti", String(4), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "batch", "stan", "mti", name="uq_tombstones_key"),
+)
+
+# --- the simulated issuer ---------------------------------------------------------------
+
+issuer_cards = Table(
+    "issuer_cards",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("pan", String(19), nullable=False, unique=True),
+    Column("expiry", String(4), nullable=False),  # YYMM
+    Column("pin_salt", LargeBinary, nullable=False),
+    Column("pin_hash", LargeBinary, nullable=False),
+    Column("pin_tries", Integer, nullable=False, server_default="0"),
+    Column("status", String(12), nullable=False, server_default="active"),
+    Column("balance_minor", BigInteger, nullable=False),
+    Column("limit_minor", BigInteger, nullable=True),  # per-transaction limit
+    Column("currency", String(3), nullable=False, server_default="156"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+issuer_authorizations = Table(
+    "issuer_authorizations",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("card_id", BigInteger, ForeignKey("issuer_cards.id"), nullable=False),
+    Column("direction", String(6), nullable=False),  # debit | credit
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("reason", String(16), nullable=False),  # sale | void | reversal | refund ...
+    Column("reference", String(40), nullable=False),
+    Column("merchant_name", String(80), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# The cardholder's own message stream (the "you paid" SMS).
+issuer_messages = Table(
+    "issuer_messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("card_id", BigInteger, ForeignKey("issuer_cards.id"), nullable=False),
+    Column("authorization_id", BigInteger, nullable=False),
+    Column("text", String(200), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Index("ix_issuer_messages_card_id", "card_id", "id"),
+)

@@ -1,0 +1,143 @@
+"""A minimal wire-level client for host tests: builds, signs and frames raw requests.
+
+Deliberately independent of the terminal engine, so that host tests pin the wire contract.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from tillroll.crypto import encrypt_pin_block, unwrap_working_keys
+from tillroll.crypto.keys import WorkingKeys
+from tillroll.iso8583 import framing
+from tillroll.iso8583.messages import Message, mac_matches, pack, sign, unpack
+
+MID = "123456789012345"
+TID = "12345678"
+TMK = bytes.fromhex("70F2A84CCBC2AE8625CBB0F2C22AB923")
+PAN = "6222021234567890123"
+EXPIRY = "3012"
+PIN = "123456"
+
+
+@dataclass
+class Answer:
+    message: Message
+    raw: bytes
+    header: bytes
+    mac_ok: bool
+
+    @property
+    def code(self) -> str:
+        return self.message["39"]
+
+
+@dataclass
+class WireClient:
+    address: tuple[str, int]
+    tid: str = TID
+    mid: str = MID
+    tmk: bytes = TMK
+    stan: int = 0
+    batch: str = "000001"
+    keys: WorkingKeys | None = None
+    sock: socket.socket | None = field(default=None, repr=False)
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection(self.address, timeout=5)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def next_stan(self) -> str:
+        self.stan += 1
+        return f"{self.stan:06d}"
+
+    def exchange_raw(self, body: bytes) -> Answer:
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        self.sock.sendall(framing.Frame(framing.TERMINAL_TPDU, framing.TERMINAL_HEADER, body).encode())
+        frame = framing.parse_payload(framing.recv_payload(self.sock))
+        msg = unpack(frame.message)
+        ok = self.keys is not None and mac_matches(frame.message, self.keys.mak)
+        return Answer(msg, frame.message, frame.header, ok)
+
+    def send(self, msg: Message, *, mac: bool = True) -> Answer:
+        if mac:
+            assert self.keys is not None
+            return self.exchange_raw(sign(msg, self.keys.mak))
+        return self.exchange_raw(pack(msg))
+
+    def sign_in(self, mode: str = "003") -> Answer:
+        req = Message(
+            "0800",
+            {
+                "11": self.next_stan(),
+                "41": self.tid,
+                "42": self.mid,
+                "60": f"00{self.batch}{mode}",
+                "63": "001",
+            },
+        )
+        ans = self.send(req, mac=False)
+        if ans.code == "00":
+            self.keys = unwrap_working_keys(self.tmk, bytes.fromhex(ans.message["62"]))
+            self.batch = ans.message["60"][2:8]
+        return ans
+
+    def sale_message(
+        self,
+        amount_minor: int,
+        *,
+        pan: str = PAN,
+        expiry: str = EXPIRY,
+        pin: str | None = PIN,
+        stan: str | None = None,
+    ) -> Message:
+        fields = {
+            "2": pan,
+            "3": "000000",
+            "4": f"{amount_minor:012d}",
+            "11": stan or self.next_stan(),
+            "14": expiry,
+            "22": "021" if pin else "022",
+            "25": "00",
+            "41": self.tid,
+            "42": self.mid,
+            "49": "156",
+            "53": "2600000000000000",
+            "60": f"22{self.batch}000",
+        }
+        if pin is not None:
+            assert self.keys is not None
+            fields["26"] = "12"
+            fields["52"] = encrypt_pin_block(self.keys.pik, pin, pan).hex().upper()
+        return Message("0200", fields)
+
+    def reversal_of(self, original: Message, reason: str = "98") -> Message:
+        fields = {k: v for k, v in original.fields.items() if k not in ("26", "35", "36", "52", "53", "64")}
+        fields["39"] = reason
+        return Message("0400", fields)
+
+    def void_message(self, sale: Message, sale_answer: Message) -> Message:
+        return Message(
+            "0200",
+            {
+                "2": sale["2"],
+                "3": "200000",
+                "4": sale["4"],
+                "11": self.next_stan(),
+                "25": "00",
+                "37": sale_answer["37"],
+                "38": sale_answer["38"],
+                "41": self.tid,
+                "42": self.mid,
+                "49": "156",
+                "60": f"23{self.batch}000",
+                "61": f"{sale['60'][2:8]}{sale['11']}{sale_answer['13']}",
+            },
+        )
