@@ -141,3 +141,54 @@ class WireClient:
                 "61": f"{sale['60'][2:8]}{sale['11']}{sale_answer['13']}",
             },
         )
+
+    def refund_message(self, sale: Message, sale_answer: Message, amount_minor: int) -> Message:
+        return Message(
+            "0220",
+            {
+                "2": sale["2"],
+                "3": "200000",
+                "4": f"{amount_minor:012d}",
+                "11": self.next_stan(),
+                "25": "00",
+                "37": sale_answer["37"],
+                "41": self.tid,
+                "42": self.mid,
+                "49": "156",
+                "60": f"25{self.batch}000",
+                "61": f"{sale['60'][2:8]}{sale['11']}{sale_answer['13']}",
+                "63": "000",
+            },
+        )
+
+    def settle_message(
+        self, debit_minor: int, debit_count: int, credit_minor: int, credit_count: int
+    ) -> Message:
+        totals = f"{debit_minor:012d}{debit_count:03d}{credit_minor:012d}{credit_count:03d}0"
+        return Message(
+            "0500",
+            {
+                "11": self.next_stan(),
+                "41": self.tid,
+                "42": self.mid,
+                "48": totals + "0" * 31,
+                "49": "156",
+                "60": f"00{self.batch}201",
+                "63": "001",
+            },
+        )
+
+    def upload_message(self, items: list[tuple[str, str, int]]) -> Message:
+        body = "".join(f"00{stan}{pan:0>20}{amount:012d}" for stan, pan, amount in items)
+        return Message(
+            "0320",
+            {"11": self.next_stan(), "41": self.tid, "42": self.mid, "48": f"{len(items):02d}{body}",
+             "60": f"00{self.batch}201"},
+        )  # fmt: skip
+
+    def upload_end_message(self, total: int, balanced: bool = False) -> Message:
+        return Message(
+            "0320",
+            {"11": self.next_stan(), "41": self.tid, "42": self.mid, "48": f"{total:04d}",
+             "60": f"00{self.batch}{'207' if balanced else '202'}"},
+        )  # fmt: skip

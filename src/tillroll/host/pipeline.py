@@ -2,13 +2,16 @@
 
 Steps, in order (PROFILE §1, §3-§6): framing -> decode (30) -> terminal (97) -> merchant (03)
 -> session and batch (77) -> MAC (A0) -> idempotency (replay / 94) -> the transaction itself.
-Everything a request changes commits together, before the response is written.
+Everything a request changes commits together, before the response is written; a failure
+anywhere rolls the whole request back and answers 96 ("nothing was done, retry").
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,20 +19,18 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from tillroll import issuer
 from tillroll.clock import Clock
 from tillroll.crypto.keys import WorkingKeys, wrap_working_keys
 from tillroll.crypto.keystore import KeyStore
-from tillroll.crypto.pin import PinBlockError, decrypt_pin
+from tillroll.host import card, settlement
 from tillroll.host.config import HostConfig
+from tillroll.host.context import RequestContext, response_for
 from tillroll.host.store import key_label
 from tillroll.iso8583 import framing
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import DecodeError, EncodeError, FramingError
 from tillroll.iso8583.messages import (
-    CURRENCY_CNY,
     Field60,
-    Field61,
     Kind,
     Message,
     Mti,
@@ -39,27 +40,42 @@ from tillroll.iso8583.messages import (
     sign,
     unpack,
 )
-from tillroll.issuer.bank import Reason
-from tillroll.pan import mask_pan
 from tillroll.store import inserted_id
-from tillroll.store.tables import merchants, requests, sessions, terminals, tombstones, transactions
+from tillroll.store.tables import merchants, requests, sessions, terminals
 
+log = logging.getLogger("tillroll.host")
 RC = ResponseCode
-_ECHOED = ("2", "3", "4", "11", "25", "41", "42", "49", "60")
-FINANCIAL = frozenset({Kind.SALE, Kind.VOID, Kind.BALANCE, Kind.REVERSAL})
+_MTIS = frozenset(m.value for m in Mti)
+UPLOAD_KINDS = frozenset({Kind.BATCH_UPLOAD, Kind.BATCH_UPLOAD_END})
 
-
-class TxnStatus:
-    APPROVED = "approved"
-    DECLINED = "declined"
-    REVERSED = "reversed"
-    VOIDED = "voided"
+Handler = Callable[[RequestContext], Message]
+HANDLERS: dict[Kind, Handler] = {
+    Kind.SALE: card.sale,
+    Kind.BALANCE: card.balance,
+    Kind.VOID: card.void,
+    Kind.REFUND: card.refund,
+    Kind.REVERSAL: card.reversal,
+    Kind.SETTLEMENT: settlement.settle,
+    Kind.BATCH_UPLOAD: settlement.batch_upload,
+    Kind.BATCH_UPLOAD_END: settlement.batch_upload_end,
+}
 
 
 class SessionState:
     ACTIVE = "active"
     SIGNED_OUT = "signed_out"
     SETTLED = "settled"
+
+
+class InjectedStoreFailure(Exception):
+    """Raised by a fault hook to make the store fail mid-request (tests and the demo)."""
+
+
+class InjectedCrashAfterCommit(Exception):
+    """Raised by a fault hook after commit: the response is lost, as if the host died."""
+
+
+FaultHook = Callable[[str, Message], None]
 
 
 @dataclass(frozen=True)
@@ -78,18 +94,28 @@ class _Answer:
 
 
 class _Replay(Exception):
-    """Raised inside a transaction to abandon it and answer from the stored response."""
+    """Abandons the transaction (nothing to write) and answers from the stored response."""
 
     def __init__(self, answer: _Answer) -> None:
         self.answer = answer
 
 
 class HostPipeline:
-    def __init__(self, engine: Engine, keystore: KeyStore, clock: Clock, config: HostConfig) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        keystore: KeyStore,
+        clock: Clock,
+        config: HostConfig,
+        *,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
         self.engine = engine
         self.keystore = keystore
         self.clock = clock
         self.config = config
+        # Called at "before_commit" and "after_commit"; may raise an Injected* exception.
+        self.fault_hook = fault_hook
 
     # --- the boundary: bytes in, bytes out, every exception translated here ----------------
 
@@ -100,70 +126,83 @@ class HostPipeline:
             return Reply(None, close=True)
         try:
             msg = unpack(frame.message)
-        except DecodeError:
+        except DecodeError as exc:
             mti, tid = read_mti_and_tid(frame.message)
-            if mti is None or tid is None or mti not in {m.value for m in Mti}:
+            if mti not in _MTIS or tid is None:
+                log.warning("closing: undecodable message (%s)", exc)
                 return Reply(None, close=True)
-            resp = Message(Mti(mti).response.value if mti[2] in "02468" else mti, {"39": "30", "41": tid})
+            assert mti is not None
+            resp_mti = Mti(mti).response.value if int(mti[2]) % 2 == 0 else mti
+            resp = Message(resp_mti, {"39": RC.FORMAT_ERROR.value, "41": tid})
             return self._frame(frame, _Answer(resp, None))
-        answer = self._run(msg, frame.message)
+        try:
+            answer = self._run(msg, frame.message)
+        except InjectedCrashAfterCommit:
+            return Reply(None, close=True)
         return self._frame(frame, answer)
 
     def _frame(self, frame: framing.Frame, answer: _Answer) -> Reply:
         try:
             body = sign(answer.message, answer.mak) if answer.mak else pack(answer.message)
         except EncodeError:
+            log.exception("response does not encode")
             return Reply(None, close=True)
         header = framing.reply_header(frame.header, must_sign_in=answer.must_sign_in)
         return Reply(framing.Frame(framing.reply_tpdu(frame.tpdu), header, body).encode())
 
     def _run(self, msg: Message, raw: bytes) -> _Answer:
-        ctx: dict[str, bytes] = {}
+        verified: dict[str, bytes] = {}
         for attempt in range(2):
             try:
                 with self.engine.begin() as conn:
-                    return self._process(conn, msg, raw, ctx)
+                    answer = self._process(conn, msg, raw, verified)
+                    self._fault("before_commit", msg)
+                self._fault("after_commit", msg)
+                return answer
             except _Replay as replay:
                 return replay.answer
             except IntegrityError:
-                # A concurrent identical request won the unique key: the retry replays its answer.
+                # A concurrent identical request took the unique key first: retrying replays it.
                 if attempt == 1:
-                    break
-            except DBAPIError:
+                    log.exception("request %s kept conflicting", msg.get("11"))
+            except (DBAPIError, InjectedStoreFailure) as exc:
+                log.warning("request rolled back, answering 96: %s", exc)
                 break
         # Nothing was committed: 96 says "nothing was done, safe to retry the same request".
-        return _Answer(self._response(msg, RC.SYSTEM_MALFUNCTION), ctx.get("mak"))
+        return _Answer(response_for(msg, RC.SYSTEM_MALFUNCTION, self.clock.now()), verified.get("mak"))
+
+    def _fault(self, point: str, msg: Message) -> None:
+        if self.fault_hook is not None:
+            self.fault_hook(point, msg)
 
     # --- steps ---------------------------------------------------------------------------
 
-    def _response(self, req: Message, code: RC, **extra: str) -> Message:
+    def _process(self, conn: Connection, msg: Message, raw: bytes, verified: dict[str, bytes]) -> _Answer:
         now = self.clock.now()
-        fields = {k: req.fields[k] for k in _ECHOED if k in req.fields}
-        fields.update({"12": now.strftime("%H%M%S"), "13": now.strftime("%m%d"), "39": code.value})
-        fields.update({k.lstrip("f"): v for k, v in extra.items()})
-        try:
-            mti = Mti(req.mti).response.value
-        except ValueError:
-            mti = req.mti
-        return Message(mti, fields)
-
-    def _process(self, conn: Connection, msg: Message, raw: bytes, ctx: dict[str, bytes]) -> _Answer:
         kind = msg.kind
         tid, mid = msg.get("41"), msg.get("42")
-        if not tid or (kind is Kind.UNKNOWN and msg.mti not in {m.value for m in Mti}):
-            return _Answer(self._response(msg, RC.FORMAT_ERROR), None)
-        term = conn.execute(select(terminals).where(terminals.c.tid == tid)).mappings().first()
-        if term is None or term["status"] != "active":
-            return _Answer(self._response(msg, RC.TERMINAL_NOT_REGISTERED), None)
-        if mid != term["mid"]:
-            return _Answer(self._response(msg, RC.INVALID_MERCHANT), None)
+        if not tid:
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
+        row = (
+            conn.execute(
+                select(terminals, merchants.c.name, merchants.c.fee_rate_ppm)
+                .join(merchants, merchants.c.mid == terminals.c.mid)
+                .where(terminals.c.tid == tid)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None or row["status"] != "active":
+            return _Answer(response_for(msg, RC.TERMINAL_NOT_REGISTERED, now), None)
+        if mid != row["mid"]:
+            return _Answer(response_for(msg, RC.INVALID_MERCHANT, now), None)
         try:
             f60 = msg.field60
         except DecodeError:
-            return _Answer(self._response(msg, RC.FORMAT_ERROR), None)
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
 
         if kind is Kind.SIGN_IN:
-            return self._sign_in(conn, msg, dict(term), f60)
+            return self._sign_in(conn, msg, row, f60)
         if kind in (Kind.ECHO, Kind.SIGN_OUT):
             return self._network(conn, msg, tid, kind)
 
@@ -174,25 +213,20 @@ class HostPipeline:
             .mappings()
             .first()
         )
-        now = self.clock.now()
-        exempt_batch = kind in (Kind.REVERSAL, Kind.BATCH_UPLOAD, Kind.BATCH_UPLOAD_END)
-        if (
-            session is None
-            or session["state"] != SessionState.ACTIVE
-            or now >= session["expires_at"]
-            or (f60.batch != session["batch"] and not exempt_batch)
-        ):
-            return _Answer(self._response(msg, RC.SIGN_IN_AGAIN), None, must_sign_in=True)
+        if not self._session_admits(session, kind, f60, now):
+            return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
+        assert session is not None
         mak = self.keystore.open(session["mak_enc"], label=key_label(tid, "mak"))
         if not mac_matches(raw, mak):
-            return _Answer(self._response(msg, RC.MAC_FAILED), None, must_sign_in=True)
-        ctx["mak"] = mak
-        if kind not in FINANCIAL:
-            return _Answer(self._response(msg, RC.NOT_SUPPORTED), mak)
-
+            return _Answer(response_for(msg, RC.MAC_FAILED, now), None, must_sign_in=True)
+        verified["mak"] = mak
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            return _Answer(response_for(msg, RC.NOT_SUPPORTED, now), mak)
         stan = msg.get("11")
-        if not stan:
-            return _Answer(self._response(msg, RC.FORMAT_ERROR), mak)
+        if not stan or not stan.isdigit():
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), mak)
+
         content_hash = hashlib.sha256(json.dumps(msg.content_key()).encode()).hexdigest()
         stored = (
             conn.execute(
@@ -207,9 +241,10 @@ class HostPipeline:
             .first()
         )
         if stored is not None:
+            # Reversals are exempt from 94: every repeat answers as the first did (PROFILE §6).
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
                 raise _Replay(_Answer(_load(stored["response"]), mak))
-            raise _Replay(_Answer(self._response(msg, RC.DUPLICATE), mak))
+            raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now), mak))
         request_id = inserted_id(
             conn.execute(
                 insert(requests).values(
@@ -222,29 +257,43 @@ class HostPipeline:
                 )
             )
         )
-        rrn = f"{request_id:012d}"
-        pik = self.keystore.open(session["pik_enc"], label=key_label(tid, "pik"))
-        merchant_name = self._merchant_name(conn, str(term["mid"]))
-        handler = {
-            Kind.SALE: self._sale,
-            Kind.BALANCE: self._balance,
-            Kind.VOID: self._void,
-            Kind.REVERSAL: self._reversal,
-        }[kind]
-        response = handler(conn, msg, f60, rrn, pik, merchant_name)
+        ctx = RequestContext(
+            conn=conn,
+            msg=msg,
+            f60=f60,
+            rrn=f"{request_id:012d}",
+            pik=self.keystore.open(session["pik_enc"], label=key_label(tid, "pik")),
+            mid=str(row["mid"]),
+            merchant_name=str(row["name"]),
+            fee_rate_ppm=int(row["fee_rate_ppm"]),
+            now=now,
+            config=self.config,
+        )
+        response = handler(ctx)
         conn.execute(update(requests).where(requests.c.id == request_id).values(response=_dump(response)))
         return _Answer(response, mak)
 
-    def _merchant_name(self, conn: Connection, mid: str) -> str:
-        return str(conn.execute(select(merchants.c.name).where(merchants.c.mid == mid)).scalar_one())
+    def _session_admits(self, session: Any, kind: Kind, f60: Field60, now: Any) -> bool:
+        """PROFILE §6: a valid session of the request's batch; after settlement, only the
+        closed batch's upload; reversals name their original's batch."""
+        if session is None or now >= session["expires_at"]:
+            return False
+        if kind in UPLOAD_KINDS:
+            return (
+                session["state"] in (SessionState.ACTIVE, SessionState.SETTLED)
+                and f60.batch == session["batch"]
+            )
+        if session["state"] != SessionState.ACTIVE:
+            return False
+        return kind is Kind.REVERSAL or f60.batch == session["batch"]
 
     # --- network management ----------------------------------------------------------------
 
-    def _sign_in(self, conn: Connection, msg: Message, term: dict[str, Any], f60: Field60) -> _Answer:
-        if f60.network_code not in ("003", "004") or "11" not in msg:
-            return _Answer(self._response(msg, RC.FORMAT_ERROR), None)
-        tid = str(term["tid"])
+    def _sign_in(self, conn: Connection, msg: Message, term: Any, f60: Field60) -> _Answer:
         now = self.clock.now()
+        if f60.network_code not in ("003", "004") or "11" not in msg:
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
+        tid = str(term["tid"])
         tmk = self.keystore.open(term["tmk_enc"], label=key_label(tid, "tmk"))
         keys = WorkingKeys.generate(with_tdk=f60.network_code == "004")
         batch = str(term["batch"])
@@ -260,6 +309,7 @@ class HostPipeline:
                 expires_at=now + timedelta(seconds=self.config.key_lifetime_s),
             )
         )
+        # Sign-ins are never replayed (a replay would hand out stale keys): their row has no key.
         request_id = inserted_id(
             conn.execute(insert(requests).values(content_hash="sign-in", created_at=now))
         )
@@ -270,7 +320,7 @@ class HostPipeline:
                 "12": now.strftime("%H%M%S"),
                 "13": now.strftime("%m%d"),
                 "32": self.config.acquirer_id,
-                "37": f"{int(request_id):012d}",
+                "37": f"{request_id:012d}",
                 "39": RC.APPROVED.value,
                 "41": tid,
                 "42": str(term["mid"]),
@@ -282,272 +332,12 @@ class HostPipeline:
 
     def _network(self, conn: Connection, msg: Message, tid: str, kind: Kind) -> _Answer:
         if kind is Kind.SIGN_OUT:
-            latest = (
-                select(sessions.c.id).where(sessions.c.tid == tid).order_by(sessions.c.id.desc()).limit(1)
-            )
             conn.execute(
                 update(sessions)
-                .where(sessions.c.id == latest.scalar_subquery(), sessions.c.state == SessionState.ACTIVE)
+                .where(sessions.c.tid == tid, sessions.c.state == SessionState.ACTIVE)
                 .values(state=SessionState.SIGNED_OUT)
             )
-        return _Answer(self._response(msg, RC.APPROVED), None)
-
-    # --- financial ---------------------------------------------------------------------------
-
-    def _card(self, msg: Message) -> tuple[str, str | None] | None:
-        if "2" in msg:
-            return msg["2"], msg.get("14")
-        track = msg.get("35")
-        if track and "=" in track:
-            pan, rest = track.split("=", 1)
-            return pan, msg.get("14") or rest[:4]
-        return None
-
-    def _pin(self, msg: Message, pik: bytes, pan: str) -> str | None:
-        block = msg.get("52")
-        if block is None:
-            return None
-        return decrypt_pin(pik, bytes.fromhex(block), pan)
-
-    def _approved_fields(self, rrn: str, auth_code: str | None) -> dict[str, str]:
-        now = self.clock.now()
-        fields = {
-            "15": now.strftime("%m%d"),
-            "37": rrn,
-            "44": f"{'03080000':<11}{self.config.acquirer_id:<11}",
-            "63": f"CUP{self.config.issuer_name}",
-        }
-        if auth_code:
-            fields["38"] = auth_code
-        return fields
-
-    def _sale(
-        self, conn: Connection, msg: Message, f60: Field60, rrn: str, pik: bytes, merchant_name: str
-    ) -> Message:
-        tid, mid, stan = msg["41"], msg["42"], msg["11"]
-        base = self._approved_fields(rrn, None)
-        tomb = conn.execute(
-            select(tombstones.c.id).where(
-                tombstones.c.tid == tid,
-                tombstones.c.batch == f60.batch,
-                tombstones.c.stan == stan,
-                tombstones.c.mti == msg.mti,
-            )
-        ).first()
-        if tomb is not None:
-            return self._response(msg, RC.DUPLICATE, **base)
-        card = self._card(msg)
-        amount = msg.get("4")
-        if card is None or amount is None or msg.get("49", CURRENCY_CNY) != CURRENCY_CNY:
-            return self._response(msg, RC.FORMAT_ERROR, **base)
-        pan, expiry = card
-        try:
-            pin = self._pin(msg, pik, pan)
-        except PinBlockError:
-            return self._response(msg, RC.INCORRECT_PIN, **base)
-        now = self.clock.now()
-        outcome = issuer.bank.debit(
-            conn,
-            pan=pan,
-            expiry_yymm=expiry,
-            pin=pin,
-            amount_minor=int(amount),
-            reference=rrn,
-            merchant_name=merchant_name,
-            now=now,
-        )
-        auth_code = _auth_code(outcome.authorization_id) if outcome.approved else None
-        conn.execute(
-            insert(transactions).values(
-                rrn=rrn,
-                tid=tid,
-                mid=mid,
-                batch=f60.batch,
-                stan=stan,
-                kind="sale",
-                status=TxnStatus.APPROVED if outcome.approved else TxnStatus.DECLINED,
-                response_code=outcome.code.value,
-                amount_minor=int(amount),
-                currency=CURRENCY_CNY,
-                pan_masked=mask_pan(pan),
-                auth_code=auth_code,
-                issuer_ref=outcome.authorization_id,
-                local_date=now.strftime("%m%d"),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return self._response(msg, outcome.code, **self._approved_fields(rrn, auth_code))
-
-    def _balance(
-        self, conn: Connection, msg: Message, f60: Field60, rrn: str, pik: bytes, merchant_name: str
-    ) -> Message:
-        card = self._card(msg)
-        if card is None:
-            return self._response(msg, RC.FORMAT_ERROR)
-        pan, expiry = card
-        try:
-            pin = self._pin(msg, pik, pan)
-        except PinBlockError:
-            return self._response(msg, RC.INCORRECT_PIN)
-        outcome = issuer.bank.balance(conn, pan=pan, expiry_yymm=expiry, pin=pin, now=self.clock.now())
-        extra = self._approved_fields(rrn, None)
-        if outcome.approved and outcome.balance_minor is not None:
-            sign_char = "C" if outcome.balance_minor >= 0 else "D"
-            extra["54"] = f"1002{CURRENCY_CNY}{sign_char}{abs(outcome.balance_minor):012d}"
-        return self._response(msg, outcome.code, **extra)
-
-    def _void(
-        self, conn: Connection, msg: Message, f60: Field60, rrn: str, pik: bytes, merchant_name: str
-    ) -> Message:
-        tid, stan = msg["41"], msg["11"]
-        base = self._approved_fields(rrn, None)
-        try:
-            f61 = Field61.parse(msg.get("61") or "")
-        except DecodeError:
-            return self._response(msg, RC.FORMAT_ERROR, **base)
-        orig = (
-            conn.execute(
-                select(transactions)
-                .where(
-                    transactions.c.tid == tid,
-                    transactions.c.batch == f61.batch,
-                    transactions.c.stan == f61.stan,
-                    transactions.c.kind == "sale",
-                )
-                .with_for_update()
-            )
-            .mappings()
-            .first()
-        )
-        card = self._card(msg)
-        if (
-            orig is None
-            or orig["batch"] != f60.batch
-            or orig["rrn"] != msg.get("37")
-            or orig["local_date"] != f61.date_mmdd
-            or (card is not None and mask_pan(card[0]) != orig["pan_masked"])
-            or orig["status"] == TxnStatus.DECLINED
-        ):
-            return self._response(msg, RC.ORIGINAL_NOT_FOUND, **base)
-        if orig["status"] != TxnStatus.APPROVED:
-            return self._response(msg, RC.INVALID_TRANSACTION, **base)
-        if int(msg.get("4") or -1) != orig["amount_minor"]:
-            return self._response(msg, RC.ORIGINAL_AMOUNT_INCORRECT, **base)
-        now = self.clock.now()
-        outcome = issuer.bank.credit(
-            conn,
-            authorization_id=int(orig["issuer_ref"]),
-            amount_minor=int(orig["amount_minor"]),
-            reason=Reason.VOID,
-            reference=rrn,
-            merchant_name=merchant_name,
-            now=now,
-        )
-        auth_code = _auth_code(outcome.authorization_id) if outcome.approved else None
-        conn.execute(
-            update(transactions)
-            .where(transactions.c.id == orig["id"])
-            .values(status=TxnStatus.VOIDED, updated_at=now)
-        )
-        conn.execute(
-            insert(transactions).values(
-                rrn=rrn,
-                tid=tid,
-                mid=msg["42"],
-                batch=f60.batch,
-                stan=stan,
-                kind="void",
-                status=TxnStatus.APPROVED if outcome.approved else TxnStatus.DECLINED,
-                response_code=outcome.code.value,
-                amount_minor=int(orig["amount_minor"]),
-                currency=CURRENCY_CNY,
-                pan_masked=orig["pan_masked"],
-                auth_code=auth_code,
-                issuer_ref=outcome.authorization_id,
-                original_id=orig["id"],
-                local_date=now.strftime("%m%d"),
-                created_at=now,
-                updated_at=now,
-            )
-        )
-        return self._response(msg, outcome.code, **self._approved_fields(rrn, auth_code))
-
-    def _reversal(
-        self, conn: Connection, msg: Message, f60: Field60, rrn: str, pik: bytes, merchant_name: str
-    ) -> Message:
-        tid, stan = msg["41"], msg["11"]
-        now = self.clock.now()
-        orig = (
-            conn.execute(
-                select(transactions)
-                .where(
-                    transactions.c.tid == tid,
-                    transactions.c.batch == f60.batch,
-                    transactions.c.stan == stan,
-                    transactions.c.kind.in_(("sale", "void")),
-                )
-                .with_for_update()
-            )
-            .mappings()
-            .first()
-        )
-        original_seen = (
-            conn.execute(
-                select(requests.c.id).where(
-                    requests.c.tid == tid,
-                    requests.c.batch == f60.batch,
-                    requests.c.stan == stan,
-                    requests.c.mti == Mti.FINANCIAL.value,
-                )
-            ).first()
-            is not None
-        )
-        if orig is None and not original_seen:
-            conn.execute(
-                insert(tombstones).values(
-                    tid=tid, batch=f60.batch, stan=stan, mti=Mti.FINANCIAL.value, created_at=now
-                )
-            )
-        elif orig is not None and orig["status"] == TxnStatus.APPROVED:
-            if orig["kind"] == "sale":
-                issuer.bank.credit(
-                    conn,
-                    authorization_id=int(orig["issuer_ref"]),
-                    amount_minor=int(orig["amount_minor"]),
-                    reason=Reason.REVERSAL,
-                    reference=rrn,
-                    merchant_name=merchant_name,
-                    now=now,
-                )
-            else:  # a reversed void puts the sale back
-                issuer.bank.rebook_debit(
-                    conn,
-                    authorization_id=int(orig["issuer_ref"]),
-                    amount_minor=int(orig["amount_minor"]),
-                    reference=rrn,
-                    merchant_name=merchant_name,
-                    now=now,
-                )
-                conn.execute(
-                    update(transactions)
-                    .where(transactions.c.id == orig["original_id"])
-                    .values(status=TxnStatus.APPROVED, updated_at=now)
-                )
-            conn.execute(
-                update(transactions)
-                .where(transactions.c.id == orig["id"])
-                .values(status=TxnStatus.REVERSED, updated_at=now)
-            )
-        fields = self._approved_fields(rrn, None)
-        return self._response(msg, RC.APPROVED, **fields)
-
-
-def _auth_code(authorization_id: int | None) -> str | None:
-    if authorization_id is None:
-        return None
-    # A bank's authorization code: 6 digits, derived from its own authorization record.
-    return f"{(authorization_id * 7919 + 104729) % 1_000_000:06d}"
+        return _Answer(response_for(msg, RC.APPROVED, self.clock.now()), None)
 
 
 def _dump(msg: Message) -> str:

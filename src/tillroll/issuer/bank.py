@@ -16,6 +16,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, insert, select, update
 
+from tillroll import ledger
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.money import format_yuan
 from tillroll.store import inserted_id
@@ -58,6 +59,7 @@ class Outcome:
     code: ResponseCode
     authorization_id: int | None = None
     balance_minor: int | None = None
+    card_id: int | None = None
 
     @property
     def approved(self) -> bool:
@@ -88,19 +90,31 @@ def add_card(
     if balance_minor < 0:
         raise CardError("opening balance cannot be negative")
     salt = os.urandom(16)
-    result = conn.execute(
-        insert(issuer_cards).values(
-            pan=pan,
-            expiry=expiry_yymm,
-            pin_salt=salt,
-            pin_hash=_hash_pin(pin, salt),
-            balance_minor=balance_minor,
-            limit_minor=limit_minor,
-            status=CardStatus.ACTIVE,
-            created_at=now,
+    card_id = inserted_id(
+        conn.execute(
+            insert(issuer_cards).values(
+                pan=pan,
+                expiry=expiry_yymm,
+                pin_salt=salt,
+                pin_hash=_hash_pin(pin, salt),
+                balance_minor=balance_minor,
+                limit_minor=limit_minor,
+                status=CardStatus.ACTIVE,
+                created_at=now,
+            )
         )
     )
-    return inserted_id(result)
+    if balance_minor:
+        ledger.transfer(
+            conn,
+            ledger.EntryKind.OPENING,
+            f"card:{card_id}",
+            source=ledger.FUNDING,
+            target=ledger.cardholder(card_id),
+            amount_minor=balance_minor,
+            now=now,
+        )
+    return card_id
 
 
 def _card(conn: Connection, pan: str, *, for_update: bool = True) -> dict[str, object] | None:
@@ -201,7 +215,7 @@ def _post(
         merchant_name=merchant_name,
         now=now,
     )
-    return Outcome(ResponseCode.APPROVED, auth_id, balance)
+    return Outcome(ResponseCode.APPROVED, auth_id, balance, int(str(card["id"])))
 
 
 def debit(
@@ -312,7 +326,7 @@ def balance(
     refusal = _check_card(conn, card, expiry_yymm, pin, now)
     if refusal is not None or card is None:
         return Outcome(refusal or ResponseCode.INVALID_CARD)
-    return Outcome(ResponseCode.APPROVED, None, int(str(card["balance_minor"])))
+    return Outcome(ResponseCode.APPROVED, None, int(str(card["balance_minor"])), int(str(card["id"])))
 
 
 def card_balance(conn: Connection, pan: str) -> int:

@@ -164,3 +164,81 @@ issuer_messages = Table(
     Column("created_at", DateTime, nullable=False),
     Index("ix_issuer_messages_card_id", "card_id", "id"),
 )
+
+# --- settlement and the ledger ------------------------------------------------------------
+
+# One row per closed batch: the terminal's figures, the host's, and whether they agreed.
+settlements = Table(
+    "settlements",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("mid", String(15), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("terminal_debit_minor", BigInteger, nullable=False),
+    Column("terminal_debit_count", Integer, nullable=False),
+    Column("terminal_credit_minor", BigInteger, nullable=False),
+    Column("terminal_credit_count", Integer, nullable=False),
+    Column("host_debit_minor", BigInteger, nullable=False),
+    Column("host_debit_count", Integer, nullable=False),
+    Column("host_credit_minor", BigInteger, nullable=False),
+    Column("host_credit_count", Integer, nullable=False),
+    Column("fee_minor", BigInteger, nullable=False),
+    Column("balanced", Integer, nullable=False),  # 1 balanced, 0 not
+    Column("upload_items", Integer, nullable=True),  # set when the batch upload ended
+    Column("settled_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "batch", name="uq_settlements_tid_batch"),
+)
+
+# What a batch upload found: an item missing on one side, or an amount that differs.
+batch_differences = Table(
+    "batch_differences",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column(
+        "difference", String(24), nullable=False
+    ),  # missing_at_host | missing_at_terminal | amount_differs
+    Column("terminal_amount_minor", BigInteger, nullable=True),
+    Column("host_amount_minor", BigInteger, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "batch", "stan", name="uq_batch_differences_key"),
+)
+
+# Items a terminal uploaded after a "not balanced" settlement.
+batch_uploads = Table(
+    "batch_uploads",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("pan_masked", String(19), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "batch", "stan", name="uq_batch_uploads_key"),
+)
+
+# Double-entry: every money movement is one entry whose postings sum to zero per currency.
+# Append-only: balances are derived from postings, never stored beside them.
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("reference", String(40), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+ledger_postings = Table(
+    "ledger_postings",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("entry_id", BigInteger, ForeignKey("ledger_entries.id"), nullable=False),
+    Column("account", String(40), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Index("ix_ledger_postings_account", "account"),
+)

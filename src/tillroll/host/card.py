@@ -1,0 +1,395 @@
+"""Card transactions at the host: sale, balance inquiry, void, refund, reversal (PROFILE §3, §6).
+
+Each handler runs inside the request's transaction and returns the response to store and send.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from tillroll import ledger
+from tillroll.crypto.pin import PinBlockError, decrypt_pin
+from tillroll.host.context import RequestContext
+from tillroll.iso8583.codes import ResponseCode
+from tillroll.iso8583.errors import DecodeError
+from tillroll.iso8583.messages import CURRENCY_CNY, Field61, Message, Mti
+from tillroll.issuer import bank
+from tillroll.issuer.bank import Reason
+from tillroll.pan import mask_pan
+from tillroll.store.tables import requests, settlements, tombstones, transactions
+
+RC = ResponseCode
+
+
+class TxnStatus(enum.StrEnum):
+    APPROVED = "approved"
+    DECLINED = "declined"
+    REVERSED = "reversed"
+    VOIDED = "voided"
+
+
+class TxnKind(enum.StrEnum):
+    SALE = "sale"
+    VOID = "void"
+    REFUND = "refund"
+    AUTO_REFUND = "auto_refund"
+
+
+def auth_code(authorization_id: int | None) -> str | None:
+    if authorization_id is None:
+        return None
+    # The bank's authorization code: 6 digits derived from its own authorization record.
+    return f"{(authorization_id * 7919 + 104729) % 1_000_000:06d}"
+
+
+def card_of(msg: Message) -> tuple[str, str | None] | None:
+    """PAN and expiry from field 2/14, or from track 2."""
+    if "2" in msg:
+        return msg["2"], msg.get("14")
+    track = msg.get("35")
+    if track and "=" in track:
+        pan, rest = track.split("=", 1)
+        return pan, msg.get("14") or rest[:4]
+    return None
+
+
+def _pin(ctx: RequestContext, pan: str) -> str | None:
+    block = ctx.msg.get("52")
+    return None if block is None else decrypt_pin(ctx.pik, bytes.fromhex(block), pan)
+
+
+def _record(
+    ctx: RequestContext,
+    *,
+    kind: TxnKind,
+    code: RC,
+    amount_minor: int,
+    pan_masked: str,
+    auth: str | None,
+    issuer_ref: int | None,
+    original_id: int | None = None,
+    batch: str | None = None,
+    stan: str | None = None,
+) -> None:
+    ctx.conn.execute(
+        insert(transactions).values(
+            rrn=ctx.rrn,
+            tid=ctx.tid,
+            mid=ctx.mid,
+            batch=batch or ctx.f60.batch,
+            stan=stan or ctx.stan,
+            kind=kind,
+            status=TxnStatus.APPROVED if code is RC.APPROVED else TxnStatus.DECLINED,
+            response_code=code.value,
+            amount_minor=amount_minor,
+            currency=CURRENCY_CNY,
+            pan_masked=pan_masked,
+            auth_code=auth,
+            issuer_ref=issuer_ref,
+            original_id=original_id,
+            local_date=ctx.now.strftime("%m%d"),
+            created_at=ctx.now,
+            updated_at=ctx.now,
+        )
+    )
+
+
+def _set_status(ctx: RequestContext, txn_id: int, status: TxnStatus) -> None:
+    ctx.conn.execute(
+        update(transactions).where(transactions.c.id == txn_id).values(status=status, updated_at=ctx.now)
+    )
+
+
+def _money_back(
+    ctx: RequestContext, orig: Any, amount_minor: int, reason: Reason, source: str
+) -> bank.Outcome:
+    """Credit the cardholder of an original authorization, with its ledger entry."""
+    outcome = bank.credit(
+        ctx.conn,
+        authorization_id=int(orig["issuer_ref"]),
+        amount_minor=amount_minor,
+        reason=reason,
+        reference=ctx.rrn,
+        merchant_name=ctx.merchant_name,
+        now=ctx.now,
+    )
+    if outcome.approved and outcome.card_id is not None:
+        ledger.transfer(
+            ctx.conn,
+            ledger.EntryKind(reason.value),
+            ctx.rrn,
+            source=source,
+            target=ledger.cardholder(outcome.card_id),
+            amount_minor=amount_minor,
+            now=ctx.now,
+        )
+    return outcome
+
+
+def sale(ctx: RequestContext) -> Message:
+    msg = ctx.msg
+    tomb = ctx.conn.execute(
+        select(tombstones.c.id).where(
+            tombstones.c.tid == ctx.tid,
+            tombstones.c.batch == ctx.f60.batch,
+            tombstones.c.stan == ctx.stan,
+            tombstones.c.mti == msg.mti,
+        )
+    ).first()
+    if tomb is not None:
+        return ctx.respond(RC.DUPLICATE)
+    card = card_of(msg)
+    amount = msg.get("4")
+    if card is None or amount is None or msg.get("49", CURRENCY_CNY) != CURRENCY_CNY:
+        return ctx.respond(RC.FORMAT_ERROR)
+    pan, expiry = card
+    try:
+        pin = _pin(ctx, pan)
+    except PinBlockError:
+        return ctx.respond(RC.INCORRECT_PIN)
+    outcome = bank.debit(
+        ctx.conn,
+        pan=pan,
+        expiry_yymm=expiry,
+        pin=pin,
+        amount_minor=int(amount),
+        reference=ctx.rrn,
+        merchant_name=ctx.merchant_name,
+        now=ctx.now,
+    )
+    auth = auth_code(outcome.authorization_id) if outcome.approved else None
+    if outcome.approved and outcome.card_id is not None:
+        ledger.transfer(
+            ctx.conn,
+            ledger.EntryKind.SALE,
+            ctx.rrn,
+            source=ledger.cardholder(outcome.card_id),
+            target=ledger.CLEARING,
+            amount_minor=int(amount),
+            now=ctx.now,
+        )
+    _record(
+        ctx,
+        kind=TxnKind.SALE,
+        code=outcome.code,
+        amount_minor=int(amount),
+        pan_masked=mask_pan(pan),
+        auth=auth,
+        issuer_ref=outcome.authorization_id,
+    )
+    return ctx.respond(outcome.code, auth)
+
+
+def balance(ctx: RequestContext) -> Message:
+    card = card_of(ctx.msg)
+    if card is None:
+        return ctx.respond(RC.FORMAT_ERROR).without("4")
+    pan, expiry = card
+    try:
+        pin = _pin(ctx, pan)
+    except PinBlockError:
+        return ctx.respond(RC.INCORRECT_PIN)
+    outcome = bank.balance(ctx.conn, pan=pan, expiry_yymm=expiry, pin=pin, now=ctx.now)
+    extra: dict[str, str] = {}
+    if outcome.approved and outcome.balance_minor is not None:
+        sign_char = "C" if outcome.balance_minor >= 0 else "D"
+        extra["54"] = f"1002{CURRENCY_CNY}{sign_char}{abs(outcome.balance_minor):012d}"
+    return ctx.respond(outcome.code, **extra)
+
+
+def _original_by_rrn(ctx: RequestContext, f61: Field61) -> Any:
+    """The original sale a void or refund names by RRN (37) and field 61."""
+    orig = (
+        ctx.conn.execute(
+            select(transactions)
+            .where(transactions.c.rrn == ctx.msg.get("37", ""), transactions.c.kind == TxnKind.SALE)
+            .with_for_update()
+        )
+        .mappings()
+        .first()
+    )
+    card = card_of(ctx.msg)
+    if (
+        orig is None
+        or orig["mid"] != ctx.mid
+        or (orig["batch"], orig["stan"], orig["local_date"]) != (f61.batch, f61.stan, f61.date_mmdd)
+        or (card is not None and mask_pan(card[0]) != orig["pan_masked"])
+        or orig["status"] == TxnStatus.DECLINED
+    ):
+        return None
+    return orig
+
+
+def _field61(ctx: RequestContext) -> Field61 | None:
+    try:
+        return Field61.parse(ctx.msg.get("61") or "")
+    except DecodeError:
+        return None
+
+
+def void(ctx: RequestContext) -> Message:
+    f61 = _field61(ctx)
+    if f61 is None:
+        return ctx.respond(RC.FORMAT_ERROR)
+    orig = _original_by_rrn(ctx, f61)
+    if orig is None or orig["tid"] != ctx.tid or orig["batch"] != ctx.f60.batch:
+        return ctx.respond(RC.ORIGINAL_NOT_FOUND)
+    if orig["status"] != TxnStatus.APPROVED or _refunded_minor(ctx, int(orig["id"])):
+        return ctx.respond(RC.INVALID_TRANSACTION)
+    if int(ctx.msg.get("4") or -1) != orig["amount_minor"]:
+        return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
+    amount = int(orig["amount_minor"])
+    outcome = _money_back(ctx, orig, amount, Reason.VOID, ledger.CLEARING)
+    auth = auth_code(outcome.authorization_id) if outcome.approved else None
+    if outcome.approved:
+        _set_status(ctx, int(orig["id"]), TxnStatus.VOIDED)
+    _record(
+        ctx,
+        kind=TxnKind.VOID,
+        code=outcome.code,
+        amount_minor=amount,
+        pan_masked=orig["pan_masked"],
+        auth=auth,
+        issuer_ref=outcome.authorization_id,
+        original_id=int(orig["id"]),
+    )
+    return ctx.respond(outcome.code, auth)
+
+
+def _refunded_minor(ctx: RequestContext, original_id: int) -> int:
+    total = ctx.conn.execute(
+        select(func.coalesce(func.sum(transactions.c.amount_minor), 0)).where(
+            transactions.c.original_id == original_id,
+            transactions.c.kind.in_((TxnKind.REFUND, TxnKind.AUTO_REFUND)),
+            transactions.c.status == TxnStatus.APPROVED,
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def refund(ctx: RequestContext) -> Message:
+    """0220: may reference a sale of an earlier, settled batch; never beyond what is left."""
+    f61 = _field61(ctx)
+    amount_text = ctx.msg.get("4")
+    if f61 is None or amount_text is None or ctx.msg.get("49", CURRENCY_CNY) != CURRENCY_CNY:
+        return ctx.respond(RC.FORMAT_ERROR)
+    amount = int(amount_text)
+    if amount <= 0:
+        return ctx.respond(RC.INVALID_AMOUNT)
+    orig = _original_by_rrn(ctx, f61)
+    if orig is None:
+        return ctx.respond(RC.ORIGINAL_NOT_FOUND)
+    if orig["status"] != TxnStatus.APPROVED:
+        return ctx.respond(RC.INVALID_TRANSACTION)
+    original_amount = int(orig["amount_minor"])
+    if amount > original_amount:
+        return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
+    if amount > original_amount - _refunded_minor(ctx, int(orig["id"])):
+        return ctx.respond(RC.AMOUNT_LIMIT)
+    outcome = _money_back(ctx, orig, amount, Reason.REFUND, ledger.CLEARING)
+    auth = auth_code(outcome.authorization_id) if outcome.approved else None
+    _record(
+        ctx,
+        kind=TxnKind.REFUND,
+        code=outcome.code,
+        amount_minor=amount,
+        pan_masked=orig["pan_masked"],
+        auth=auth,
+        issuer_ref=outcome.authorization_id,
+        original_id=int(orig["id"]),
+    )
+    return ctx.respond(outcome.code, auth)
+
+
+def batch_settled(ctx: RequestContext, batch: str) -> bool:
+    return (
+        ctx.conn.execute(
+            select(settlements.c.id).where(settlements.c.tid == ctx.tid, settlements.c.batch == batch)
+        ).first()
+        is not None
+    )
+
+
+def reversal(ctx: RequestContext) -> Message:
+    """Undo an approved original; a no-op for a declined or reversed one; a tombstone for one
+    never seen; an automatic refund when the original's batch is already settled."""
+    orig = (
+        ctx.conn.execute(
+            select(transactions)
+            .where(
+                transactions.c.tid == ctx.tid,
+                transactions.c.batch == ctx.f60.batch,
+                transactions.c.stan == ctx.stan,
+                transactions.c.kind.in_((TxnKind.SALE, TxnKind.VOID)),
+            )
+            .with_for_update()
+        )
+        .mappings()
+        .first()
+    )
+    if orig is None:
+        seen = ctx.conn.execute(
+            select(requests.c.id).where(
+                requests.c.tid == ctx.tid,
+                requests.c.batch == ctx.f60.batch,
+                requests.c.stan == ctx.stan,
+                requests.c.mti == Mti.FINANCIAL.value,
+            )
+        ).first()
+        if seen is None:
+            ctx.conn.execute(
+                insert(tombstones).values(
+                    tid=ctx.tid,
+                    batch=ctx.f60.batch,
+                    stan=ctx.stan,
+                    mti=Mti.FINANCIAL.value,
+                    created_at=ctx.now,
+                )
+            )
+        return ctx.respond(RC.APPROVED)
+    if orig["status"] != TxnStatus.APPROVED:
+        return ctx.respond(RC.APPROVED)
+    amount = int(orig["amount_minor"])
+    if batch_settled(ctx, ctx.f60.batch):
+        if orig["kind"] == TxnKind.SALE:
+            left = amount - _refunded_minor(ctx, int(orig["id"]))
+            if left > 0:
+                outcome = _money_back(ctx, orig, left, Reason.AUTO_REFUND, ledger.merchant(ctx.mid))
+                _record(
+                    ctx,
+                    kind=TxnKind.AUTO_REFUND,
+                    code=outcome.code,
+                    amount_minor=left,
+                    pan_masked=orig["pan_masked"],
+                    auth=auth_code(outcome.authorization_id),
+                    issuer_ref=outcome.authorization_id,
+                    original_id=int(orig["id"]),
+                )
+        return ctx.respond(RC.APPROVED)
+    if orig["kind"] == TxnKind.SALE:
+        _money_back(ctx, orig, amount, Reason.REVERSAL, ledger.CLEARING)
+    else:  # a reversed void puts the sale back on the card
+        outcome = bank.rebook_debit(
+            ctx.conn,
+            authorization_id=int(orig["issuer_ref"]),
+            amount_minor=amount,
+            reference=ctx.rrn,
+            merchant_name=ctx.merchant_name,
+            now=ctx.now,
+        )
+        if outcome.card_id is not None:
+            ledger.transfer(
+                ctx.conn,
+                ledger.EntryKind.REVERSAL,
+                ctx.rrn,
+                source=ledger.cardholder(outcome.card_id),
+                target=ledger.CLEARING,
+                amount_minor=amount,
+                now=ctx.now,
+            )
+        _set_status(ctx, int(orig["original_id"]), TxnStatus.APPROVED)
+    _set_status(ctx, int(orig["id"]), TxnStatus.REVERSED)
+    return ctx.respond(RC.APPROVED)

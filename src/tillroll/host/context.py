@@ -1,0 +1,60 @@
+"""What every request step needs: the open transaction, the request and the clock's now."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from tillroll.host.config import HostConfig
+from tillroll.iso8583.codes import ResponseCode
+from tillroll.iso8583.messages import Field60, Message, Mti
+
+_ECHOED = ("2", "3", "4", "11", "25", "41", "42", "49", "60")
+
+
+def response_for(req: Message, code: ResponseCode, now: datetime, **extra: str) -> Message:
+    """A response echoing the request's identifying fields (PROFILE §3)."""
+    fields = {k: req.fields[k] for k in _ECHOED if k in req.fields}
+    fields.update({"12": now.strftime("%H%M%S"), "13": now.strftime("%m%d"), "39": code.value})
+    fields.update({k.lstrip("f"): v for k, v in extra.items()})
+    try:
+        mti = Mti(req.mti).response.value
+    except ValueError:
+        mti = req.mti
+    return Message(mti, fields)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    conn: Connection
+    msg: Message
+    f60: Field60
+    rrn: str
+    pik: bytes
+    mid: str
+    merchant_name: str
+    fee_rate_ppm: int
+    now: datetime
+    config: HostConfig
+
+    @property
+    def tid(self) -> str:
+        return self.msg["41"]
+
+    @property
+    def stan(self) -> str:
+        return self.msg["11"]
+
+    def respond(self, code: ResponseCode, auth_code: str | None = None, **extra: str) -> Message:
+        fields = {
+            "15": self.now.strftime("%m%d"),
+            "37": self.rrn,
+            "44": f"{'03080000':<11}{self.config.acquirer_id:<11}",
+            "63": f"CUP{self.config.issuer_name}",
+        }
+        if auth_code:
+            fields["38"] = auth_code
+        fields.update({k.lstrip("f"): v for k, v in extra.items()})
+        return response_for(self.msg, code, self.now, **fields)
