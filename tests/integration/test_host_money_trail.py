@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
@@ -12,6 +13,7 @@ from tillroll import ledger
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer, InjectedCrashAfterCommit, InjectedStoreFailure
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
+from tillroll.host.report import ledger_problems, settlement_report, write_csv
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583.messages import Message
 from tillroll.store.tables import batch_differences, settlements, transactions
@@ -66,7 +68,7 @@ def _sale(client: WireClient, amount: int) -> tuple[Message, Message]:
 
 def _ledger_sound(store: HostStore) -> dict[str, int]:
     with store.engine.connect() as conn:
-        assert set(ledger.imbalance(conn).values()) <= {0}
+        assert ledger_problems(conn) == []
         return ledger.balances(conn)
 
 
@@ -102,7 +104,7 @@ def test_refund_of_voided_or_unknown_original(client: WireClient) -> None:
 
 
 def test_settlement_balanced_closes_the_batch_and_pays_the_merchant(
-    client: WireClient, store: HostStore
+    client: WireClient, store: HostStore, tmp_path: Path
 ) -> None:
     sale1, ans1 = _sale(client, 10_000)
     sale2, ans2 = _sale(client, 5_000)
@@ -120,6 +122,13 @@ def test_settlement_balanced_closes_the_batch_and_pays_the_merchant(
     assert balances[ledger.merchant(MID)] == 9_000 - fee
     assert balances[ledger.FEES] == fee
     assert balances.get(ledger.CLEARING, 0) == 0
+    with store.engine.connect() as conn:
+        (row,) = settlement_report(conn, FakeClock().now().date())
+    assert (row.sale_count, row.gross_minor, row.refund_count, row.refunds_minor) == (1, 10_000, 1, 1_000)
+    assert (row.fees_minor, row.net_minor) == (fee, 9_000 - fee)
+    path = tmp_path / "report.csv"
+    write_csv([row], path)
+    assert path.read_text().splitlines()[1].startswith(f"{MID},一号便利店,{TID},1,1,10000,1,1000,0,0,{fee},")
 
 
 def test_not_balanced_then_upload_records_each_difference(client: WireClient, store: HostStore) -> None:
@@ -166,6 +175,9 @@ def test_reversal_after_settlement_becomes_an_automatic_refund(client: WireClien
     balances = _ledger_sound(store)
     fee = (8_800 * 6000 + 500_000) // 1_000_000
     assert balances[ledger.merchant(MID)] == -fee  # paid out, then clawed back
+    with store.engine.connect() as conn:
+        (row,) = settlement_report(conn, FakeClock().now().date())
+    assert (row.auto_refund_count, row.auto_refunds_minor, row.net_minor) == (1, 8_800, -fee)
 
 
 def test_store_failure_rolls_back_whole_and_the_retry_completes_once(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import date
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -103,6 +105,82 @@ def messages_cmd(
         typer.echo(f"balance {format_yuan(card_balance(db, pan))}")
     except (ValueError, DatabaseUrlError) as exc:
         raise _fail(str(exc)) from None
+
+
+@app.command("settlement-report")
+def settlement_report_cmd(
+    day: Annotated[str, typer.Option("--date", help="Settlement day, YYYY-MM-DD")],
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="CSV file to write (default: settlement-report-DAY.csv)")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Per merchant and terminal: counts, gross, refunds, fees and net to pay, for one day."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tillroll.host.report import settlement_report, write_csv
+    from tillroll.host.store import open_store
+
+    try:
+        when = date.fromisoformat(day)
+    except ValueError:
+        raise _fail(f"--date {day!r} is not YYYY-MM-DD") from None
+    try:
+        store = open_store(db)
+    except DatabaseUrlError as exc:
+        raise _fail(str(exc)) from None
+    with store.engine.connect() as conn:
+        rows = settlement_report(conn, when)
+    table = Table(title=f"结算报表 Settlement report {when}")
+    for col in (
+        "MID",
+        "商户 Merchant",
+        "TID",
+        "批次 Batches",
+        "消费 Sales",
+        "金额 Gross",
+        "退货 Refunds",
+        "退款额 Refunded",
+        "自动退款 Auto",
+        "手续费 Fees",
+        "应付 Net",
+    ):
+        table.add_column(col, justify="right" if col[0] not in "MT商" else "left")
+    for r in rows:
+        table.add_row(
+            r.mid,
+            r.merchant_name,
+            r.tid,
+            str(r.batches),
+            str(r.sale_count),
+            format_yuan(r.gross_minor),
+            str(r.refund_count),
+            format_yuan(r.refunds_minor),
+            format_yuan(r.auto_refunds_minor),
+            format_yuan(r.fees_minor),
+            format_yuan(r.net_minor),
+        )
+    Console().print(table)
+    path = csv_path or Path(f"settlement-report-{when}.csv")
+    write_csv(rows, path)
+    typer.echo(f"written {path} ({len(rows)} rows)")
+
+
+@app.command("ledger-check")
+def ledger_check_cmd(db: DbOption = None) -> None:
+    """Rebuild every balance from the ledger's postings and compare with the bank's balances."""
+    from tillroll.host.report import ledger_problems
+    from tillroll.host.store import open_store
+
+    store = open_store(db)
+    with store.engine.connect() as conn:
+        problems = ledger_problems(conn)
+    for p in problems:
+        typer.secho(p, fg=typer.colors.RED)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("ledger balanced: every balance rebuilt from the postings matches")
 
 
 @app.command("serve")

@@ -1,0 +1,111 @@
+"""The host's settlement report and the ledger check."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass, fields
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import Connection, func, select
+
+from tillroll import ledger
+from tillroll.host.card import TxnKind, TxnStatus
+from tillroll.store.tables import issuer_cards, merchants, settlements, transactions
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    mid: str
+    merchant_name: str
+    tid: str
+    batches: int
+    sale_count: int
+    gross_minor: int
+    refund_count: int
+    refunds_minor: int
+    auto_refund_count: int
+    auto_refunds_minor: int
+    fees_minor: int
+    net_minor: int  # what the acquirer pays the merchant for the day
+
+
+def settlement_report(conn: Connection, day: date) -> list[ReportRow]:
+    """Per merchant and terminal: the batches settled on `day`, and the automatic refunds
+    booked that day (they belong to no terminal's totals, but reduce what the merchant is paid)."""
+    start = datetime(day.year, day.month, day.day)
+    end = start + timedelta(days=1)
+    names = {str(mid): str(name) for mid, name in conn.execute(select(merchants.c.mid, merchants.c.name))}
+    acc: dict[tuple[str, str], dict[str, int]] = {}
+
+    def slot(mid: str, tid: str) -> dict[str, int]:
+        return acc.setdefault((mid, tid), {f.name: 0 for f in fields(ReportRow)[3:]})
+
+    settled = conn.execute(
+        select(
+            settlements.c.mid,
+            settlements.c.tid,
+            func.count(),
+            func.sum(settlements.c.host_debit_count),
+            func.sum(settlements.c.host_debit_minor),
+            func.sum(settlements.c.host_credit_count),
+            func.sum(settlements.c.host_credit_minor),
+            func.sum(settlements.c.fee_minor),
+        )
+        .where(settlements.c.settled_at >= start, settlements.c.settled_at < end)
+        .group_by(settlements.c.mid, settlements.c.tid)
+    )
+    for mid, tid, batches, sales, gross, refunds, refunded, fees in settled:
+        s = slot(mid, tid)
+        s.update(
+            batches=int(batches),
+            sale_count=int(sales),
+            gross_minor=int(gross),
+            refund_count=int(refunds),
+            refunds_minor=int(refunded),
+            fees_minor=int(fees),
+        )
+    autos = conn.execute(
+        select(transactions.c.mid, transactions.c.tid, func.count(), func.sum(transactions.c.amount_minor))
+        .where(
+            transactions.c.kind == TxnKind.AUTO_REFUND,
+            transactions.c.status == TxnStatus.APPROVED,
+            transactions.c.created_at >= start,
+            transactions.c.created_at < end,
+        )
+        .group_by(transactions.c.mid, transactions.c.tid)
+    )
+    for mid, tid, count, total in autos:
+        s = slot(mid, tid)
+        s.update(auto_refund_count=int(count), auto_refunds_minor=int(total))
+    rows = []
+    for (mid, tid), s in sorted(acc.items()):
+        s["net_minor"] = s["gross_minor"] - s["refunds_minor"] - s["fees_minor"] - s["auto_refunds_minor"]
+        rows.append(ReportRow(mid=mid, merchant_name=names.get(mid, ""), tid=tid, **s))
+    return rows
+
+
+def write_csv(rows: list[ReportRow], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=[f.name for f in fields(ReportRow)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+
+
+def ledger_problems(conn: Connection) -> list[str]:
+    """Rebuild every balance from the postings; name each place where they disagree."""
+    problems = [
+        f"postings in currency {cur} sum to {total}, not 0"
+        for cur, total in ledger.imbalance(conn).items()
+        if total
+    ]
+    balances = ledger.balances(conn)
+    for card_id, pan, held in conn.execute(
+        select(issuer_cards.c.id, issuer_cards.c.pan, issuer_cards.c.balance_minor)
+    ):
+        derived = balances.get(ledger.cardholder(card_id), 0)
+        if derived != held:
+            problems.append(f"card ending {pan[-4:]}: bank balance {held} but postings give {derived}")
+    return problems
