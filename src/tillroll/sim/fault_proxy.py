@@ -541,9 +541,9 @@ class FaultProxy:
                 conn.pending.append(_Pending(replay_of=first))
                 copies = 2
                 self._record(Fault.DUPLICATE_REQUEST, conn.conn_id, len(payload), "request sent twice")
+            self._count("frames_to_upstream", copies)  # before the bytes can be seen
             if not await self._write(conn.uwriter, frame * copies):
                 return _Outcome.CLOSED
-            self._count("frames_to_upstream", copies)
 
     async def _pump_upstream(self, conn: _Conn) -> _Outcome:
         """Host -> client: whole response frames, with the response-side faults applied."""
@@ -597,9 +597,9 @@ class FaultProxy:
                     # The idle clock starts again when the held response is due.
                     conn.last_activity = asyncio.get_running_loop().time() + pend.delay_s
                     await asyncio.sleep(pend.delay_s)
+            self._count("frames_to_client")
             if not await self._write(conn.cwriter, out):
                 return _Outcome.CLOSED
-            self._count("frames_to_client")
 
 
 async def _reset(writer: asyncio.StreamWriter) -> None:
