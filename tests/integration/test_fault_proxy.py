@@ -489,3 +489,11 @@ def test_address_needs_start(upstream: AnswerServer) -> None:
     with pytest.raises(RuntimeError):
         _ = proxy.address
     proxy.stop()  # harmless before start
+
+
+def test_start_fails_loudly_on_a_busy_port(upstream: AnswerServer) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        proxy = FaultProxy(upstream.address, port=busy.getsockname()[1])
+        with pytest.raises(OSError):
+            proxy.start()
+        proxy.stop()
