@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from tillroll import ledger
 from tillroll.crypto.pin import PinBlockError, decrypt_pin
@@ -22,6 +22,13 @@ from tillroll.pan import mask_pan
 from tillroll.store.tables import requests, settlements, tombstones, transactions
 
 RC = ResponseCode
+_TOMBSTONE = select(tombstones.c.id).where(
+    tombstones.c.tid == bindparam("b_tid"),
+    tombstones.c.batch == bindparam("b_batch"),
+    tombstones.c.stan == bindparam("b_stan"),
+    tombstones.c.mti == bindparam("b_mti"),
+)
+_INSERT_TRANSACTION = insert(transactions)
 
 
 class TxnStatus(enum.StrEnum):
@@ -75,25 +82,26 @@ def _record(
     stan: str | None = None,
 ) -> None:
     ctx.conn.execute(
-        insert(transactions).values(
-            rrn=ctx.rrn,
-            tid=ctx.tid,
-            mid=ctx.mid,
-            batch=batch or ctx.f60.batch,
-            stan=stan or ctx.stan,
-            kind=kind,
-            status=TxnStatus.APPROVED if code is RC.APPROVED else TxnStatus.DECLINED,
-            response_code=code.value,
-            amount_minor=amount_minor,
-            currency=CURRENCY_CNY,
-            pan_masked=pan_masked,
-            auth_code=auth,
-            issuer_ref=issuer_ref,
-            original_id=original_id,
-            local_date=ctx.now.strftime("%m%d"),
-            created_at=ctx.now,
-            updated_at=ctx.now,
-        )
+        _INSERT_TRANSACTION,
+        {
+            "rrn": ctx.rrn,
+            "tid": ctx.tid,
+            "mid": ctx.mid,
+            "batch": batch or ctx.f60.batch,
+            "stan": stan or ctx.stan,
+            "kind": kind,
+            "status": TxnStatus.APPROVED if code is RC.APPROVED else TxnStatus.DECLINED,
+            "response_code": code.value,
+            "amount_minor": amount_minor,
+            "currency": CURRENCY_CNY,
+            "pan_masked": pan_masked,
+            "auth_code": auth,
+            "issuer_ref": issuer_ref,
+            "original_id": original_id,
+            "local_date": ctx.now.strftime("%m%d"),
+            "created_at": ctx.now,
+            "updated_at": ctx.now,
+        },
     )
 
 
@@ -131,14 +139,8 @@ def _money_back(
 
 def sale(ctx: RequestContext) -> Message:
     msg = ctx.msg
-    tomb = ctx.conn.execute(
-        select(tombstones.c.id).where(
-            tombstones.c.tid == ctx.tid,
-            tombstones.c.batch == ctx.f60.batch,
-            tombstones.c.stan == ctx.stan,
-            tombstones.c.mti == msg.mti,
-        )
-    ).first()
+    key = {"b_tid": ctx.tid, "b_batch": ctx.f60.batch, "b_stan": ctx.stan, "b_mti": msg.mti}
+    tomb = ctx.conn.execute(_TOMBSTONE, key).first()
     if tomb is not None:
         return ctx.respond(RC.DUPLICATE)
     card = card_of(msg)

@@ -15,14 +15,17 @@ class HostConfig:
     connections_max: int = 512
     idle_timeout_s: float = 300.0
     frame_max_len: int = 2048
-    db_workers: int = 4
+    db_workers: int = 4  # PostgreSQL; SQLite always uses one
+    batch_max: int = 64  # requests answered by one group commit
+    queue_max: int = 4096
+    queue_wait_s: float = 5.0
     acquirer_id: str = "00010000"
     issuer_name: str = "TILLROLL BANK"
 
     def __post_init__(self) -> None:
         if self.key_lifetime_s <= 0:
             raise ConfigError("key lifetime must be a positive number of seconds")
-        if self.connections_max <= 0 or self.db_workers <= 0:
+        if min(self.connections_max, self.db_workers, self.batch_max, self.queue_max) <= 0:
             raise ConfigError("connection and worker limits must be positive")
         if not 13 <= self.frame_max_len <= 2048:
             raise ConfigError("frame limit must be within 13..2048 bytes (PROFILE §1)")

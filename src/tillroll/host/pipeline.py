@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tillroll.clock import Clock
@@ -47,6 +47,26 @@ log = logging.getLogger("tillroll.host")
 RC = ResponseCode
 _MTIS = frozenset(m.value for m in Mti)
 UPLOAD_KINDS = frozenset({Kind.BATCH_UPLOAD, Kind.BATCH_UPLOAD_END})
+
+# Prebuilt statements for the per-request path (built once, executed with parameters).
+_TERMINAL = (
+    select(terminals, merchants.c.name, merchants.c.fee_rate_ppm)
+    .join(merchants, merchants.c.mid == terminals.c.mid)
+    .where(terminals.c.tid == bindparam("b_tid"))
+)
+_LATEST_SESSION = (
+    select(sessions).where(sessions.c.tid == bindparam("b_tid")).order_by(sessions.c.id.desc()).limit(1)
+)
+_STORED_REQUEST = select(requests.c.content_hash, requests.c.response).where(
+    requests.c.tid == bindparam("b_tid"),
+    requests.c.batch == bindparam("b_batch"),
+    requests.c.stan == bindparam("b_stan"),
+    requests.c.mti == bindparam("b_mti"),
+)
+_INSERT_REQUEST = insert(requests)
+_STORE_RESPONSE = (
+    update(requests).where(requests.c.id == bindparam("b_id")).values(response=bindparam("b_response"))
+)
 
 Handler = Callable[[RequestContext], Message]
 HANDLERS: dict[Kind, Handler] = {
@@ -120,12 +140,52 @@ class HostPipeline:
     # --- the boundary: bytes in, bytes out, every exception translated here ----------------
 
     def handle(self, payload: bytes) -> Reply:
+        return self.handle_batch([payload])[0]
+
+    def handle_batch(self, payloads: list[bytes]) -> list[Reply]:
+        """Answer several requests with one commit (group commit).
+
+        Each request runs in its own savepoint, so it commits or rolls back as a whole, and
+        none of the replies leaves before the commit that makes its request durable.
+        """
+        replies: list[Reply | None] = [None] * len(payloads)
+        work: list[tuple[int, framing.Frame, Message]] = []
+        for i, payload in enumerate(payloads):
+            parsed = self._decode(payload)
+            if isinstance(parsed, Reply):
+                replies[i] = parsed
+            else:
+                work.append((i, *parsed))
+        answers: dict[int, _Answer] = {}
+        verified: dict[int, dict[str, bytes]] = {i: {} for i, _, _ in work}
+        if work:
+            try:
+                with self.engine.begin() as conn:
+                    for i, frame, msg in work:
+                        answers[i] = self._run(conn, msg, frame.message, verified[i])
+            except DBAPIError as exc:
+                log.warning("commit failed, answering 96 to %d requests: %s", len(work), exc)
+                now = self.clock.now()
+                for i, _, msg in work:
+                    answers[i] = _Answer(
+                        response_for(msg, RC.SYSTEM_MALFUNCTION, now), verified[i].get("mak")
+                    )
+        for i, frame, msg in work:
+            try:
+                self._fault("after_commit", msg)
+            except InjectedCrashAfterCommit:
+                replies[i] = Reply(None, close=True)
+                continue
+            replies[i] = self._frame(frame, answers[i])
+        return [r if r is not None else Reply(None, close=True) for r in replies]
+
+    def _decode(self, payload: bytes) -> Reply | tuple[framing.Frame, Message]:
         try:
             frame = framing.parse_payload(payload)
         except FramingError:
             return Reply(None, close=True)
         try:
-            msg = unpack(frame.message)
+            return frame, unpack(frame.message)
         except DecodeError as exc:
             mti, tid = read_mti_and_tid(frame.message)
             if mti not in _MTIS or tid is None:
@@ -135,11 +195,6 @@ class HostPipeline:
             resp_mti = Mti(mti).response.value if int(mti[2]) % 2 == 0 else mti
             resp = Message(resp_mti, {"39": RC.FORMAT_ERROR.value, "41": tid})
             return self._frame(frame, _Answer(resp, None))
-        try:
-            answer = self._run(msg, frame.message)
-        except InjectedCrashAfterCommit:
-            return Reply(None, close=True)
-        return self._frame(frame, answer)
 
     def _frame(self, frame: framing.Frame, answer: _Answer) -> Reply:
         try:
@@ -150,14 +205,12 @@ class HostPipeline:
         header = framing.reply_header(frame.header, must_sign_in=answer.must_sign_in)
         return Reply(framing.Frame(framing.reply_tpdu(frame.tpdu), header, body).encode())
 
-    def _run(self, msg: Message, raw: bytes) -> _Answer:
-        verified: dict[str, bytes] = {}
+    def _run(self, conn: Connection, msg: Message, raw: bytes, verified: dict[str, bytes]) -> _Answer:
         for attempt in range(2):
             try:
-                with self.engine.begin() as conn:
+                with conn.begin_nested():
                     answer = self._process(conn, msg, raw, verified)
                     self._fault("before_commit", msg)
-                self._fault("after_commit", msg)
                 return answer
             except _Replay as replay:
                 return replay.answer
@@ -168,7 +221,7 @@ class HostPipeline:
             except (DBAPIError, InjectedStoreFailure) as exc:
                 log.warning("request rolled back, answering 96: %s", exc)
                 break
-        # Nothing was committed: 96 says "nothing was done, safe to retry the same request".
+        # Nothing of it was kept: 96 says "nothing was done, safe to retry the same request".
         return _Answer(response_for(msg, RC.SYSTEM_MALFUNCTION, self.clock.now()), verified.get("mak"))
 
     def _fault(self, point: str, msg: Message) -> None:
@@ -183,15 +236,7 @@ class HostPipeline:
         tid, mid = msg.get("41"), msg.get("42")
         if not tid:
             return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
-        row = (
-            conn.execute(
-                select(terminals, merchants.c.name, merchants.c.fee_rate_ppm)
-                .join(merchants, merchants.c.mid == terminals.c.mid)
-                .where(terminals.c.tid == tid)
-            )
-            .mappings()
-            .first()
-        )
+        row = conn.execute(_TERMINAL, {"b_tid": tid}).mappings().first()
         if row is None or row["status"] != "active":
             return _Answer(response_for(msg, RC.TERMINAL_NOT_REGISTERED, now), None)
         if mid != row["mid"]:
@@ -206,13 +251,7 @@ class HostPipeline:
         if kind in (Kind.ECHO, Kind.SIGN_OUT):
             return self._network(conn, msg, tid, kind)
 
-        session = (
-            conn.execute(
-                select(sessions).where(sessions.c.tid == tid).order_by(sessions.c.id.desc()).limit(1)
-            )
-            .mappings()
-            .first()
-        )
+        session = conn.execute(_LATEST_SESSION, {"b_tid": tid}).mappings().first()
         if not self._session_admits(session, kind, f60, now):
             return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
         assert session is not None
@@ -228,18 +267,8 @@ class HostPipeline:
             return _Answer(response_for(msg, RC.FORMAT_ERROR, now), mak)
 
         content_hash = hashlib.sha256(json.dumps(msg.content_key()).encode()).hexdigest()
-        stored = (
-            conn.execute(
-                select(requests.c.content_hash, requests.c.response).where(
-                    requests.c.tid == tid,
-                    requests.c.batch == f60.batch,
-                    requests.c.stan == stan,
-                    requests.c.mti == msg.mti,
-                )
-            )
-            .mappings()
-            .first()
-        )
+        key = {"b_tid": tid, "b_batch": f60.batch, "b_stan": stan, "b_mti": msg.mti}
+        stored = conn.execute(_STORED_REQUEST, key).mappings().first()
         if stored is not None:
             # Reversals are exempt from 94: every repeat answers as the first did (PROFILE §6).
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
@@ -247,14 +276,15 @@ class HostPipeline:
             raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now), mak))
         request_id = inserted_id(
             conn.execute(
-                insert(requests).values(
-                    tid=tid,
-                    batch=f60.batch,
-                    stan=stan,
-                    mti=msg.mti,
-                    content_hash=content_hash,
-                    created_at=now,
-                )
+                _INSERT_REQUEST,
+                {
+                    "tid": tid,
+                    "batch": f60.batch,
+                    "stan": stan,
+                    "mti": msg.mti,
+                    "content_hash": content_hash,
+                    "created_at": now,
+                },
             )
         )
         ctx = RequestContext(
@@ -270,7 +300,7 @@ class HostPipeline:
             config=self.config,
         )
         response = handler(ctx)
-        conn.execute(update(requests).where(requests.c.id == request_id).values(response=_dump(response)))
+        conn.execute(_STORE_RESPONSE, {"b_id": request_id, "b_response": _dump(response)})
         return _Answer(response, mak)
 
     def _session_admits(self, session: Any, kind: Kind, f60: Field60, now: Any) -> bool:

@@ -1,8 +1,9 @@
 """The acquirer host's asyncio TCP server.
 
 Each connection carries request/response pairs one at a time, in order. A bad frame closes only
-its own connection; connections, frame size and idle time are bounded. The pipeline's database
-work runs in a small thread pool so that one slow request never stalls the event loop.
+its own connection; connections, frame size and idle time are bounded. Requests go to database
+worker threads through a bounded queue; a worker takes whatever requests are waiting (up to
+`batch_max`) and answers them with one group commit, so the event loop never waits on a disk.
 """
 
 from __future__ import annotations
@@ -10,18 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from tillroll.clock import Clock, SystemClock
 from tillroll.host.config import HostConfig
-from tillroll.host.pipeline import HostPipeline
+from tillroll.host.pipeline import HostPipeline, Reply
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
 from tillroll.iso8583.errors import FramingError
 
 log = logging.getLogger("tillroll.host")
+
+
+@dataclass(frozen=True)
+class _Work:
+    payload: bytes
+    future: asyncio.Future[Reply]
 
 
 class HostService:
@@ -30,13 +38,21 @@ class HostService:
     def __init__(self, store: HostStore, config: HostConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.pipeline = HostPipeline(store.engine, store.keystore, clock or SystemClock(), config)
-        workers = 1 if store.url.startswith("sqlite") else config.db_workers
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="host-db")
+        # SQLite has one writer at a time: more workers would only queue on its lock.
+        self._workers_n = 1 if store.url.startswith("sqlite") else config.db_workers
+        self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=config.queue_max)
+        self._workers: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._loop = asyncio.get_running_loop()
+        for n in range(self._workers_n):
+            worker = threading.Thread(target=self._work, name=f"host-db-{n}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
         self._server = await asyncio.start_server(self._serve, host, port, limit=4096, backlog=1024)
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
@@ -53,7 +69,50 @@ class HostService:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(timeout=10)
+
+    def _work(self) -> None:
+        """Worker thread: drain waiting requests into one batch, answer them, repeat."""
+        batch_max = self.config.batch_max
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < batch_max:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                replies = self.pipeline.handle_batch([w.payload for w in batch])
+            except Exception as exc:  # a bug: fail these requests, keep serving
+                log.exception("pipeline failed on a batch of %d", len(batch))
+                for w in batch:
+                    self._resolve(w.future, exc)
+                continue
+            for w, reply in zip(batch, replies, strict=True):
+                self._resolve(w.future, reply)
+
+    def _resolve(self, future: asyncio.Future[Reply], outcome: Reply | BaseException) -> None:
+        def _set() -> None:
+            if future.done():
+                return
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self._loop.call_soon_threadsafe(_set)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -77,7 +136,19 @@ class HostService:
                     return
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                     return
-                reply = await loop.run_in_executor(self._executor, self.pipeline.handle, payload)
+                future: asyncio.Future[Reply] = loop.create_future()
+                work = _Work(payload, future)
+                try:
+                    self._queue.put_nowait(work)
+                except queue.Full:  # overloaded: wait a bounded time, then give this connection up
+                    try:
+                        await asyncio.to_thread(self._queue.put, work, True, self.config.queue_wait_s)
+                    except queue.Full:
+                        log.warning(
+                            "request queue full for %.1f s: closing %s", self.config.queue_wait_s, peer
+                        )
+                        return
+                reply = await future
                 if reply.frame is not None:
                     writer.write(reply.frame)
                     await writer.drain()

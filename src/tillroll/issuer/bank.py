@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from tillroll import ledger
 from tillroll.iso8583.codes import ResponseCode
@@ -64,6 +64,18 @@ class Outcome:
     @property
     def approved(self) -> bool:
         return self.code is ResponseCode.APPROVED
+
+
+# Prebuilt statements: the hot path executes them with parameters, never rebuilding them.
+_CARD_BY_PAN = select(issuer_cards).where(issuer_cards.c.pan == bindparam("b_pan"))
+_CARD_BY_PAN_FOR_UPDATE = _CARD_BY_PAN.with_for_update()
+_SET_BALANCE = (
+    update(issuer_cards)
+    .where(issuer_cards.c.id == bindparam("b_id"))
+    .values(balance_minor=bindparam("b_balance"))
+)
+_INSERT_AUTHORIZATION = insert(issuer_authorizations)
+_INSERT_MESSAGE = insert(issuer_messages)
 
 
 def _hash_pin(pin: str, salt: bytes) -> bytes:
@@ -118,10 +130,8 @@ def add_card(
 
 
 def _card(conn: Connection, pan: str, *, for_update: bool = True) -> dict[str, object] | None:
-    stmt = select(issuer_cards).where(issuer_cards.c.pan == pan)
-    if for_update:
-        stmt = stmt.with_for_update()
-    row = conn.execute(stmt).mappings().first()
+    stmt = _CARD_BY_PAN_FOR_UPDATE if for_update else _CARD_BY_PAN
+    row = conn.execute(stmt, {"b_pan": pan}).mappings().first()
     return dict(row) if row else None
 
 
@@ -172,9 +182,8 @@ def _message(
         f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
     )
     conn.execute(
-        insert(issuer_messages).values(
-            card_id=card["id"], authorization_id=authorization_id, text=text, created_at=now
-        )
+        _INSERT_MESSAGE,
+        {"card_id": card["id"], "authorization_id": authorization_id, "text": text, "created_at": now},
     )
 
 
@@ -191,18 +200,19 @@ def _post(
 ) -> Outcome:
     delta = -amount_minor if direction == "debit" else amount_minor
     balance = int(str(card["balance_minor"])) + delta
-    conn.execute(update(issuer_cards).where(issuer_cards.c.id == card["id"]).values(balance_minor=balance))
+    conn.execute(_SET_BALANCE, {"b_id": card["id"], "b_balance": balance})
     auth_id = inserted_id(
         conn.execute(
-            insert(issuer_authorizations).values(
-                card_id=card["id"],
-                direction=direction,
-                amount_minor=amount_minor,
-                reason=reason,
-                reference=reference,
-                merchant_name=merchant_name,
-                created_at=now,
-            )
+            _INSERT_AUTHORIZATION,
+            {
+                "card_id": card["id"],
+                "direction": direction,
+                "amount_minor": amount_minor,
+                "reason": reason,
+                "reference": reference,
+                "merchant_name": merchant_name,
+                "created_at": now,
+            },
         )
     )
     _message(

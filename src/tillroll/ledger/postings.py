@@ -31,6 +31,10 @@ def merchant(mid: str) -> str:
     return f"merchant:{mid}"
 
 
+_INSERT_ENTRY = insert(ledger_entries)
+_INSERT_POSTING = insert(ledger_postings)
+
+
 class EntryKind(enum.StrEnum):
     OPENING = "opening"
     SALE = "sale"
@@ -61,10 +65,10 @@ def post(conn: Connection, kind: EntryKind, reference: str, legs: Sequence[Leg],
     if any(totals.values()) or len(legs) < 2:
         raise UnbalancedEntry(f"{kind} {reference}: legs {legs} do not balance")
     entry_id = inserted_id(
-        conn.execute(insert(ledger_entries).values(kind=kind, reference=reference, created_at=now))
+        conn.execute(_INSERT_ENTRY, {"kind": kind, "reference": reference, "created_at": now})
     )
     conn.execute(
-        insert(ledger_postings),
+        _INSERT_POSTING,
         [
             {
                 "entry_id": entry_id,
