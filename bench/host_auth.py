@@ -46,7 +46,13 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, b
 
 
 async def terminal(
-    index: int, tmk: bytes, port: int, deadline: float, use_pin: bool, latencies: list[float], errors: list[str]
+    index: int,
+    tmk: bytes,
+    port: int,
+    deadline: float,
+    use_pin: bool,
+    latencies: list[float],
+    errors: list[str],
 ) -> None:
     tid = f"B{index:07d}"
     pan = f"62220200000{index:08d}"
@@ -59,7 +65,9 @@ async def terminal(
         return f"{stan:06d}"
 
     raw = await exchange(
-        reader, writer, pack(Message("0800", {"11": next_stan(), "41": tid, "42": MID, "60": "00000001003", "63": "001"}))
+        reader,
+        writer,
+        pack(Message("0800", {"11": next_stan(), "41": tid, "42": MID, "60": "00000001003", "63": "001"})),
     )
     resp = unpack(raw)
     keys: WorkingKeys = unwrap_working_keys(tmk, bytes.fromhex(resp["62"]))
@@ -83,12 +91,16 @@ async def terminal(
     writer.close()
 
 
-async def drive(tmks: list[bytes], port: int, seconds: float, use_pin: bool) -> tuple[list[float], list[str], float]:
+async def drive(
+    tmks: list[bytes], port: int, seconds: float, use_pin: bool
+) -> tuple[list[float], list[str], float]:
     latencies: list[float] = []
     errors: list[str] = []
     start = time.perf_counter()
     deadline = start + seconds
-    await asyncio.gather(*(terminal(i, tmk, port, deadline, use_pin, latencies, errors) for i, tmk in enumerate(tmks)))
+    await asyncio.gather(
+        *(terminal(i, tmk, port, deadline, use_pin, latencies, errors) for i, tmk in enumerate(tmks))
+    )
     return latencies, errors, time.perf_counter() - start
 
 

@@ -66,7 +66,8 @@ def main() -> None:
             rows.append(
                 {
                     "rrn": f"{n:012d}", "tid": tid, "mid": MID, "batch": "000001", "stan": f"{stan:06d}",
-                    "kind": "sale", "status": "approved", "response_code": "00", "amount_minor": 100 + n % 5000,
+                    "kind": "sale", "status": "approved", "response_code": "00",
+                    "amount_minor": 100 + n % 5000,
                     "currency": "156", "pan_masked": "622202*********0123", "auth_code": "123456",
                     "issuer_ref": None, "original_id": None, "local_date": now.strftime("%m%d"),
                     "created_at": now, "updated_at": now,
