@@ -71,6 +71,7 @@ sessions = Table(
 
 # Idempotency: one row per request key; the stored response is replayed for a retry.
 # Sign-ins get a row with a NULL key (never replayed) so that every answer has an RRN.
+# A reversal that overtook its original leaves a "tombstone" row (no response) in its slot.
 requests = Table(
     "requests",
     metadata,
@@ -107,19 +108,6 @@ transactions = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Index("ix_transactions_tid_batch_stan", "tid", "batch", "stan"),
-)
-
-# A reversal that overtook its original: the original, if it arrives, is declined 94.
-tombstones = Table(
-    "tombstones",
-    metadata,
-    Column("id", Id, primary_key=True, autoincrement=True),
-    Column("tid", String(8), nullable=False),
-    Column("batch", String(6), nullable=False),
-    Column("stan", String(6), nullable=False),
-    Column("mti", String(4), nullable=False),
-    Column("created_at", DateTime, nullable=False),
-    UniqueConstraint("tid", "batch", "stan", "mti", name="uq_tombstones_key"),
 )
 
 # --- the simulated issuer ---------------------------------------------------------------

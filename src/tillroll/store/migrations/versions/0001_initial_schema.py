@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 04:01:12.175321
+Create Date: 2026-11-29 04:06:39.532494
 """
 
 from __future__ import annotations
@@ -120,19 +120,6 @@ def upgrade() -> None:
         sa.Column("settled_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_settlements")),
         sa.UniqueConstraint("tid", "batch", name="uq_settlements_tid_batch"),
-    )
-    op.create_table(
-        "tombstones",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
-        sa.Column("tid", sa.String(length=8), nullable=False),
-        sa.Column("batch", sa.String(length=6), nullable=False),
-        sa.Column("stan", sa.String(length=6), nullable=False),
-        sa.Column("mti", sa.String(length=4), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_tombstones")),
-        sa.UniqueConstraint("tid", "batch", "stan", "mti", name="uq_tombstones_key"),
     )
     op.create_table(
         "transactions",
@@ -266,7 +253,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_transactions_tid_batch_stan")
 
     op.drop_table("transactions")
-    op.drop_table("tombstones")
     op.drop_table("settlements")
     op.drop_table("requests")
     op.drop_table("merchants")
