@@ -15,7 +15,7 @@ class HostConfig:
     connections_max: int = 512
     idle_timeout_s: float = 300.0
     frame_max_len: int = 2048
-    db_workers: int = 4  # PostgreSQL; SQLite always uses one
+    db_workers: int = 2  # PostgreSQL; SQLite always uses one
     batch_max: int = 64  # requests answered by one group commit
     queue_max: int = 4096
     queue_wait_s: float = 5.0
