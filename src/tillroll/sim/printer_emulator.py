@@ -131,6 +131,7 @@ class EscPosPaper:
         self.discarded_bytes = 0
         self.spoiled_documents = 0
         self.cuts_until_jam: int | None = None
+        self._stream = _Conn(sock=None, last_seen=0.0)  # unparsed bytes of feed() without a connection
         self._reset_modes()
         self._lines: list[str] = []
         self._runs: list[tuple[bytes, str]] = []
@@ -206,7 +207,7 @@ class EscPosPaper:
 
     def feed(self, data: bytes | bytearray, conn: _Conn | None = None) -> bytes:
         """Parse ``data`` (appended to ``conn``'s unparsed bytes); returns the status replies."""
-        c = conn if conn is not None else _Conn(sock=None, last_seen=0.0)
+        c = conn if conn is not None else self._stream
         c.buf += data
         replies = bytearray()
         pos = 0
