@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from escpos.printer import Dummy, Network
+from escpos.printer import Network
 
 from tillroll.pan import mask_pan
 from tillroll.sim.printer_emulator import EscPosPaper, PrinterEmulator, PrinterState, decode_documents
@@ -19,9 +19,8 @@ from tillroll.terminal.printer import (
     NetworkPrinter,
     PrintError,
     PrinterStatus,
-    emit_job,
+    job_bytes,
     open_printer,
-    render_job,
 )
 from tillroll.terminal.receipt import Copy, Slip, TransType, slip_text
 
@@ -67,13 +66,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def job_bytes(slips: list[tuple[Slip, Copy]], *, width_cols: int = 32) -> bytes:
-    dev = Dummy()
-    emit_job(dev, render_job(slips, reprint=False, width_cols=width_cols), width_cols=width_cols)
-    out: bytes = dev.output
-    return out
 
 
 def raw_status(emu: PrinterEmulator, queries: bytes, n_replies: int) -> bytes:
@@ -160,7 +152,7 @@ def test_not_ready_printer_raises_and_prints_nothing(
     emu.state = state
     with pytest.raises(PrintError) as err:
         open_printer(emu.url, timeout_s=2).print_slips(BOTH)
-    assert err.value.status is status
+    assert err.value.status is status and not err.value.job_sent
     assert "reprint" in str(err.value) and "重打印" in str(err.value)
     assert emu.documents() == []
     assert CUT not in emu.received()  # nothing but status queries was sent
@@ -184,7 +176,7 @@ def test_jam_in_the_middle_of_the_job_raises(emu: PrinterEmulator) -> None:
     emu.jam_after_documents(1)
     with pytest.raises(PrintError, match="打印中断") as err:
         open_printer(emu.url, timeout_s=2).print_slips(BOTH)
-    assert err.value.status is PrinterStatus.JAMMED
+    assert err.value.status is PrinterStatus.JAMMED and err.value.job_sent
     assert emu.state is PrinterState.JAMMED
     assert emu.documents() == [slip_text(make_slip(), Copy.MERCHANT)]  # the cardholder copy was lost
 
@@ -194,7 +186,7 @@ def test_offline_when_nothing_listens() -> None:
     assert printer.status() is PrinterStatus.OFFLINE
     with pytest.raises(PrintError, match="offline") as err:
         printer.print_slips(BOTH)
-    assert err.value.status is PrinterStatus.OFFLINE
+    assert err.value.status is PrinterStatus.OFFLINE and not err.value.job_sent
 
 
 def test_offline_when_the_printer_does_not_answer_within_the_timeout() -> None:

@@ -424,6 +424,7 @@ class PrinterEmulator:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._conns: dict[socket.socket, _Conn] = {}
+        self._failure: Exception | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -452,6 +453,9 @@ class PrinterEmulator:
             if self._thread.is_alive():
                 raise RuntimeError("printer emulator thread did not stop")
             self._thread = None
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise RuntimeError("the printer emulator's loop failed") from failure
 
     def __enter__(self) -> PrinterEmulator:
         self.start()
@@ -537,6 +541,8 @@ class PrinterEmulator:
                         assert isinstance(sock, socket.socket)
                         self._serve(sel, sock)
                 self._close_idle(sel)
+        except Exception as e:  # a bug in the emulator: reported by stop(), not lost in the thread
+            self._failure = e
         finally:
             for sock in list(self._conns):
                 self._drop(sel, sock)

@@ -2,12 +2,14 @@
 
 How a job goes out (:meth:`NetworkPrinter.print_slips`):
 
-1. every slip is laid out first (pure, :func:`render_slip`), so a bad slip fails before any IO;
-2. one TCP connection; the printer's real-time status (DLE EOT 1, 4, 2) is read on it, and
-   anything but READY raises :class:`PrintError` without sending a byte of the slip;
-3. ``ESC @`` (initialise), ``FS &`` (Chinese character mode), then each copy: per line
-   ``set()`` (alignment, bold, double height) and the text as raw GB18030 bytes, a native QR code
+1. every slip is laid out (pure, :func:`render_slip`, so a bad slip fails before any IO) and
+   the whole ESC/POS stream is built (python-escpos ``Dummy``, :func:`job_bytes`):
+   ``ESC @`` (initialise), ``FS &`` (Chinese character mode), then each copy: per line ``set()``
+   (alignment, bold, double height) and the text as raw GB18030 bytes, a native QR code
    (``GS ( k``) for the e-receipt address, and a paper cut (``cut()``) after each copy;
+2. one TCP connection (``escpos.printer.Network``); the printer's real-time status (DLE EOT 1, 2,
+   4) is read on it, and anything but READY raises :class:`PrintError` without sending the job;
+3. the job is sent in one write;
 4. the status is read again: it is answered only after the printer has taken every byte before
    it, so a connection that broke or a printer that jammed mid-job raises :class:`PrintError`
    (the caller then reprints, marked 重打印 REPRINT, or issues the e-receipt).
@@ -28,6 +30,7 @@ ResourceWarning); :class:`_NetworkDevice` opens with ``socket.create_connection`
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import socket
 import time
@@ -39,7 +42,7 @@ from urllib.parse import urlsplit
 
 from escpos.constants import QR_ECLEVEL_M, RT_STATUS_ONLINE, RT_STATUS_PAPER
 from escpos.exceptions import DeviceNotFoundError
-from escpos.printer import File, Network
+from escpos.printer import Dummy, File, Network
 
 from tillroll.terminal.receipt import Copy, Slip, SlipLine, render_slip, slip_text
 
@@ -85,11 +88,16 @@ _STATUS_MESSAGES = {
 
 
 class PrintError(Exception):
-    """A slip was not (or not certainly) printed. ``status`` says why."""
+    """A slip was not (or not certainly) printed. ``status`` says why.
 
-    def __init__(self, status: PrinterStatus, detail: str = "") -> None:
+    ``job_sent`` is False when no byte of the slips left (nothing can have been printed) and True
+    when the job was sent, at least in part (some copies may be on paper: reprint as REPRINT).
+    """
+
+    def __init__(self, status: PrinterStatus, detail: str = "", *, job_sent: bool = False) -> None:
         self.status = status
         self.detail = detail
+        self.job_sent = job_sent
         super().__init__(f"{status.message} ({detail})" if detail else status.message)
 
 
@@ -156,6 +164,14 @@ def emit_job(dev: Any, rendered: Sequence[Sequence[SlipLine]], *, width_cols: in
             _emit_line(dev, line, width_cols)
         dev.set(align="left", bold=False, normal_textsize=True)
         dev.cut()
+
+
+def job_bytes(slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False, width_cols: int = 32) -> bytes:
+    """The whole ESC/POS stream of a job (pure): built before any connection is opened."""
+    dev = Dummy()
+    emit_job(dev, render_job(slips, reprint=reprint, width_cols=width_cols), width_cols=width_cols)
+    out: bytes = dev.output
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,23 +244,26 @@ class NetworkPrinter:
             dev.close()
 
     def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
-        rendered = render_job(slips, reprint=reprint, width_cols=self.width_cols)
+        if not slips:
+            return
+        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols)
         try:
             dev = self._open()
         except DeviceNotFoundError as e:
-            raise PrintError(PrinterStatus.OFFLINE, str(e)) from e
+            raise PrintError(PrinterStatus.OFFLINE, f"{e} / 未打印") from e
+        sent = False
         try:
             before = self._query(dev)
             if before is not PrinterStatus.READY:
                 raise PrintError(before, "nothing was printed / 未打印")
-            emit_job(dev, rendered, width_cols=self.width_cols)
-            after = self._query(dev)
+            sent = True
+            dev._raw(job)
+            after = self._query(dev)  # answered once the printer has taken the whole job
             if after is not PrinterStatus.READY:
-                raise PrintError(after, "the printer stopped during the job / 打印中断")
+                raise PrintError(after, "the printer stopped during the job / 打印中断", job_sent=True)
         except OSError as e:
-            raise PrintError(
-                PrinterStatus.OFFLINE, f"connection failed during the job / 打印中断: {e}"
-            ) from e
+            detail = f"connection failed / 连接中断: {e}"
+            raise PrintError(PrinterStatus.OFFLINE, detail, job_sent=sent) from e
         finally:
             dev.close()
 
@@ -282,18 +301,22 @@ class FilePrinter:
         return PrinterStatus.READY
 
     def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
-        rendered = render_job(slips, reprint=reprint, width_cols=self.width_cols)
+        if not slips:
+            return
+        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols)
         dev = _AppendFile(str(self.path), auto_flush=False)
         try:
             dev.open()
-            emit_job(dev, rendered, width_cols=self.width_cols)
-        except (OSError, DeviceNotFoundError) as e:
-            raise PrintError(PrinterStatus.OFFLINE, f"cannot write {self.path}: {e}") from e
+        except DeviceNotFoundError as e:
+            raise PrintError(PrinterStatus.OFFLINE, f"{e} / 未打印") from e
+        try:
+            dev._raw(job)
+            dev.flush()
+        except OSError as e:
+            raise PrintError(PrinterStatus.OFFLINE, f"cannot write {self.path}: {e}", job_sent=True) from e
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 dev.close()
-            except OSError as e:
-                raise PrintError(PrinterStatus.OFFLINE, f"cannot write {self.path}: {e}") from e
 
     def __repr__(self) -> str:
         return f"FilePrinter(file:{self.path})"
