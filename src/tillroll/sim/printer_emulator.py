@@ -165,6 +165,7 @@ class EscPosPaper:
         self._line_align = None
 
     def _text(self, data: bytes) -> None:
+        data = data.replace(b"\t", b" ")
         if self._line_align is None:
             self._line_align = self._align  # alignment is taken at the start of a line
         encoding = "gb18030" if self._chinese else "cp437"
@@ -273,7 +274,7 @@ class EscPosPaper:
                 self._newline()
             start = i + 1
         if start < len(chunk):
-            self._text(chunk[start:].replace(b"\t", b" "))
+            self._text(chunk[start:])
 
     def _dle(self, buf: bytearray, pos: int, replies: bytearray) -> int:
         if len(buf) - pos < 2:
