@@ -1,0 +1,191 @@
+"""The terminal's typed, validated configuration and its files in the data dir.
+
+Data dir layout::
+
+    terminal.json   settings (no key in clear)
+    device.key      the device's local master key (32 bytes hex, mode 0600)
+    journal.db      the journal (SQLite, WAL, synchronous=FULL)
+    e-receipts/     HTML e-receipts written when a slip could not be printed
+
+The TMK is stored sealed (AES-GCM) under ``device.key``; working keys in the journal likewise.
+Neither ever reaches a log, a repr or an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tillroll.crypto.keystore import KeyStore, KeyStoreError
+
+CONFIG_FILE = "terminal.json"
+DEVICE_KEY_FILE = "device.key"
+JOURNAL_FILE = "journal.db"
+E_RECEIPT_DIR = "e-receipts"
+DEFAULT_DATA_DIR = Path("tillroll-data/pos")
+DATA_DIR_ENV = "TILLROLL_POS_DIR"
+
+_TID = re.compile(r"^[0-9A-Za-z]{8}$")
+_MID = re.compile(r"^[0-9A-Za-z]{15}$")
+_HEX32 = re.compile(r"^[0-9A-Fa-f]{32}$")
+_OPERATOR = re.compile(r"^[0-9A-Za-z]{3}$")
+
+
+class ConfigError(ValueError):
+    """A setting is not valid; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> HostAddress:
+        host, sep, port = text.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"host address {text!r} is not HOST:PORT: write it like 127.0.0.1:5000 (port 1..65535)"
+            )
+        return cls(host.strip("[]"), int(port))
+
+    @property
+    def pair(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_tmk(text: str) -> bytes:
+    if not _HEX32.match(text.strip()):
+        raise ConfigError("TMK must be 32 hex digits (16 bytes), as printed by `tillroll host add-terminal`")
+    return bytes.fromhex(text.strip())
+
+
+@dataclass(frozen=True)
+class TerminalConfig:
+    tid: str
+    mid: str
+    tmk: bytes = field(repr=False)
+    host: HostAddress
+    backup_host: HostAddress | None = None
+    printer_url: str | None = None
+    merchant_name: str = ""
+    operator: str = "001"
+    response_timeout_s: float = 30.0
+    connect_timeout_s: float = 5.0
+    reversal_retries_max: int = 3  # per attempt; a reversal is never dropped
+    resend_max: int = 1  # sends of a new STAN after 77
+    retry_96_max: int = 2  # identical repeats after a verified 96
+    key_lifetime_s: int = 86_400  # the host's session lifetime
+    sign_in_margin_s: int = 600  # sign in again this long before the lifetime runs out
+    printer_timeout_s: float = 3.0
+    printer_width_cols: int = 32
+    sign_in_mode: str = "003"
+
+    def __post_init__(self) -> None:
+        if not _TID.match(self.tid):
+            raise ConfigError(f"terminal id {self.tid!r} must be 8 letters or digits")
+        if not _MID.match(self.mid):
+            raise ConfigError(f"merchant id {self.mid!r} must be 15 letters or digits")
+        if len(self.tmk) != 16:
+            raise ConfigError("TMK must be 16 bytes (32 hex digits)")
+        if not _OPERATOR.match(self.operator):
+            raise ConfigError(f"operator {self.operator!r} must be 3 letters or digits")
+        if len(self.merchant_name) > 80:
+            raise ConfigError("merchant name must be at most 80 characters")
+        for name in ("response_timeout_s", "connect_timeout_s", "printer_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 300:
+                raise ConfigError(f"{name} must be within 0..300 seconds, got {value}")
+        if not 1 <= self.reversal_retries_max <= 20:
+            raise ConfigError("reversal_retries_max must be within 1..20")
+        if not 0 <= self.resend_max <= 3 or not 0 <= self.retry_96_max <= 5:
+            raise ConfigError("resend_max must be within 0..3 and retry_96_max within 0..5")
+        if self.key_lifetime_s <= 0 or not 0 <= self.sign_in_margin_s < self.key_lifetime_s:
+            raise ConfigError("key_lifetime_s must be positive and sign_in_margin_s below it")
+        if self.sign_in_mode not in ("003", "004"):
+            raise ConfigError("sign_in_mode must be 003 or 004")
+        if self.printer_url is not None and not (
+            self.printer_url.startswith("tcp://") or self.printer_url.startswith("file:")
+        ):
+            raise ConfigError(
+                f"printer {self.printer_url!r} is not tcp://HOST:PORT or file:PATH: "
+                "write it like tcp://127.0.0.1:9100"
+            )
+
+    @property
+    def refresh_after_s(self) -> int:
+        """Seconds after a sign-in at which the terminal signs in again by itself."""
+        return self.key_lifetime_s - self.sign_in_margin_s
+
+    def __repr__(self) -> str:
+        return f"TerminalConfig(tid={self.tid!r}, mid={self.mid!r}, host={self.host}, tmk=<hidden>)"
+
+
+def data_dir_default() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def device_keystore(data_dir: Path) -> KeyStore:
+    """The device's local master key (generated on first use, mode 0600)."""
+    path = data_dir / DEVICE_KEY_FILE
+    if path.exists():
+        try:
+            return KeyStore(bytes.fromhex(path.read_text().strip()))
+        except (ValueError, KeyStoreError):
+            raise ConfigError(
+                f"{path} is damaged: restore it from a backup or run `pos init` again"
+            ) from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key.hex())
+    return KeyStore(key)
+
+
+_TMK_LABEL = b"terminal:tmk"
+
+
+def save_config(data_dir: Path, config: TerminalConfig) -> Path:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ks = device_keystore(data_dir)
+    doc: dict[str, Any] = asdict(config)
+    doc.pop("tmk")
+    doc["host"] = str(config.host)
+    doc["backup_host"] = str(config.backup_host) if config.backup_host else None
+    doc["tmk_sealed"] = ks.seal(config.tmk, label=_TMK_LABEL).hex()
+    path = data_dir / CONFIG_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path
+
+
+def load_config(data_dir: Path) -> TerminalConfig:
+    path = data_dir / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(
+            f"no terminal set up in {data_dir}: run `tillroll pos init --tid ... --mid ... --tmk ... "
+            "--host HOST:PORT` first (or pass --dir / set TILLROLL_POS_DIR)"
+        )
+    try:
+        doc = json.loads(path.read_text())
+        ks = device_keystore(data_dir)
+        tmk = ks.open(bytes.fromhex(doc.pop("tmk_sealed")), label=_TMK_LABEL)
+    except (ValueError, KeyError, KeyStoreError) as exc:
+        raise ConfigError(f"{path} cannot be read ({type(exc).__name__}): run `pos init` again") from None
+    doc["host"] = HostAddress.parse(doc["host"])
+    doc["backup_host"] = HostAddress.parse(doc["backup_host"]) if doc.get("backup_host") else None
+    known = set(TerminalConfig.__dataclass_fields__)
+    return TerminalConfig(tmk=tmk, **{k: v for k, v in doc.items() if k in known})
+
+
+def with_changes(config: TerminalConfig, **changes: Any) -> TerminalConfig:
+    return replace(config, **changes)

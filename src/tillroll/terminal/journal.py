@@ -1,0 +1,530 @@
+"""The terminal's durable local journal: SQLite (WAL, synchronous=FULL) through SQLAlchemy Core.
+
+What it keeps, and what it never keeps:
+
+- every sale, void and balance inquiry with its STAN, batch and the request's fields **minus the
+  PIN block** (field 52); the PIN itself never reaches the terminal's storage at all. The PAN is
+  kept (field 2) because a void and a reversal must repeat it; it is shown only masked;
+- one reversal row per sale/void, written in the same transaction as the request, before the
+  first byte is sent;
+- the response's references (RRN, authorization code, host date/time, issuer, acquirer) of an
+  approval, from which the slip is built;
+- the receipt state, alerts, the STAN and batch counters, and the current session (working keys
+  sealed under the device key).
+
+Every state change is checked against the tables in :mod:`tillroll.terminal.states`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    RowMapping,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from tillroll.crypto.keys import WorkingKeys
+from tillroll.crypto.keystore import KeyStore
+from tillroll.iso8583.messages import Message
+from tillroll.pan import mask_pan
+from tillroll.store.engine import inserted_id, make_engine
+from tillroll.terminal.states import (
+    IN_FLIGHT,
+    RECEIPT_TRANSITIONS,
+    REVERSAL_TRANSITIONS,
+    TXN_TRANSITIONS,
+    ReceiptState,
+    ReversalReason,
+    ReversalState,
+    TxnKind,
+    TxnState,
+    check,
+)
+
+STAN_MAX = 999_999
+ALERTS_KEPT_MAX = 10_000
+SECRET_FIELDS = frozenset({"52"})  # never journalled
+
+metadata = MetaData()
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+session_table = Table(
+    "session",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch", String(6), nullable=False),
+    Column("pik_sealed", Text, nullable=False),
+    Column("mak_sealed", Text, nullable=False),
+    Column("tdk_sealed", Text),
+    Column("signed_in_at", DateTime, nullable=False),
+)
+
+txns = Table(
+    "txns",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("batch", String(6), nullable=False),
+    Column("mti", String(4), nullable=False),
+    Column("request", Text, nullable=False),  # JSON of the request's fields, field 52 removed
+    Column("pan_masked", String(19), nullable=False),
+    Column("expiry", String(4)),
+    Column("entry_mode", String(1), nullable=False),
+    Column("amount_minor", Integer),
+    Column("operator", String(3), nullable=False),
+    Column("orig_txn_id", Integer, ForeignKey("txns.id")),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("response_code", String(2)),
+    Column("rrn", String(12)),
+    Column("auth_code", String(6)),
+    Column("host_date", String(4)),
+    Column("host_time", String(6)),
+    Column("issuer", String(40)),
+    Column("acquirer", String(40)),
+    Column("approved_at", DateTime),
+    Column("balance_minor", Integer),
+    Column("receipt", String(10), nullable=False),
+    Column("e_receipt_path", Text),
+    Column("prints", Integer, nullable=False, default=0),
+    Column("note", Text),
+    Index("ix_txns_batch_stan", "batch", "stan"),
+)
+
+reversals = Table(
+    "reversals",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("txn_id", Integer, ForeignKey("txns.id"), nullable=False, unique=True),
+    Column("state", String(10), nullable=False),
+    Column("reason", String(2), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_code", String(2)),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("txn_id", Integer),
+    Column("text", Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Session:
+    batch: str
+    keys: WorkingKeys
+    signed_in_at: datetime
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One journal entry (a row of ``txns`` joined with its reversal)."""
+
+    id: int
+    kind: TxnKind
+    state: TxnState
+    stan: str
+    batch: str
+    request: Message
+    pan_masked: str
+    expiry: str | None
+    entry_mode: str
+    amount_minor: int | None
+    operator: str
+    orig_txn_id: int | None
+    created_at: datetime
+    response_code: str | None
+    rrn: str | None
+    auth_code: str | None
+    host_date: str | None
+    host_time: str | None
+    issuer: str | None
+    acquirer: str | None
+    approved_at: datetime | None
+    balance_minor: int | None
+    receipt: ReceiptState
+    e_receipt_path: str | None
+    prints: int
+    note: str | None
+    reversal_state: ReversalState | None
+    reversal_reason: ReversalReason | None
+    reversal_attempts: int
+
+    @property
+    def pan(self) -> str:
+        """The full PAN, for a void or a reversal only: never print or log it."""
+        return self.request.get("2") or ""
+
+    def __repr__(self) -> str:
+        return f"Entry(id={self.id}, kind={self.kind}, stan={self.stan}, state={self.state})"
+
+
+@dataclass(frozen=True)
+class Alert:
+    id: int
+    at: datetime
+    kind: str
+    txn_id: int | None
+    text: str
+
+
+def _dump(fields: Mapping[str, str]) -> str:
+    return json.dumps({k: v for k, v in fields.items() if k not in SECRET_FIELDS}, sort_keys=True)
+
+
+def _entry(row: RowMapping) -> Entry:
+    req = json.loads(row["request"])
+    return Entry(
+        id=row["id"],
+        kind=TxnKind(row["kind"]),
+        state=TxnState(row["state"]),
+        stan=row["stan"],
+        batch=row["batch"],
+        request=Message(row["mti"], req),
+        pan_masked=row["pan_masked"],
+        expiry=row["expiry"],
+        entry_mode=row["entry_mode"],
+        amount_minor=row["amount_minor"],
+        operator=row["operator"],
+        orig_txn_id=row["orig_txn_id"],
+        created_at=row["created_at"],
+        response_code=row["response_code"],
+        rrn=row["rrn"],
+        auth_code=row["auth_code"],
+        host_date=row["host_date"],
+        host_time=row["host_time"],
+        issuer=row["issuer"],
+        acquirer=row["acquirer"],
+        approved_at=row["approved_at"],
+        balance_minor=row["balance_minor"],
+        receipt=ReceiptState(row["receipt"]),
+        e_receipt_path=row["e_receipt_path"],
+        prints=row["prints"] or 0,
+        note=row["note"],
+        reversal_state=ReversalState(row["rev_state"]) if row["rev_state"] else None,
+        reversal_reason=ReversalReason(row["rev_reason"]) if row["rev_reason"] else None,
+        reversal_attempts=row["rev_attempts"] or 0,
+    )
+
+
+_ENTRY_SELECT = select(
+    txns,
+    reversals.c.state.label("rev_state"),
+    reversals.c.reason.label("rev_reason"),
+    reversals.c.attempts.label("rev_attempts"),
+).select_from(txns.outerjoin(reversals, reversals.c.txn_id == txns.c.id))
+
+
+class Journal:
+    def __init__(self, path: Path, keystore: KeyStore) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.engine: Engine = make_engine(f"sqlite:///{path}")
+        self._keystore = keystore
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Journal({self.path})"
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # --- counters ---------------------------------------------------------------------------
+
+    def _counter(self, conn: Connection, name: str, default: int) -> int:
+        value = conn.execute(select(counters.c.value).where(counters.c.name == name)).scalar()
+        if value is None:
+            conn.execute(insert(counters).values(name=name, value=default))
+            return default
+        return int(value)
+
+    def _set_counter(self, conn: Connection, name: str, value: int) -> None:
+        self._counter(conn, name, value)
+        conn.execute(update(counters).where(counters.c.name == name).values(value=value))
+
+    def next_stan(self, conn: Connection) -> str:
+        """The next trace number, 000001..999999 then 000001 again; persistent."""
+        last = self._counter(conn, "stan", 0)
+        stan = last % STAN_MAX + 1
+        self._set_counter(conn, "stan", stan)
+        return f"{stan:06d}"
+
+    def last_stan(self) -> str:
+        with self.begin() as conn:
+            return f"{self._counter(conn, 'stan', 0):06d}"
+
+    def batch(self) -> str:
+        with self.begin() as conn:
+            return f"{self._counter(conn, 'batch', 1):06d}"
+
+    def set_batch(self, conn: Connection, batch: str) -> None:
+        self._set_counter(conn, "batch", int(batch))
+
+    # --- session ----------------------------------------------------------------------------
+
+    def save_session(self, batch: str, keys: WorkingKeys, now: datetime) -> None:
+        ks = self._keystore
+        with self.begin() as conn:
+            conn.execute(session_table.delete())
+            conn.execute(
+                insert(session_table).values(
+                    id=1,
+                    batch=batch,
+                    pik_sealed=ks.seal(keys.pik, label=b"terminal:pik").hex(),
+                    mak_sealed=ks.seal(keys.mak, label=b"terminal:mak").hex(),
+                    tdk_sealed=ks.seal(keys.tdk, label=b"terminal:tdk").hex() if keys.tdk else None,
+                    signed_in_at=now,
+                )
+            )
+            self.set_batch(conn, batch)
+
+    def load_session(self) -> Session | None:
+        with self.begin() as conn:
+            row = conn.execute(select(session_table)).mappings().first()
+        if row is None:
+            return None
+        ks = self._keystore
+        keys = WorkingKeys(
+            pik=ks.open(bytes.fromhex(row["pik_sealed"]), label=b"terminal:pik"),
+            mak=ks.open(bytes.fromhex(row["mak_sealed"]), label=b"terminal:mak"),
+            tdk=ks.open(bytes.fromhex(row["tdk_sealed"]), label=b"terminal:tdk")
+            if row["tdk_sealed"]
+            else None,
+        )
+        return Session(batch=row["batch"], keys=keys, signed_in_at=row["signed_in_at"])
+
+    def clear_session(self) -> None:
+        with self.begin() as conn:
+            conn.execute(session_table.delete())
+
+    # --- entries ----------------------------------------------------------------------------
+
+    def record_request(
+        self,
+        conn: Connection,
+        *,
+        kind: TxnKind,
+        request: Message,
+        entry_mode: str,
+        operator: str,
+        now: datetime,
+        orig_txn_id: int | None = None,
+    ) -> int:
+        """Journal a request (and, for a sale or void, its pending reversal 06) in ``conn``'s
+        transaction: the caller commits before sending."""
+        amount = request.get("4")
+        txn_id = inserted_id(
+            conn.execute(
+                insert(txns).values(
+                    kind=kind.value,
+                    state=TxnState.PENDING.value,
+                    stan=request["11"],
+                    batch=request.field60.batch,
+                    mti=request.mti,
+                    request=_dump(request.fields),
+                    pan_masked=mask_pan(request.get("2") or ""),
+                    expiry=request.get("14"),
+                    entry_mode=entry_mode,
+                    amount_minor=int(amount) if amount else None,
+                    operator=operator,
+                    orig_txn_id=orig_txn_id,
+                    created_at=now,
+                    updated_at=now,
+                    receipt=ReceiptState.NONE.value,
+                    prints=0,
+                )
+            )
+        )
+        if kind in (TxnKind.SALE, TxnKind.VOID):
+            conn.execute(
+                insert(reversals).values(
+                    txn_id=txn_id,
+                    state=ReversalState.PENDING.value,
+                    reason=ReversalReason.OTHER.value,
+                    attempts=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        return txn_id
+
+    def get(self, txn_id: int, conn: Connection | None = None) -> Entry:
+        if conn is None:
+            with self.begin() as c:
+                return self.get(txn_id, c)
+        row = conn.execute(_ENTRY_SELECT.where(txns.c.id == txn_id)).mappings().one()
+        return _entry(row)
+
+    def move(self, conn: Connection, txn_id: int, new: TxnState, now: datetime, **values: Any) -> None:
+        """Change an entry's state (checked against the transition table) and set columns."""
+        current = TxnState(conn.execute(select(txns.c.state).where(txns.c.id == txn_id)).scalar_one())
+        check(TXN_TRANSITIONS, current, new)
+        conn.execute(
+            update(txns).where(txns.c.id == txn_id).values(state=new.value, updated_at=now, **values)
+        )
+
+    def set_values(self, conn: Connection, txn_id: int, now: datetime, **values: Any) -> None:
+        conn.execute(update(txns).where(txns.c.id == txn_id).values(updated_at=now, **values))
+
+    # --- reversals --------------------------------------------------------------------------
+
+    def _reversal_state(self, conn: Connection, txn_id: int) -> ReversalState:
+        value = conn.execute(select(reversals.c.state).where(reversals.c.txn_id == txn_id)).scalar_one()
+        return ReversalState(value)
+
+    def set_reversal_reason(
+        self, conn: Connection, txn_id: int, reason: ReversalReason, now: datetime
+    ) -> None:
+        if self._reversal_state(conn, txn_id) is not ReversalState.PENDING:
+            raise RuntimeError(f"reversal of entry {txn_id} is not pending")
+        conn.execute(
+            update(reversals).where(reversals.c.txn_id == txn_id).values(reason=reason.value, updated_at=now)
+        )
+
+    def reopen_reversal(self, conn: Connection, txn_id: int, reason: ReversalReason, now: datetime) -> None:
+        """An approval that could not be completed (96): its cancelled reversal is due again."""
+        conn.execute(
+            update(reversals)
+            .where(reversals.c.txn_id == txn_id)
+            .values(state=ReversalState.PENDING.value, reason=reason.value, updated_at=now)
+        )
+
+    def end_reversal(self, conn: Connection, txn_id: int, new: ReversalState, now: datetime) -> None:
+        check(REVERSAL_TRANSITIONS, self._reversal_state(conn, txn_id), new)
+        conn.execute(
+            update(reversals).where(reversals.c.txn_id == txn_id).values(state=new.value, updated_at=now)
+        )
+
+    def note_reversal_attempt(self, txn_id: int, code: str | None, now: datetime) -> None:
+        with self.begin() as conn:
+            conn.execute(
+                update(reversals)
+                .where(reversals.c.txn_id == txn_id)
+                .values(attempts=reversals.c.attempts + 1, last_code=code, updated_at=now)
+            )
+
+    def pending_reversals(self) -> list[Entry]:
+        with self.begin() as conn:
+            rows = conn.execute(
+                _ENTRY_SELECT.where(reversals.c.state == ReversalState.PENDING.value).order_by(txns.c.id)
+            ).mappings()
+            return [_entry(r) for r in rows]
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def in_flight(self) -> list[Entry]:
+        with self.begin() as conn:
+            rows = conn.execute(
+                _ENTRY_SELECT.where(txns.c.state.in_([s.value for s in IN_FLIGHT])).order_by(txns.c.id)
+            ).mappings()
+            return [_entry(r) for r in rows]
+
+    def find(self, *, kind: TxnKind, stan: str, batch: str) -> Entry | None:
+        with self.begin() as conn:
+            row = (
+                conn.execute(
+                    _ENTRY_SELECT.where(txns.c.kind == kind.value, txns.c.stan == stan, txns.c.batch == batch)
+                    .order_by(txns.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row else None
+
+    def find_receipted(self, stan: str | None) -> Entry | None:
+        """The newest approval (sale or void) with that trace, or the newest approval of all."""
+        q = _ENTRY_SELECT.where(txns.c.approved_at.is_not(None), txns.c.kind != TxnKind.BALANCE.value)
+        if stan is not None:
+            q = q.where(txns.c.stan == stan)
+        with self.begin() as conn:
+            row = conn.execute(q.order_by(txns.c.id.desc()).limit(1)).mappings().first()
+        return _entry(row) if row else None
+
+    def approved_without_receipt(self) -> list[Entry]:
+        with self.begin() as conn:
+            rows = conn.execute(
+                _ENTRY_SELECT.where(
+                    txns.c.approved_at.is_not(None),
+                    txns.c.kind != TxnKind.BALANCE.value,
+                    txns.c.receipt == ReceiptState.NONE.value,
+                )
+            ).mappings()
+            return [_entry(r) for r in rows]
+
+    def entries(self, limit: int = 200) -> list[Entry]:
+        with self.begin() as conn:
+            rows = conn.execute(_ENTRY_SELECT.order_by(txns.c.id.desc()).limit(limit)).mappings()
+            return [_entry(r) for r in rows]
+
+    # --- receipts ---------------------------------------------------------------------------
+
+    def set_receipt(
+        self, txn_id: int, new: ReceiptState, now: datetime, *, e_receipt_path: str | None = None
+    ) -> None:
+        with self.begin() as conn:
+            current = ReceiptState(
+                conn.execute(select(txns.c.receipt).where(txns.c.id == txn_id)).scalar_one()
+            )
+            check(RECEIPT_TRANSITIONS, current, new)
+            values: dict[str, Any] = {"receipt": new.value, "updated_at": now}
+            if new is ReceiptState.PRINTED:
+                values["prints"] = txns.c.prints + 1
+            if e_receipt_path is not None:
+                values["e_receipt_path"] = e_receipt_path
+            conn.execute(update(txns).where(txns.c.id == txn_id).values(**values))
+
+    # --- alerts -----------------------------------------------------------------------------
+
+    def alert(self, kind: str, text: str, now: datetime, txn_id: int | None = None) -> None:
+        with self.begin() as conn:
+            conn.execute(insert(alerts).values(at=now, kind=kind, txn_id=txn_id, text=text))
+            count = conn.execute(select(func.count()).select_from(alerts)).scalar_one()
+            if count > ALERTS_KEPT_MAX:
+                oldest = select(alerts.c.id).order_by(alerts.c.id).limit(count - ALERTS_KEPT_MAX)
+                conn.execute(alerts.delete().where(alerts.c.id.in_(oldest.scalar_subquery())))
+
+    def alerts(self, limit: int = 100) -> list[Alert]:
+        with self.begin() as conn:
+            rows = conn.execute(select(alerts).order_by(alerts.c.id.desc()).limit(limit)).mappings()
+            return [Alert(r["id"], r["at"], r["kind"], r["txn_id"], r["text"]) for r in rows]
