@@ -187,6 +187,7 @@ class HostServer:
         self._service: HostService | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
         self._error: BaseException | None = None
         self.address: tuple[str, int] = listen
 
@@ -200,37 +201,31 @@ class HostServer:
         return self
 
     def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._service = HostService(self.store, self.config, self.clock)
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        service = HostService(self.store, self.config, self.clock)
+        self._service = service
         try:
-            self.address = loop.run_until_complete(self._service.start(*self._listen))
+            self.address = await service.start(*self._listen)
         except BaseException as exc:
             self._error = exc
             self._ready.set()
-            loop.close()
             return
         self._ready.set()
         try:
-            loop.run_until_complete(self._service.serve_forever())
-        except asyncio.CancelledError:
-            pass
+            await self._stopping.wait()
         finally:
-            loop.run_until_complete(self._service.close())
-            loop.close()
+            await service.close()
 
     def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is None or thread is None:
+        loop, thread, stopping = self._loop, self._thread, self._stopping
+        if loop is None or thread is None or stopping is None:
             return
-        if not loop.is_closed():
-
-            def _cancel() -> None:
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_cancel)
+        with contextlib.suppress(RuntimeError):  # the loop already ended
+            loop.call_soon_threadsafe(stopping.set)
         thread.join(timeout=10)
         self._thread = None
 
