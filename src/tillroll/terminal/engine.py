@@ -228,6 +228,8 @@ def judge(request: Message, reply: Reply, mak: bytes) -> Verdict:
         return Verdict(VerdictKind.UNKNOWN, ReversalReason.NO_RESPONSE)
     resp = reply.response
     if resp is None or not reply.matched:
+        if reply.raw and not mac_matches(reply.raw, mak):  # e.g. a MAC damaged past decoding
+            return Verdict(VerdictKind.UNKNOWN, ReversalReason.MAC_FAILED, sign_in=True)
         return Verdict(VerdictKind.UNKNOWN, ReversalReason.OTHER)
     code = resp.get("39") or ""
     if code == ResponseCode.SIGN_IN_AGAIN:  # the host stopped before the transaction: not processed
