@@ -149,9 +149,9 @@ class FakeHost:
         pan = req["2"]
         if pan not in self.balances:
             return self._respond(req, "14")
-        if "52" in req and self.keys is not None:
-            if decrypt_pin(self.keys.pik, bytes.fromhex(req["52"]), pan) != PIN:
-                return self._respond(req, "55")
+        pin_block = bytes.fromhex(req.get("52") or "")
+        if pin_block and self.keys is not None and decrypt_pin(self.keys.pik, pin_block, pan) != PIN:
+            return self._respond(req, "55")
         pc = req["3"]
         if pc == "310000":
             bal = self.balances[pan]
