@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +12,7 @@ from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
 
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer
+from tillroll.host.config import HostConfig
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
@@ -214,3 +216,19 @@ def test_garbage_and_bad_frames_do_not_disturb_other_connections(
 
     assert unpack(frame.message)["39"] == "30"
     assert client.send(client.sale_message(100, pin=None)).code == "00"
+
+
+def test_connection_and_idle_bounds(store: HostStore) -> None:
+    with HostServer(store, config=HostConfig(connections_max=2, idle_timeout_s=0.5)) as host:
+        first, second = (socket.create_connection(host.address, timeout=5) for _ in range(2))
+        time.sleep(0.1)
+        third = socket.create_connection(host.address, timeout=5)
+        assert third.recv(10) == b""  # over the bound: closed at once
+        third.close()
+        assert first.recv(10) == b""  # idle past 0.5 s: closed
+        second.close()
+        first.close()
+        # The bound freed up: a new terminal is served.
+        c = WireClient(host.address)
+        assert c.sign_in().code == "00"
+        c.close()
