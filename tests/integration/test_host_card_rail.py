@@ -12,8 +12,8 @@ from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
 
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer
-from tillroll.host.config import HostConfig
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
+from tillroll.host.config import HostConfig
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
 from tillroll.iso8583.messages import Message, pack
