@@ -1,0 +1,308 @@
+"""`tillroll pos …`: the POS terminal from the command line.
+
+Exit codes: 0 approved / done, 1 declined or not completed (the message says what to do next),
+2 bad input (the message says which value and how to write it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tillroll.money import AmountError, format_yuan, parse_yuan
+from tillroll.terminal.config import (
+    DATA_DIR_ENV,
+    DEFAULT_DATA_DIR,
+    ConfigError,
+    HostAddress,
+    TerminalConfig,
+    parse_tmk,
+    save_config,
+)
+from tillroll.terminal.engine import (
+    InputError,
+    Result,
+    Terminal,
+    TerminalError,
+    parse_expiry,
+    parse_pan,
+    parse_pin,
+    parse_trace,
+)
+from tillroll.terminal.states import Outcome
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="The POS terminal: sign-in, sale, void, balance, reversals, receipts and its journal.",
+)
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_DECLINED = 1
+EXIT_BAD_INPUT = 2
+
+_STYLE = {
+    Outcome.APPROVED: "bold green",
+    Outcome.DONE: "green",
+    Outcome.DECLINED: "bold red",
+    Outcome.REVERSED: "bold yellow",
+    Outcome.REVERSAL_PENDING: "bold yellow",
+}
+
+
+def _bad_input(message: str) -> NoReturn:
+    err_console.print(f"[bold red]输入错误 / bad input:[/] {message}")
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _data_dir(ctx: typer.Context) -> Path:
+    obj = ctx.obj or {}
+    return Path(obj.get("dir") or DEFAULT_DATA_DIR)
+
+
+def _open(ctx: typer.Context) -> Terminal:
+    try:
+        return Terminal.open(_data_dir(ctx))
+    except ConfigError as exc:
+        _bad_input(str(exc))
+    except ValueError as exc:  # e.g. a printer URL that does not parse
+        _bad_input(str(exc))
+
+
+def _show(result: Result) -> None:
+    style = _STYLE.get(result.outcome, "bold red")
+    console.print(f"[{style}]{result.text}[/]")
+    details = []
+    if result.trace:
+        details.append(f"凭证号 TRACE {result.trace}")
+    if result.batch:
+        details.append(f"批次号 BATCH {result.batch}")
+    if result.amount_minor is not None:
+        details.append(f"金额 AMOUNT RMB {format_yuan(result.amount_minor)}")
+    if result.rrn:
+        details.append(f"参考号 RRN {result.rrn}")
+    if result.auth_code:
+        details.append(f"授权码 AUTH {result.auth_code}")
+    if result.balance_minor is not None:
+        details.append(f"余额 BALANCE RMB {format_yuan(result.balance_minor)}")
+    if details:
+        console.print("  " + "  ".join(details))
+    if result.receipt is not None and result.outcome is Outcome.APPROVED:
+        if result.receipt.value == "printed":
+            console.print("  签购单已打印 / slips printed (merchant + cardholder copy)")
+        else:
+            console.print(
+                "[yellow]  签购单未打印，已生成电子凭证 / slip not printed: receipt owed, "
+                "run `tillroll pos reprint` when the printer is fixed[/]"
+            )
+            if result.e_receipt is not None:
+                console.print(f"  电子凭证 E-RECEIPT {result.e_receipt}")
+
+
+def _finish(result: Result) -> None:
+    _show(result)
+    if result.outcome not in (Outcome.APPROVED, Outcome.DONE):
+        raise typer.Exit(EXIT_DECLINED)
+
+
+def _run(ctx: typer.Context, op: str, *args: object) -> None:
+    term = _open(ctx)
+    try:
+        result: Result = getattr(term, op)(*args)
+    except InputError as exc:
+        _bad_input(str(exc))
+    except TerminalError as exc:
+        err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
+        raise typer.Exit(EXIT_DECLINED) from None
+    finally:
+        term.close()
+    _finish(result)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    dir: Annotated[
+        Path,
+        typer.Option("--dir", envvar=DATA_DIR_ENV, help="The terminal's data dir (journal, settings)."),
+    ] = DEFAULT_DATA_DIR,
+) -> None:
+    ctx.obj = {"dir": dir}
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    tid: Annotated[str, typer.Option("--tid", help="Terminal id, 8 characters.")],
+    mid: Annotated[str, typer.Option("--mid", help="Merchant id, 15 characters.")],
+    tmk: Annotated[str, typer.Option("--tmk", help="Terminal master key, 32 hex digits.")],
+    host: Annotated[str, typer.Option("--host", help="Acquirer host HOST:PORT.")],
+    backup_host: Annotated[str | None, typer.Option("--backup-host", help="Second line HOST:PORT.")] = None,
+    printer: Annotated[str | None, typer.Option("--printer", help="tcp://HOST:PORT or file:PATH.")] = None,
+    merchant_name: Annotated[str, typer.Option("--merchant-name", help="Name printed on slips.")] = "",
+    operator: Annotated[str, typer.Option("--operator", help="Cashier code, 3 characters.")] = "001",
+    response_timeout_s: Annotated[float, typer.Option("--response-timeout-s")] = 30.0,
+    connect_timeout_s: Annotated[float, typer.Option("--connect-timeout-s")] = 5.0,
+) -> None:
+    """Set up this terminal (settings and TMK, sealed, in the data dir)."""
+    try:
+        config = TerminalConfig(
+            tid=tid,
+            mid=mid,
+            tmk=parse_tmk(tmk),
+            host=HostAddress.parse(host),
+            backup_host=HostAddress.parse(backup_host) if backup_host else None,
+            printer_url=printer,
+            merchant_name=merchant_name,
+            operator=operator,
+            response_timeout_s=response_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        path = save_config(_data_dir(ctx), config)
+    except ConfigError as exc:
+        _bad_input(str(exc))
+    console.print(f"[green]终端已设置 / terminal set up:[/] TID {tid} MID {mid} host {config.host}")
+    if config.backup_host:
+        console.print(f"  备用线路 / backup line {config.backup_host}")
+    console.print(f"  {path}")
+
+
+@app.command("sign-in")
+def sign_in(ctx: typer.Context) -> None:
+    """Sign in: fetch fresh working keys and the batch number."""
+    _run(ctx, "sign_in")
+
+
+@app.command("sign-out")
+def sign_out(ctx: typer.Context) -> None:
+    """Sign out: end the working-key session."""
+    _run(ctx, "sign_out")
+
+
+@app.command()
+def balance(
+    ctx: typer.Context,
+    card: Annotated[str, typer.Option("--card", help="Card number (PAN).")],
+    expiry: Annotated[str, typer.Option("--expiry", help="Card expiry YYMM.")],
+    pin: Annotated[str, typer.Option("--pin", help="Cardholder PIN.")],
+) -> None:
+    """Balance inquiry (PIN required)."""
+    try:
+        pan, exp, p = parse_pan(card), parse_expiry(expiry), parse_pin(pin)
+    except InputError as exc:
+        _bad_input(str(exc))
+    _run(ctx, "balance", pan, exp, p)
+
+
+@app.command()
+def sale(
+    ctx: typer.Context,
+    amount: Annotated[str, typer.Argument(help="Amount in yuan, e.g. 12.50.")],
+    card: Annotated[str, typer.Option("--card", help="Card number (PAN).")],
+    expiry: Annotated[str, typer.Option("--expiry", help="Card expiry YYMM.")],
+    pin: Annotated[str | None, typer.Option("--pin", help="Cardholder PIN (optional).")] = None,
+) -> None:
+    """Sale (消费)."""
+    try:
+        amount_minor = parse_yuan(amount)
+        if amount_minor <= 0:
+            raise AmountError(f"amount {amount!r} must be more than 0.00")
+        pan, exp = parse_pan(card), parse_expiry(expiry)
+        p = parse_pin(pin) if pin is not None else None
+    except (AmountError, InputError) as exc:
+        _bad_input(str(exc))
+    _run(ctx, "sale", amount_minor, pan, exp, p)
+
+
+@app.command()
+def void(
+    ctx: typer.Context,
+    trace: Annotated[str, typer.Argument(help="Voucher (trace) number of a sale in this batch.")],
+) -> None:
+    """Void (消费撤销) a sale of the current batch."""
+    try:
+        t = parse_trace(trace)
+    except InputError as exc:
+        _bad_input(str(exc))
+    _run(ctx, "void", t)
+
+
+@app.command()
+def reprint(
+    ctx: typer.Context,
+    trace: Annotated[str | None, typer.Argument(help="Voucher number; the last transaction if none.")] = None,
+) -> None:
+    """Reprint slips (重打印); clears an owed receipt."""
+    try:
+        t = parse_trace(trace) if trace is not None else None
+    except InputError as exc:
+        _bad_input(str(exc))
+    _run(ctx, "reprint", t)
+
+
+@app.command()
+def recover(ctx: typer.Context) -> None:
+    """Send pending reversals now."""
+    _run(ctx, "recover")
+
+
+@app.command()
+def journal(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000)] = 200,
+) -> None:
+    """The terminal's journal (card numbers masked)."""
+    term = _open(ctx)
+    try:
+        entries = term.entries(limit)
+        pending = len(term.pending_reversals())
+        alerts = term.alerts(10)
+    except TerminalError as exc:
+        err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
+        raise typer.Exit(EXIT_DECLINED) from None
+    finally:
+        term.close()
+    table = Table(title=f"终端流水 JOURNAL {term.config.tid}")
+    for col in (
+        "凭证号 TRACE",
+        "批次 BATCH",
+        "类型 TYPE",
+        "状态 STATE",
+        "金额 AMOUNT",
+        "卡号 CARD",
+        "应答 RC",
+        "参考号 RRN",
+        "授权码 AUTH",
+        "凭条 RECEIPT",
+        "冲正 REVERSAL",
+    ):
+        table.add_column(col)
+    for e in reversed(entries):
+        reversal = ""
+        if e.reversal_state is not None:
+            reversal = f"{e.reversal_state.value} ({e.reversal_reason.value if e.reversal_reason else ''})"
+        table.add_row(
+            e.stan,
+            e.batch,
+            e.kind.value,
+            e.state.value,
+            format_yuan(e.amount_minor) if e.amount_minor is not None else "",
+            e.pan_masked,
+            e.response_code or "",
+            e.rrn or "",
+            e.auth_code or "",
+            e.receipt.value,
+            reversal,
+        )
+    console.print(table)
+    if pending:
+        console.print(
+            f"[bold yellow]{pending} 笔冲正待发送 / reversal(s) pending: run `tillroll pos recover`[/]"
+        )
+    for a in alerts:
+        console.print(f"[yellow]alert[/] {a.at:%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}")
