@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from tillroll.host.cli import app as host_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="tillroll POS payment stack")
 app.add_typer(host_app, name="host")
+
+
+@app.command()
+def demo(
+    work_dir: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where to keep the day's files (default: a new temporary folder)"),
+    ] = None,
+    operations: Annotated[
+        int, typer.Option("--operations", min=20, max=2000, help="Operations in the day")
+    ] = 100,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the day's random choices")] = 2026,
+) -> None:
+    """Run a scripted day at two counters with faults injected, then the closing check."""
+    from tillroll.sim.demo import run_demo
+
+    if not run_demo(work_dir, operations=operations, seed=seed):
+        raise typer.Exit(1)
 
 
 @app.command()

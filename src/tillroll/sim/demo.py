@@ -1,0 +1,425 @@
+"""`tillroll demo`: a scripted day at two counters, with the faults people meet, then a check.
+
+One process runs the acquirer host (SQLite in a temporary folder), a receipt-printer emulator,
+two fault-injecting lines (primary and backup) per terminal, and two terminals. About a hundred
+sales, voids and balance inquiries go through; on the way a response is lost, a response's MAC is
+damaged, the printer jams, the host's sign-in expires and a primary line goes down. The closing
+check then proves that every host-approved payment is receipted (printed or owed) or reversed,
+that every reversed payment's "you paid" message is followed by its reversal message, that the
+terminals, the host, the bank and the ledger agree, and that nothing is left unknown.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from tillroll.clock import SystemClock
+from tillroll.host import HostServer
+from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
+from tillroll.host.report import ledger_problems
+from tillroll.host.store import HostStore, open_store
+from tillroll.money import format_yuan
+from tillroll.pan import mask_pan
+from tillroll.sim.fault_proxy import Fault, FaultProxy
+from tillroll.sim.printer_emulator import PrinterEmulator, PrinterState
+from tillroll.store.tables import transactions
+from tillroll.terminal import Outcome, ReceiptState, Result, Terminal, TerminalConfig, TxnKind, TxnState
+from tillroll.terminal.config import HostAddress
+
+MID = "898100012345678"
+MERCHANT = "一号便利店 No.1 Store"
+KEY_LIFETIME_S = 3_600
+FAULT_CARD = "6222021234567890123"
+CARDS: dict[str, tuple[str, str, int]] = {  # pan: (expiry, pin, opening fen)
+    "6222021234567890123": ("3012", "123456", 500_000),
+    "6222020000000000011": ("2912", "111111", 300_000),
+    "6222020000000000029": ("2806", "222222", 200_000),
+    "6222020000000000037": ("3103", "333333", 150_000),
+    "6222020000000000045": ("2911", "444444", 30_000),  # runs out of money during the day
+}
+
+
+class ShiftedClock(SystemClock):
+    """Real time, plus an offset the demo moves forward (the host's clock only)."""
+
+    def __init__(self) -> None:
+        self.offset_s = 0.0
+
+    def now(self) -> datetime:
+        return super().now() + timedelta(seconds=self.offset_s)
+
+    def monotonic(self) -> float:
+        return super().monotonic() + self.offset_s
+
+
+@dataclass
+class FaultRecord:
+    name: str
+    injected: str
+    observed: str = ""
+    followed: str = ""
+    ok: bool = False
+
+
+@dataclass
+class Counter:
+    terminal: Terminal
+    primary: FaultProxy
+    backup: FaultProxy
+    tid: str
+
+
+@dataclass
+class DayLog:
+    results: list[tuple[str, Result]] = field(default_factory=list)
+    faults: list[FaultRecord] = field(default_factory=list)
+
+    def count(self, outcome: Outcome) -> int:
+        return sum(1 for _, r in self.results if r.outcome is outcome)
+
+
+class Demo:
+    def __init__(self, work_dir: Path, console: Console, *, operations: int = 100, seed: int = 2026) -> None:
+        self.work_dir = work_dir
+        self.console = console
+        self.operations = operations
+        self.rng = random.Random(seed)
+        self.host_clock = ShiftedClock()
+        self.log = DayLog()
+        self.store: HostStore | None = None
+        self.host: HostServer | None = None
+        self.printer: PrinterEmulator | None = None
+        self.counters: list[Counter] = []
+
+    # --- set-up and tear-down ------------------------------------------------------------------
+
+    def start(self) -> None:
+        import os
+
+        os.environ.setdefault("TILLROLL_MASTER_KEY_FILE", str(self.work_dir / "host-master.key"))
+        self.store = open_store(f"sqlite:///{self.work_dir / 'host.db'}")
+        add_merchant(self.store, MID, MERCHANT)
+        for pan, (expiry, pin, opening) in CARDS.items():
+            add_card(self.store, pan, expiry, pin, opening)
+        self.host = HostServer(self.store, clock=self.host_clock, key_lifetime_s=KEY_LIFETIME_S).start()
+        self.printer = PrinterEmulator()
+        self.printer.start()
+        for n in (1, 2):
+            tid = f"1000000{n}"
+            tmk = add_terminal(self.store, tid, MID)
+            primary = FaultProxy(self.host.address)
+            backup = FaultProxy(self.host.address)
+            primary.start()
+            backup.start()
+            config = TerminalConfig(
+                tid=tid,
+                mid=MID,
+                tmk=tmk,
+                host=HostAddress(*primary.address),
+                backup_host=HostAddress(*backup.address),
+                printer_url=self.printer.url,
+                merchant_name=MERCHANT,
+                operator=f"00{n}",
+                response_timeout_s=1.5,
+                connect_timeout_s=1.0,
+                key_lifetime_s=KEY_LIFETIME_S,
+            )
+            terminal = Terminal(config, self.work_dir / f"pos-{n}")
+            self.counters.append(Counter(terminal, primary, backup, tid))
+
+    def stop(self) -> None:
+        for c in self.counters:
+            c.terminal.close()
+            c.primary.stop()
+            c.backup.stop()
+        if self.printer is not None:
+            self.printer.stop()
+        if self.host is not None:
+            self.host.stop()
+        if self.store is not None:
+            self.store.engine.dispose()
+
+    # --- the day -------------------------------------------------------------------------------
+
+    def _card(self) -> tuple[str, str, str]:
+        pan = self.rng.choice(list(CARDS))
+        expiry, pin, _ = CARDS[pan]
+        return pan, expiry, pin
+
+    def _sale(
+        self,
+        counter: Counter,
+        *,
+        amount_minor: int | None = None,
+        wrong_pin: bool = False,
+        pan: str | None = None,
+    ) -> Result:
+        if pan is None:
+            pan, expiry, pin = self._card()
+        else:
+            expiry, pin, _ = CARDS[pan]
+        amount = amount_minor or self.rng.choice([350, 1250, 1999, 4800, 8850, 12_000, 26_600, 99_900])
+        use_pin = wrong_pin or self.rng.random() < 0.5
+        res = counter.terminal.sale(
+            amount, pan, expiry, ("000000" if wrong_pin else pin) if use_pin else None
+        )
+        self.log.results.append((f"{counter.tid} sale {format_yuan(amount)} {mask_pan(pan)}", res))
+        return res
+
+    def _void(self, counter: Counter) -> Result | None:
+        approved = [
+            e
+            for e in counter.terminal.entries(500)
+            if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED and e.batch == counter.terminal.batch
+        ]
+        if not approved:
+            return None
+        res = counter.terminal.void(self.rng.choice(approved).stan)
+        self.log.results.append((f"{counter.tid} void", res))
+        return res
+
+    def _balance(self, counter: Counter) -> Result:
+        pan, expiry, pin = self._card()
+        res = counter.terminal.balance(pan, expiry, pin)
+        self.log.results.append((f"{counter.tid} balance {mask_pan(pan)}", res))
+        return res
+
+    def _ordinary(self, counter: Counter) -> None:
+        roll = self.rng.random()
+        if roll < 0.12:
+            self._balance(counter)
+        elif roll < 0.22:
+            self._void(counter)
+        elif roll < 0.25:
+            self._sale(counter, wrong_pin=True)
+        else:
+            self._sale(counter)
+
+    def fault_steps(self) -> dict[int, Callable[[], None]]:
+        n = self.operations
+        return {
+            n * 10 // 100: self.fault_lost_response,
+            n * 25 // 100: self.fault_bad_mac,
+            n * 40 // 100: self.fault_printer_jam,
+            n * 55 // 100: self.fault_expired_sign_in,
+            n * 70 // 100: self.fault_line_down,
+        }
+
+    def fault_lost_response(self) -> None:
+        c = self.counters[0]
+        rec = FaultRecord("lost response 应答丢失", "the host's answer to a sale is dropped on the line")
+        c.primary.inject(Fault.DROP_RESPONSE)
+        res = self._sale(c, amount_minor=6_600)
+        rec.observed = res.outcome.text
+        follow = self._sale(c)  # the pending reversal goes out first
+        pending = c.terminal.pending_reversals()
+        rec.followed = (
+            f"reversal 98 sent before the next sale; pending now {len(pending)}; next sale: {follow.outcome}"
+        )
+        rec.ok = res.outcome in (Outcome.REVERSAL_PENDING, Outcome.REVERSED) and not pending
+        self.log.faults.append(rec)
+
+    def fault_bad_mac(self) -> None:
+        c = self.counters[1]
+        rec = FaultRecord("bad MAC 应答MAC错", "a byte of the sale response's MAC is flipped on the line")
+        c.primary.inject(Fault.CORRUPT_RESPONSE)
+        res = self._sale(c, amount_minor=7_700, pan=FAULT_CARD)
+        rec.observed = res.outcome.text
+        follow = self._sale(c)
+        pending = c.terminal.pending_reversals()
+        rec.followed = f"reversal A0, signed in again; next sale: {follow.outcome}; pending {len(pending)}"
+        rec.ok = res.outcome is not Outcome.APPROVED and not pending
+        self.log.faults.append(rec)
+
+    def fault_printer_jam(self) -> None:
+        assert self.printer is not None
+        c = self.counters[0]
+        rec = FaultRecord("printer jam 打印机卡纸", "the receipt printer reports a jam during a sale")
+        self.printer.state = PrinterState.JAMMED
+        res = self._sale(c, amount_minor=5_500, pan=FAULT_CARD)
+        rec.observed = f"{res.outcome.text}; receipt {res.receipt}; e-receipt {res.e_receipt}"
+        self.printer.state = PrinterState.READY
+        reprint = c.terminal.reprint(res.trace)
+        rec.followed = f"printer fixed; reprint: {reprint.outcome} ({reprint.receipt})"
+        rec.ok = (
+            res.outcome is Outcome.APPROVED
+            and res.receipt is ReceiptState.OWED
+            and res.e_receipt is not None
+            and Path(res.e_receipt).exists()
+            and reprint.receipt is ReceiptState.PRINTED
+        )
+        self.log.faults.append(rec)
+
+    def fault_expired_sign_in(self) -> None:
+        c = self.counters[1]
+        rec = FaultRecord("sign-in expired 签到过期", "the host's clock passes the working-key lifetime")
+        self.host_clock.offset_s += KEY_LIFETIME_S + 60
+        res = self._sale(c, amount_minor=3_300, pan=FAULT_CARD)
+        rec.observed = res.outcome.text
+        rec.followed = "answered 77: the terminal signed in again and re-sent with a new STAN"
+        rec.ok = res.outcome is Outcome.APPROVED
+        self.log.faults.append(rec)
+        other = self._sale(self.counters[0], amount_minor=4_400, pan=FAULT_CARD)
+        rec.followed += f"; the other terminal too: {other.outcome}"
+        rec.ok = rec.ok and other.outcome is Outcome.APPROVED
+
+    def fault_line_down(self) -> None:
+        c = self.counters[0]
+        rec = FaultRecord("primary line down 主线路中断", "terminal 1's primary line refuses connections")
+        port = c.primary.address[1]
+        c.primary.stop()
+        results = [self._sale(c, amount_minor=1_000 + n, pan=FAULT_CARD) for n in range(3)]
+        rec.observed = ", ".join(str(r.outcome) for r in results)
+        assert self.host is not None
+        c.primary = FaultProxy(self.host.address, port=port)
+        c.primary.start()
+        rec.followed = "sales went over the backup line; primary restored"
+        rec.ok = all(r.outcome is Outcome.APPROVED for r in results)
+        self.log.faults.append(rec)
+
+    def run_day(self) -> None:
+        faults = self.fault_steps()
+        with Progress(
+            TextColumn("[bold]营业日 business day"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("day", total=self.operations)
+            for c in self.counters:
+                c.terminal.sign_in()
+            for step in range(self.operations):
+                if step in faults:
+                    faults[step]()
+                else:
+                    self._ordinary(self.counters[step % 2])
+                progress.advance(task)
+        for c in self.counters:
+            c.terminal.recover()
+            for e in c.terminal.entries(1000):
+                if e.receipt is ReceiptState.OWED:
+                    c.terminal.reprint(e.stan)
+
+    # --- the closing check -----------------------------------------------------------------------
+
+    def check(self) -> list[str]:
+        assert self.store is not None
+        problems: list[str] = []
+        journal: dict[tuple[str, str, str], object] = {}
+        terminal_approved: dict[str, int] = {}
+        for c in self.counters:
+            for e in c.terminal.entries(10_000):
+                journal[(c.tid, e.batch, e.stan)] = e
+                if e.state in (TxnState.PENDING, TxnState.SENT, TxnState.UNKNOWN):
+                    problems.append(f"{c.tid} trace {e.stan}: still {e.state} after recover")
+                if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED:
+                    terminal_approved[c.tid] = terminal_approved.get(c.tid, 0) + (e.amount_minor or 0)
+            if c.terminal.pending_reversals():
+                problems.append(f"{c.tid}: reversals still pending after recover")
+        with self.store.engine.connect() as conn:
+            sales = (
+                conn.execute(
+                    select(transactions).where(
+                        transactions.c.kind == "sale", transactions.c.response_code == "00"
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            problems += ledger_problems(conn)
+        host_approved: dict[str, int] = {}
+        reversed_by_card: dict[str, int] = {}
+        for s in sales:
+            entry = journal.get((s["tid"], s["batch"], s["stan"]))
+            if s["status"] == "reversed":
+                reversed_by_card[s["pan_masked"]] = reversed_by_card.get(s["pan_masked"], 0) + 1
+                continue
+            if s["status"] == "approved":
+                host_approved[s["tid"]] = host_approved.get(s["tid"], 0) + int(s["amount_minor"])
+            receipt = getattr(entry, "receipt", None)
+            if receipt not in (ReceiptState.PRINTED, ReceiptState.OWED):
+                problems.append(
+                    f"host approved {s['tid']} trace {s['stan']} ({format_yuan(s['amount_minor'])}) "
+                    f"but the terminal has no receipt for it and it is not reversed"
+                )
+        if terminal_approved != host_approved:
+            problems.append(
+                f"terminals' approved totals {terminal_approved} differ from the host's {host_approved}"
+            )
+        for pan, (_, _, opening) in CARDS.items():
+            texts = card_messages(self.store, pan)
+            reversals = [t for t in texts if "冲正退回" in t]
+            if len(reversals) != reversed_by_card.get(mask_pan(pan), 0):
+                problems.append(
+                    f"card {mask_pan(pan)}: {len(reversals)} reversal messages for "
+                    f"{reversed_by_card.get(mask_pan(pan), 0)} reversed payments"
+                )
+            spent = sum(
+                int(s["amount_minor"])
+                for s in sales
+                if s["pan_masked"] == mask_pan(pan) and s["status"] == "approved"
+            )
+            if card_balance(self.store, pan) != opening - spent:
+                problems.append(
+                    f"card {mask_pan(pan)}: balance {card_balance(self.store, pan)} != {opening - spent}"
+                )
+        return problems
+
+    def report(self, problems: list[str]) -> None:
+        table = Table(title="故障与结果 Faults and what happened", show_lines=True)
+        for col in ("fault", "injected", "terminal showed", "what followed", "ok"):
+            table.add_column(col)
+        for f in self.log.faults:
+            table.add_row(f.name, f.injected, f.observed, f.followed, "✔" if f.ok else "✘")
+        self.console.print(table)
+        summary = Table(title="营业日汇总 The day")
+        summary.add_column("outcome")
+        summary.add_column("count", justify="right")
+        for outcome in Outcome:
+            n = self.log.count(outcome)
+            if n:
+                summary.add_row(outcome.text, str(n))
+        self.console.print(summary)
+        for f in self.log.faults:
+            if not f.ok:
+                problems.append(f"fault '{f.name}' did not end as it should: {f.observed} / {f.followed}")
+        if problems:
+            self.console.print("[bold red]闭店核对失败 closing check FAILED[/]")
+            for p in problems:
+                self.console.print(f"  [red]✘[/] {p}")
+        else:
+            self.console.print(
+                "[bold green]闭店核对通过 closing check passed[/]: every host-approved payment is "
+                "receipted (printed or owed) or reversed; every reversed payment's message is followed "
+                "by its reversal message; terminals, host, bank and ledger agree; nothing is unknown."
+            )
+
+
+def run_demo(
+    work_dir: Path | None = None, *, operations: int = 100, seed: int = 2026, console: Console | None = None
+) -> bool:
+    console = console or Console()
+    work = work_dir or Path(tempfile.mkdtemp(prefix="tillroll-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    console.print(f"tillroll demo — working in {work}")
+    demo = Demo(work, console, operations=operations, seed=seed)
+    try:
+        demo.start()
+        demo.run_day()
+        problems = demo.check()
+        demo.report(problems)
+    finally:
+        demo.stop()
+    return not problems
