@@ -1,0 +1,62 @@
+"""The demo's day passes its closing check, and the check catches a payment nobody receipted."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tillroll.crypto import unwrap_working_keys
+from tillroll.host.admin import card_messages
+from tillroll.iso8583 import framing
+from tillroll.iso8583.messages import Message, mac_matches, pack, sign, unpack
+from tillroll.sim.demo import CARDS, MID, Demo, run_demo
+from tillroll.terminal import Outcome
+
+
+@pytest.mark.slow
+def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
+    console = Console(record=True, width=120)
+    assert run_demo(tmp_path, operations=40, console=console)
+    out = console.export_text()
+    assert "closing check passed" in out
+    assert out.count("✔") == 5
+
+
+def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: Path) -> None:
+    demo = Demo(tmp_path, Console(record=True), operations=20)
+    demo.start()
+    try:
+        counter = demo.counters[0]
+        assert counter.terminal.sign_in().outcome is Outcome.DONE
+        assert demo.check() == []
+        # Someone else's device, with terminal 1's keys, takes money: the F1 failure.
+        assert demo.host is not None
+        tmk = counter.terminal.config.tmk
+        with socket.create_connection(demo.host.address, timeout=5) as sock:
+
+            def exchange(body: bytes) -> bytes:
+                sock.sendall(framing.Frame(framing.TERMINAL_TPDU, framing.TERMINAL_HEADER, body).encode())
+                return framing.parse_payload(framing.recv_payload(sock)).message
+
+            sign_in = Message(
+                "0800", {"11": "900001", "41": counter.tid, "42": MID, "60": "00000001003", "63": "001"}
+            )
+            keys = unwrap_working_keys(tmk, bytes.fromhex(unpack(exchange(pack(sign_in)))["62"]))
+            pan = next(iter(CARDS))
+            sale = Message(
+                "0200",
+                {"2": pan, "3": "000000", "4": "000000001234", "11": "900002", "14": CARDS[pan][0], "22": "012",
+                 "25": "00", "41": counter.tid, "42": MID, "49": "156", "53": "2600000000000000",
+                 "60": "22000001000"},
+            )  # fmt: skip
+            raw = exchange(sign(sale, keys.mak))
+            assert unpack(raw)["39"] == "00" and mac_matches(raw, keys.mak)
+        assert demo.store is not None
+        assert "消费12.34元" in card_messages(demo.store, pan)[-1]
+        problems = demo.check()
+        assert any("no receipt" in p and "900002" in p for p in problems)
+    finally:
+        demo.stop()
