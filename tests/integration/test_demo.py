@@ -48,9 +48,9 @@ def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: 
             pan = next(iter(CARDS))
             sale = Message(
                 "0200",
-                {"2": pan, "3": "000000", "4": "000000001234", "11": "900002", "14": CARDS[pan][0], "22": "012",
-                 "25": "00", "41": counter.tid, "42": MID, "49": "156", "53": "2600000000000000",
-                 "60": "22000001000"},
+                {"2": pan, "3": "000000", "4": "000000001234", "11": "900002", "14": CARDS[pan][0],
+                 "22": "012", "25": "00", "41": counter.tid, "42": MID, "49": "156",
+                 "53": "2600000000000000", "60": "22000001000"},
             )  # fmt: skip
             raw = exchange(sign(sale, keys.mak))
             assert unpack(raw)["39"] == "00" and mac_matches(raw, keys.mak)
