@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -267,33 +268,25 @@ def journal(
         raise typer.Exit(EXIT_DECLINED) from None
     finally:
         term.close()
-    table = Table(title=f"终端流水 JOURNAL {term.config.tid}")
-    for col in (
-        "凭证号 TRACE",
-        "批次 BATCH",
-        "类型 TYPE",
-        "状态 STATE",
-        "金额 AMOUNT",
-        "卡号 CARD",
-        "应答 RC",
-        "参考号 RRN",
-        "授权码 AUTH",
-        "凭条 RECEIPT",
-        "冲正 REVERSAL",
-    ):
-        table.add_column(col)
+    table = Table(
+        title=f"终端流水 JOURNAL — TID {term.config.tid} (卡号 card numbers masked)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for col in ("BATCH-TRACE", "TYPE", "STATE", "AMOUNT", "CARD", "RRN", "AUTH", "RECEIPT", "REVERSAL"):
+        # a masked card number is never cut or wrapped; the rest folds on a narrow screen
+        table.add_column(col, no_wrap=col == "CARD", min_width=19 if col == "CARD" else None, overflow="fold")
     for e in reversed(entries):
         reversal = ""
         if e.reversal_state is not None:
-            reversal = f"{e.reversal_state.value} ({e.reversal_reason.value if e.reversal_reason else ''})"
+            reason = e.reversal_reason.value if e.reversal_reason else ""
+            reversal = f"{e.reversal_state.value} {reason}"
         table.add_row(
-            e.stan,
-            e.batch,
+            f"{e.batch}-{e.stan}",
             e.kind.value,
-            e.state.value,
+            f"{e.state.value} {e.response_code or ''}".strip(),
             format_yuan(e.amount_minor) if e.amount_minor is not None else "",
             e.pan_masked,
-            e.response_code or "",
             e.rrn or "",
             e.auth_code or "",
             e.receipt.value,

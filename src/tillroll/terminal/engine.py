@@ -82,6 +82,7 @@ from tillroll.terminal.states import (
 )
 
 log = logging.getLogger("tillroll.terminal")
+log.addHandler(logging.NullHandler())  # the application decides where logs go
 
 P = ParamSpec("P")
 R = TypeVar("R")
