@@ -493,3 +493,16 @@ def test_transition_table_refuses_impossible_moves() -> None:
 
 def test_config_repr_hides_the_tmk() -> None:
     assert TMK.hex() not in repr(config()).lower() and "hidden" in repr(config())
+
+
+def test_one_terminal_per_data_dir_at_a_time(
+    term: Terminal, host: FakeHost, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tillroll.terminal import TerminalError
+    from tillroll.terminal import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LOCK_WAIT_S", 0.1)
+    with pytest.raises(TerminalError, match="another `tillroll pos` command"):
+        Terminal(config(), term.data_dir, clock=clock, link=host)
+    term.close()
+    Terminal(config(), term.data_dir, clock=clock, link=host).close()

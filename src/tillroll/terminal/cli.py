@@ -73,6 +73,9 @@ def _open(ctx: typer.Context) -> Terminal:
         _bad_input(str(exc))
     except ValueError as exc:  # e.g. a printer URL that does not parse
         _bad_input(str(exc))
+    except TerminalError as exc:
+        err_console.print(f"[bold red]终端忙或故障 / terminal busy or failing:[/] {exc}")
+        raise typer.Exit(EXIT_DECLINED) from None
 
 
 def _show(result: Result) -> None:

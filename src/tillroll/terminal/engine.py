@@ -33,10 +33,13 @@ PAN in field 2 and the expiry in field 14 with entry mode ``01`` — field 22 is
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib
 import logging
+import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -95,6 +98,8 @@ REVERSAL_DROPPED_FIELDS = ("26", "35", "36", "52", "53", "64")
 # mean the host did nothing with the request.
 NOT_PROCESSED_CODES = frozenset({"30", "03", "97"})
 SIGN_IN_ATTEMPTS = 2
+LOCK_FILE = "terminal.lock"
+LOCK_WAIT_S = 5.0
 
 EReceiptWriter = Callable[[Slip, Path], Path]
 
@@ -306,6 +311,33 @@ def _boundary(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class _DeviceLock:
+    """One Terminal per data dir at a time (two cashier commands at once would each take the
+    other's in-flight entry for an interrupted one). Waits at most ``wait_s``."""
+
+    def __init__(self, path: Path, wait_s: float | None = None) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.release()
+                    raise TerminalError(
+                        f"another `tillroll pos` command is using the terminal in {path.parent}: "
+                        "wait for it to finish, then try again"
+                    ) from None
+                time.sleep(0.05)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock
+            self._fd = None
+
+
 # ---------------------------------------------------------------------------------------------
 # the terminal
 
@@ -327,21 +359,28 @@ class Terminal:
         self.config = config
         self.data_dir = Path(data_dir)
         self.clock: Clock = clock or SystemClock()
-        self.journal = Journal(self.data_dir / JOURNAL_FILE, device_keystore(self.data_dir))
-        if printer is None and config.printer_url:
-            printer = open_printer(
-                config.printer_url, timeout_s=config.printer_timeout_s, width_cols=config.printer_width_cols
+        self._lock = _DeviceLock(self.data_dir / LOCK_FILE)
+        try:
+            self.journal = Journal(self.data_dir / JOURNAL_FILE, device_keystore(self.data_dir))
+            if printer is None and config.printer_url:
+                printer = open_printer(
+                    config.printer_url,
+                    timeout_s=config.printer_timeout_s,
+                    width_cols=config.printer_width_cols,
+                )
+            self.printer = printer
+            self.link: HostLink = link or TcpHostLink(
+                config.host.pair,
+                config.backup_host.pair if config.backup_host else None,
+                connect_timeout_s=config.connect_timeout_s,
+                response_timeout_s=config.response_timeout_s,
+                socket_factory=socket_factory,
             )
-        self.printer = printer
-        self.link: HostLink = link or TcpHostLink(
-            config.host.pair,
-            config.backup_host.pair if config.backup_host else None,
-            connect_timeout_s=config.connect_timeout_s,
-            response_timeout_s=config.response_timeout_s,
-            socket_factory=socket_factory,
-        )
-        self._write_e_receipt: EReceiptWriter = e_receipt_writer or _default_e_receipt_writer
-        self._session: Session | None = self.journal.load_session()
+            self._write_e_receipt: EReceiptWriter = e_receipt_writer or _default_e_receipt_writer
+            self._session: Session | None = self.journal.load_session()
+        except BaseException:
+            self._lock.release()
+            raise
 
     @classmethod
     def open(cls, data_dir: Path, **kwargs: Any) -> Terminal:
@@ -349,8 +388,11 @@ class Terminal:
         return cls(load_config(Path(data_dir)), Path(data_dir), **kwargs)
 
     def close(self) -> None:
-        self.link.close()
-        self.journal.close()
+        try:
+            self.link.close()
+            self.journal.close()
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Terminal:
         return self
