@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 
 from tillroll.host.cli import app as host_app
+from tillroll.terminal.cli import app as pos_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="tillroll POS payment stack")
 app.add_typer(host_app, name="host")
+app.add_typer(pos_app, name="pos")
 
 
 @app.command()

@@ -5,8 +5,10 @@ Deliberately independent of the terminal engine, so that host tests pin the wire
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tillroll.crypto import encrypt_pin_block, unwrap_working_keys
 from tillroll.crypto.keys import WorkingKeys
@@ -192,3 +194,21 @@ class WireClient:
             {"11": self.next_stan(), "41": self.tid, "42": self.mid, "48": f"{total:04d}",
              "60": f"00{self.batch}{'207' if balanced else '202'}"},
         )  # fmt: skip
+
+
+def empty_database(url: str) -> str:
+    """Empty a test database in place (for stateful tests that need a fresh one per example)."""
+    if url.startswith("postgresql"):
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+        engine.dispose()
+    else:
+        path = url.removeprefix("sqlite:///")
+        for suffix in ("", "-wal", "-shm"):
+            if Path(path + suffix).exists():
+                os.unlink(path + suffix)
+    return url

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from hostwire import MID, TID, TMK, WireClient
+from hostwire import MID, TID, TMK, WireClient, empty_database
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -45,15 +44,6 @@ class Sale:
     batch: str
     state: str  # approved | declined | voided | reversed | unknown
     refunded: int = 0
-
-
-def _reset(url: str) -> None:
-    if url.startswith("postgresql"):
-        engine = sa.create_engine(url)
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-        engine.dispose()
 
 
 def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
@@ -168,17 +158,7 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
 @pytest.mark.slow
 def test_host_money_trail_stateful(db_url: str) -> None:
     def fresh_url() -> str:
-        _reset(db_url)
-        if db_url.startswith("sqlite"):
-            import os
-            from pathlib import Path
-
-            path = Path(db_url.removeprefix("sqlite:///"))
-            for suffix in ("", "-wal", "-shm"):
-                p = Path(str(path) + suffix)
-                if p.exists():
-                    os.unlink(p)
-        return db_url
+        return empty_database(db_url)
 
     run_state_machine_as_test(
         make_machine(fresh_url),
