@@ -1,6 +1,6 @@
 """Stateful property test of the card rail: a real terminal, the real host, real TCP through the
 fault proxy. Random sales, voids, balance inquiries and faults (lost request or response, damaged
-MAC, response cut mid-frame, duplicated request, slow answer, primary line down); after every
+MAC, response cut mid-frame, duplicated request, slow answer, stalled line, primary line down); after every
 step and `recover`: no transaction is left unknown or in flight, no reversal is pending, the
 host's approved-and-not-reversed total equals the terminal's, and the bank's balances and the
 ledger agree with both.
@@ -36,6 +36,7 @@ FAULTS = [
     Fault.CUT_MID_FRAME,
     Fault.DUPLICATE_REQUEST,
     Fault.DELAY_RESPONSE,
+    Fault.STALL,
 ]
 
 
@@ -96,7 +97,7 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
             for line in lines:
                 line.clear()
             # Only a MAC-verified 00 is ever shown as approved.
-            damaged = fault in (Fault.DROP_RESPONSE, Fault.CORRUPT_RESPONSE, Fault.CUT_MID_FRAME)
+            damaged = fault in (Fault.DROP_RESPONSE, Fault.CORRUPT_RESPONSE, Fault.CUT_MID_FRAME, Fault.STALL)
             if damaged:
                 assert res.outcome is not Outcome.APPROVED
 

@@ -5,6 +5,7 @@ Double-length keys (k1k2) are expanded to k1k2k1: `cryptography` deprecates 16-b
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -31,6 +32,7 @@ def _expand(key: bytes) -> bytes:
     raise KeyLengthError(f"DES key must be 8, 16 or 24 bytes, got {len(key)}")
 
 
+@functools.lru_cache(maxsize=1024)  # working keys are reused for every message of a session
 def _cipher(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(TripleDES(_expand(key)), modes.ECB())
 
