@@ -82,6 +82,8 @@ class TerminalConfig:
     reversal_retries_max: int = 3  # per attempt; a reversal is never dropped
     resend_max: int = 1  # sends of a new STAN after 77
     retry_96_max: int = 2  # identical repeats after a verified 96
+    refund_retries_max: int = 3  # repeats of the same refund/settlement while its outcome is unknown
+    retry_backoff_s: float = 0.5  # wait before repeat n: n * retry_backoff_s
     key_lifetime_s: int = 86_400  # the host's session lifetime
     sign_in_margin_s: int = 600  # sign in again this long before the lifetime runs out
     printer_timeout_s: float = 3.0
@@ -107,6 +109,10 @@ class TerminalConfig:
             raise ConfigError("reversal_retries_max must be within 1..20")
         if not 0 <= self.resend_max <= 3 or not 0 <= self.retry_96_max <= 5:
             raise ConfigError("resend_max must be within 0..3 and retry_96_max within 0..5")
+        if not 0 <= self.refund_retries_max <= 10:
+            raise ConfigError("refund_retries_max must be within 0..10")
+        if not 0 <= self.retry_backoff_s <= 10:
+            raise ConfigError("retry_backoff_s must be within 0..10 seconds")
         if self.key_lifetime_s <= 0 or not 0 <= self.sign_in_margin_s < self.key_lifetime_s:
             raise ConfigError("key_lifetime_s must be positive and sign_in_margin_s below it")
         if self.sign_in_mode not in ("003", "004"):

@@ -26,6 +26,18 @@ Rules it keeps (PROFILE §3-§6, DESIGN F1/F4/F5):
   printer is not READY or the job fails, the sale stands, the receipt is owed, and an e-receipt
   (HTML) is written at once; :meth:`Terminal.reprint` prints it later marked REPRINT.
 
+- **Refunds are not reversed.** A refund (0220) is journalled (``requested``) before it is
+  sent and then retried as the *same* request (same STAN, same fields: the host replays its
+  stored answer, so it never pays twice) while its outcome is unknown — no answer, a cut line,
+  a bad MAC, 96, 77 (after a new sign-in) — at most ``refund_retries_max`` times with a short
+  backoff. Still unknown, it stays ``unknown`` with an alert; :meth:`Terminal.recover` (and the
+  next refund of the same sale, and settlement) send it again. It is never dropped, and the
+  cashier's line names the cause and the next step.
+- **Settlement** (0500) sends the journal's totals; "not balanced" is followed by the batch
+  upload (0320, 60.3 201, then 202). Either way the terminal moves to the next batch and signs
+  in again. Pending reversals and open refunds go out first; settlement waits while any stays
+  open. An unanswered settlement is repeated as the same request.
+
 Card entry (profile choice of this terminal): the card number is keyed in, so requests carry the
 PAN in field 2 and the expiry in field 14 with entry mode ``01`` — field 22 is ``011`` with a PIN,
 ``012`` without — and the slip shows entry mode ``M``. No track data (35/36) is ever sent.
@@ -72,14 +84,16 @@ from tillroll.money import AMOUNT_MAX_MINOR, format_yuan
 from tillroll.pan import mask_pan
 from tillroll.terminal.config import E_RECEIPT_DIR, JOURNAL_FILE, TerminalConfig, device_keystore, load_config
 from tillroll.terminal.hostlink import HostLink, LinkStatus, SocketFactory, TcpHostLink
-from tillroll.terminal.journal import Alert, Entry, Journal, Session
+from tillroll.terminal.journal import Alert, Entry, Journal, Session, Settlement, Totals
 from tillroll.terminal.printer import Printer, PrintError, PrinterStatus, open_printer
 from tillroll.terminal.receipt import Copy, Slip, TransType
 from tillroll.terminal.states import (
     Outcome,
     ReceiptState,
+    RefundState,
     ReversalReason,
     ReversalState,
+    SettlementState,
     TxnKind,
     TxnState,
 )
@@ -107,6 +121,11 @@ _PAN = re.compile(r"^\d{13,19}$")
 _EXPIRY = re.compile(r"^\d{2}(0[1-9]|1[0-2])$")
 _PIN = re.compile(r"^\d{4,12}$")
 _TRACE = re.compile(r"^\d{1,6}$")
+_RRN = re.compile(r"^[0-9A-Za-z]{12}$")
+_MMDD = re.compile(r"^(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
+UPLOAD_ITEMS_MAX = 8  # items per 0320 (PROFILE §3)
+NM_SETTLE = "201"
+NM_UPLOAD_END_NOT_BALANCED = "202"
 
 
 class InputError(ValueError):
@@ -143,6 +162,29 @@ def parse_trace(text: str) -> str:
     if not _TRACE.match(t) or int(t) == 0:
         raise InputError(f"trace {text!r} is not a voucher number 000001..999999: read it off the slip")
     return t.zfill(6)
+
+
+def parse_rrn(text: str) -> str:
+    r = text.strip()
+    if not _RRN.match(r):
+        raise InputError(
+            f"reference number {text!r} is not the 12-character RRN (参考号) of the slip: read it off"
+        )
+    return r
+
+
+def parse_mmdd(text: str) -> str:
+    d = text.strip()
+    if not _MMDD.match(d):
+        raise InputError(f"date {text!r} is not MMDD (e.g. 1129): the original slip's date")
+    return d
+
+
+def parse_batch(text: str) -> str:
+    b = text.strip()
+    if not _TRACE.match(b) or int(b) == 0:
+        raise InputError(f"batch {text!r} is not a batch number 000001..999999: read it off the slip")
+    return b.zfill(6)
 
 
 def check_amount(amount_minor: int) -> int:
@@ -285,6 +327,54 @@ def parse_balance(f54: str | None) -> int | None:
         return None
     amount = int(f54[8:20])
     return -amount if f54[7] == "D" else amount
+
+
+_CAUSE_NOT_SENT = "无法连接主机 the host cannot be reached on either line"
+_CAUSE_SIGN_IN = "签到失败 sign-in failed, so it could not be sent"
+_CAUSE_NO_ANSWER = "主机无应答 no answer from the host in time"
+_CAUSE_MAC = "应答校验失败 the answer failed its MAC check (keys renewed)"
+_CAUSE_96 = "主机故障(96)，未处理 the host had a malfunction (96) and did nothing"
+_CAUSE_77 = "需重新签到(77) the host asked for a new sign-in"
+_CAUSE_OTHER = "应答不可用 the answer could not be read"
+_CAUSE_BATCH_CLOSED = (
+    "批次已由主机关闭 the host has moved to a new batch: call the acquirer with the trace to confirm"
+)
+
+
+def _refund_cause(verdict: Verdict) -> str:
+    """Why a refund's (or settlement's) outcome is not known, for the cashier and the alert."""
+    if verdict.kind == VerdictKind.NOT_SENT:
+        return _CAUSE_NOT_SENT
+    if verdict.kind == VerdictKind.RETRY_SAME:
+        return _CAUSE_96
+    if verdict.kind == VerdictKind.RESEND_NEW_STAN:
+        return _CAUSE_77
+    if verdict.reason is ReversalReason.NO_RESPONSE:
+        return _CAUSE_NO_ANSWER
+    if verdict.reason is ReversalReason.MAC_FAILED:
+        return _CAUSE_MAC
+    return _CAUSE_OTHER
+
+
+def _settlement_summary(
+    batch: str, totals: Totals, host48: str, balanced: bool, uploaded: int, next_batch: str
+) -> str:
+    ours = (
+        f"借记 DEBITS {totals.debit_count} 笔 RMB {format_yuan(totals.debit_minor)}, "
+        f"贷记 CREDITS {totals.credit_count} 笔 RMB {format_yuan(totals.credit_minor)}"
+    )
+    text = f"批次 BATCH {batch}: 终端 TERMINAL {ours}"
+    try:
+        host = Totals.parse(host48)
+    except ValueError:
+        host = None
+    if host is not None and not balanced:
+        text += (
+            f"; 主机 HOST 借记 DEBITS {host.debit_count} 笔 RMB {format_yuan(host.debit_minor)}, "
+            f"贷记 CREDITS {host.credit_count} 笔 RMB {format_yuan(host.credit_minor)}"
+            f"; 上送 UPLOADED {uploaded} 笔 items"
+        )
+    return text + f"; 新批次 NEXT BATCH {next_batch}"
 
 
 def _default_e_receipt_writer(slip: Slip, directory: Path) -> Path:
@@ -537,19 +627,421 @@ class Terminal:
         return self._financial(TxnKind.VOID, build, orig=orig)
 
     @_boundary
+    def refund(
+        self,
+        amount_minor: int,
+        rrn: str,
+        date_mmdd: str,
+        *,
+        trace: str | None = None,
+        batch: str | None = None,
+        pan: str | None = None,
+        expiry: str | None = None,
+    ) -> Result:
+        """Refund (退货, 0220) of a sale named by its RRN and date (field 13 of its answer).
+
+        When the sale is in this journal its card, trace and batch come from there; otherwise
+        ``trace`` and ``batch`` (and, for the slip, ``pan``/``expiry``) are read off its slip."""
+        amount = check_amount(amount_minor)
+        orig_rrn, orig_date = parse_rrn(rrn), parse_mmdd(date_mmdd)
+        stan_orig = parse_trace(trace) if trace is not None else None
+        batch_orig = parse_batch(batch) if batch is not None else None
+        card = parse_pan(pan) if pan is not None else None
+        exp = parse_expiry(expiry) if expiry is not None else None
+        orig = self.journal.find_sale_by_rrn(orig_rrn)
+        if orig is not None:
+            for given, ours, what in (
+                (stan_orig, orig.stan, "trace"),
+                (batch_orig, orig.batch, "batch"),
+                (orig_date, orig.host_date or orig_date, "date"),
+                (card, orig.pan, "card"),
+            ):
+                if given is not None and given != ours:
+                    raise InputError(
+                        f"the sale with RRN {orig_rrn} in this terminal's journal has another {what}: "
+                        "check the slip and type it again"
+                    )
+            stan_orig, batch_orig, card, exp = orig.stan, orig.batch, orig.pan, orig.expiry
+        elif stan_orig is None or batch_orig is None:
+            raise InputError(
+                f"the sale with RRN {orig_rrn} is not in this terminal's journal: give its trace and "
+                "batch from the slip (--trace, --batch)"
+            )
+        open_before = self.journal.open_refunds(orig_rrn)
+        if open_before:
+            # An earlier refund of this sale is unfinished: finish it, never start a second one.
+            self._retry_open_refunds(open_before)
+            if self.journal.open_refunds(orig_rrn):
+                return Result(Outcome.REFUND_BLOCKED, rrn=orig_rrn, amount_minor=amount)
+        blocked = self._prepare()
+        if blocked is not None:
+            return blocked
+        assert self._session is not None
+        f61 = Field61(batch_orig, stan_orig, orig_date).encode()
+        now = self.clock.now()
+        with self.journal.begin() as conn:
+            stan = self.journal.next_stan(conn)
+            fields = {
+                "3": "200000",
+                "4": f"{amount:012d}",
+                "11": stan,
+                "25": CONDITION_NORMAL,
+                "37": orig_rrn,
+                "41": self.config.tid,
+                "42": self.config.mid,
+                "49": CURRENCY_CNY,
+                "60": Field60("25", self._session.batch, "000").encode(),
+                "61": f61,
+                "63": "000",
+            }
+            if card:
+                fields["2"] = card
+            txn_id = self.journal.record_request(
+                conn,
+                kind=TxnKind.REFUND,
+                request=Message(Mti.ADVICE.value, fields),
+                entry_mode=SLIP_ENTRY_MODE,
+                operator=self.config.operator,
+                now=now,
+                orig_txn_id=orig.id if orig else None,
+            )
+            if exp:
+                self.journal.set_values(conn, txn_id, now, expiry=exp)
+        # Committed: the refund is durable before the first byte; from here it is never dropped.
+        return self._submit_refund(txn_id)
+
+    def _submit_refund(self, txn_id: int) -> Result:
+        """Send a journalled refund, repeating the same request while its outcome is unknown."""
+        entry = self.journal.get(txn_id)
+        msg = entry.request
+        stan = entry.stan
+        cause = _CAUSE_NOT_SENT
+        tries = self.config.refund_retries_max + 1
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(self.config.retry_backoff_s * attempt)
+            if not self._ensure_session():
+                cause = _CAUSE_SIGN_IN
+                self._refund_unknown(txn_id, cause)
+                continue
+            session = self._session
+            assert session is not None
+            if session.batch != entry.batch:
+                # The host moved to another batch: this key cannot be sent again (PROFILE §6).
+                cause = _CAUSE_BATCH_CLOSED
+                break
+            with self.journal.begin() as conn:
+                self.journal.move_refund(conn, txn_id, RefundState.SUBMITTED, self.clock.now())
+            reply = self._exchange(msg, mak=session.keys.mak)
+            verdict = judge(msg, reply, session.keys.mak)
+            if verdict.sign_in:
+                self._drop_session()
+            if verdict.kind == VerdictKind.APPROVED:
+                assert verdict.response is not None
+                return self._approve_refund(txn_id, verdict.response)
+            if verdict.kind == VerdictKind.DECLINED:
+                code = verdict.code
+                with self.journal.begin() as conn:
+                    self.journal.move_refund(
+                        conn, txn_id, RefundState.DECLINED, self.clock.now(), response_code=code
+                    )
+                return Result(
+                    Outcome.DECLINED,
+                    response_code(code),
+                    code,
+                    trace=stan,
+                    batch=entry.batch,
+                    amount_minor=entry.amount_minor,
+                    txn_id=txn_id,
+                )
+            cause = _refund_cause(verdict)
+            self._refund_unknown(txn_id, cause, verdict.code)
+            log.warning("refund trace %s: %s (try %d of %d)", stan, cause, attempt + 1, tries)
+        self._refund_unknown(txn_id, cause)
+        self.journal.alert(
+            "refund_unknown",
+            f"refund trace {stan} batch {entry.batch} of RRN {msg.get('37')} "
+            f"({format_yuan(entry.amount_minor or 0)}) outcome unknown: {cause}. It is kept and sent "
+            "again, the same request, by `tillroll pos recover` and before settlement",
+            self.clock.now(),
+            txn_id,
+        )
+        return Result(
+            Outcome.REFUND_UNKNOWN,
+            trace=stan,
+            batch=entry.batch,
+            amount_minor=entry.amount_minor,
+            detail=f"原因 cause: {cause}",
+            txn_id=txn_id,
+        )
+
+    def _refund_unknown(self, txn_id: int, cause: str, code: str | None = None) -> None:
+        with self.journal.begin() as conn:
+            current = self.journal.get(txn_id, conn).state
+            if current is not RefundState.UNKNOWN:
+                self.journal.move_refund(conn, txn_id, RefundState.UNKNOWN, self.clock.now(), note=cause)
+            else:
+                self.journal.set_values(conn, txn_id, self.clock.now(), note=cause)
+            if code is not None:
+                self.journal.set_values(conn, txn_id, self.clock.now(), response_code=code[:2])
+
+    def _approve_refund(self, txn_id: int, resp: Message) -> Result:
+        now = self.clock.now()
+        f63, f44 = resp.get("63") or "", resp.get("44") or ""
+        with self.journal.begin() as conn:
+            self.journal.move_refund(
+                conn,
+                txn_id,
+                RefundState.APPROVED,
+                now,
+                response_code=ResponseCode.APPROVED.value,
+                rrn=resp.get("37") or None,
+                auth_code=resp.get("38") or None,
+                host_date=resp.get("13"),
+                host_time=resp.get("12"),
+                issuer=f63[3:].strip()[:40] or None,
+                acquirer=f44[11:].strip()[:40] or None,
+                approved_at=host_time(now, resp.get("13"), resp.get("12")),
+                note=None,
+            )
+        entry = self.journal.get(txn_id)
+        receipt, e_receipt = self._issue_receipt(entry)
+        return Result(
+            Outcome.APPROVED,
+            ResponseCode.APPROVED,
+            "00",
+            trace=entry.stan,
+            batch=entry.batch,
+            amount_minor=entry.amount_minor,
+            rrn=entry.rrn,
+            auth_code=entry.auth_code,
+            receipt=receipt,
+            e_receipt=e_receipt,
+            txn_id=txn_id,
+        )
+
+    def _retry_open_refunds(self, entries: list[Entry] | None = None) -> list[Result]:
+        """Send every open refund again (the same request each); returns their results."""
+        return [self._submit_refund(e.id) for e in (entries or self.journal.open_refunds())]
+
+    def open_refunds(self) -> list[Entry]:
+        return self.journal.open_refunds()
+
+    # --- settlement -------------------------------------------------------------------------
+
+    @_boundary
+    def settle(self) -> Result:
+        """End of day: 0500 with the journal's totals; batch upload when not balanced; then the
+        next batch and a new sign-in."""
+        blocked = self._prepare()
+        if blocked is not None:
+            if blocked.outcome is Outcome.BLOCKED_BY_REVERSAL:
+                return Result(Outcome.SETTLEMENT_BLOCKED, detail="冲正待发送 a reversal is pending")
+            return blocked
+        if self.journal.open_refunds():
+            self._retry_open_refunds()
+            still = len(self.journal.open_refunds())
+            if still:
+                return Result(Outcome.SETTLEMENT_BLOCKED, detail=f"{still} 笔退货未完成 refund(s) still open")
+            if not self._ensure_session():
+                return Result(Outcome.SIGN_IN_FAILED, detail="nothing was sent")
+        assert self._session is not None
+        batch = self._session.batch
+        previous = self.journal.open_settlement(batch)
+        if previous is not None:  # unanswered before: repeat the same request
+            sid, msg, totals = previous.id, previous.request, previous.totals
+        else:
+            totals = self.journal.totals(batch)
+            now = self.clock.now()
+            with self.journal.begin() as conn:
+                stan = self.journal.next_stan(conn)
+                msg = Message(
+                    Mti.SETTLEMENT.value,
+                    {
+                        "11": stan,
+                        "41": self.config.tid,
+                        "42": self.config.mid,
+                        "48": totals.encode(),
+                        "49": CURRENCY_CNY,
+                        "60": Field60("00", batch, NM_SETTLE).encode(),
+                        "63": self.config.operator,
+                    },
+                )
+                sid = self.journal.record_settlement(conn, msg, totals, now)
+        resp, cause = self._send_settlement(msg, batch)
+        now = self.clock.now()
+        if resp is None:
+            closed = cause == _CAUSE_BATCH_CLOSED
+            if closed:
+                with self.journal.begin() as conn:
+                    self.journal.move_settlement(conn, sid, SettlementState.UNKNOWN, now, note=cause)
+            else:
+                self.journal.set_settlement_values(sid, now, note=cause)
+            self.journal.alert(
+                "settlement_unknown",
+                f"settlement of batch {batch} (trace {msg['11']}) not answered: {cause}"
+                + ("" if not closed else "; the acquirer has the comparison of the totals"),
+                now,
+            )
+            return Result(
+                Outcome.SETTLEMENT_UNKNOWN, trace=msg["11"], batch=batch, detail=f"原因 cause: {cause}"
+            )
+        code = resp.get("39") or ""
+        if code != ResponseCode.APPROVED:
+            with self.journal.begin() as conn:
+                self.journal.move_settlement(
+                    conn, sid, SettlementState.DECLINED, now, note=f"answered {code}"
+                )
+            return Result(Outcome.DECLINED, response_code(code), code, trace=msg["11"], batch=batch)
+        host48 = resp.get("48") or ""
+        balanced = len(host48) > 30 and host48[30] == "1"
+        with self.journal.begin() as conn:
+            self.journal.move_settlement(
+                conn,
+                sid,
+                SettlementState.BALANCED if balanced else SettlementState.NOT_BALANCED,
+                now,
+                host_totals=host48[:62],
+            )
+        uploaded = 0
+        upload_note = ""
+        if not balanced:
+            uploaded, upload_note = self._batch_upload(sid, batch)
+        next_batch = self._next_batch(sid, batch)
+        summary = _settlement_summary(batch, totals, host48, balanced, uploaded, next_batch)
+        if upload_note:
+            summary += f"; {upload_note}"
+        return Result(
+            Outcome.SETTLED if balanced else Outcome.SETTLED_NOT_BALANCED,
+            ResponseCode.APPROVED,
+            "00",
+            trace=msg["11"],
+            batch=batch,
+            detail=summary,
+        )
+
+    def _send_settlement(self, msg: Message, batch: str) -> tuple[Message | None, str]:
+        """The verified 0510 (any code), or None and the cause. Repeats the same request."""
+        cause = _CAUSE_NOT_SENT
+        tries = self.config.refund_retries_max + 1
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(self.config.retry_backoff_s * attempt)
+            if not self._ensure_session():
+                cause = _CAUSE_SIGN_IN
+                continue
+            session = self._session
+            assert session is not None
+            if session.batch != batch:
+                # Signed in again and the host names another batch: it closed ours already
+                # (a 0510 we never saw). The batch can no longer be uploaded.
+                return None, _CAUSE_BATCH_CLOSED
+            reply = self._exchange(msg, mak=session.keys.mak)
+            verdict = judge(msg, reply, session.keys.mak)
+            if verdict.sign_in:
+                self._drop_session()
+            if verdict.kind in (VerdictKind.APPROVED, VerdictKind.DECLINED):
+                assert verdict.response is not None
+                return verdict.response, ""
+            cause = _refund_cause(verdict)
+        return None, cause
+
+    def _batch_upload(self, sid: int, batch: str) -> tuple[int, str]:
+        """0320 items (60.3 201) and the end message (202); returns items the host took."""
+        items = self.journal.batch_items(batch)
+        sent = 0
+        for i in range(0, len(items), UPLOAD_ITEMS_MAX):
+            chunk = items[i : i + UPLOAD_ITEMS_MAX]
+            body = "".join(f"00{e.stan}{(e.pan or '0'):0>20}{e.amount_minor or 0:012d}" for e in chunk)
+            if not self._upload(batch, f"{len(chunk):02d}{body}", NM_SETTLE):
+                note = f"batch upload stopped after {sent} of {len(items)} items"
+                self.journal.set_settlement_values(sid, self.clock.now(), items_uploaded=sent, note=note)
+                self.journal.alert("batch_upload", f"batch {batch}: {note}", self.clock.now())
+                return sent, note
+            sent += len(chunk)
+        now = self.clock.now()
+        if not self._upload(batch, f"{len(items):04d}", NM_UPLOAD_END_NOT_BALANCED):
+            note = f"end of batch upload not answered ({sent} items sent)"
+            self.journal.set_settlement_values(sid, now, items_uploaded=sent, note=note)
+            self.journal.alert("batch_upload", f"batch {batch}: {note}", now)
+            return sent, note
+        with self.journal.begin() as conn:
+            self.journal.move_settlement(conn, sid, SettlementState.UPLOADED, now, items_uploaded=sent)
+        return sent, ""
+
+    def _upload(self, batch: str, field48: str, network_code: str) -> bool:
+        session = self._session
+        if session is None:
+            return False
+        with self.journal.begin() as conn:
+            stan = self.journal.next_stan(conn)
+        msg = Message(
+            Mti.BATCH_UPLOAD.value,
+            {
+                "11": stan,
+                "41": self.config.tid,
+                "42": self.config.mid,
+                "48": field48,
+                "60": Field60("00", batch, network_code).encode(),
+            },
+        )
+        for attempt in range(self.config.refund_retries_max + 1):
+            if attempt:
+                time.sleep(self.config.retry_backoff_s * attempt)
+            reply = self._exchange(msg, mak=session.keys.mak)  # the closed batch's session
+            verdict = judge(msg, reply, session.keys.mak)
+            if verdict.kind == VerdictKind.APPROVED:
+                return True
+            if verdict.kind == VerdictKind.DECLINED or verdict.sign_in:
+                return False
+        return False
+
+    def _next_batch(self, sid: int, batch: str) -> str:
+        """After settlement: the next batch number, a new sign-in (the host's word wins)."""
+        now = self.clock.now()
+        with self.journal.begin() as conn:
+            self.journal.set_batch(conn, f"{int(batch) % 999_999 + 1:06d}")
+        self._drop_session()
+        signed = self._sign_in()
+        if signed.outcome is not Outcome.DONE:
+            self.journal.alert(
+                "sign_in_after_settlement", f"sign-in after settling batch {batch} failed: {signed.text}", now
+            )
+        next_batch = self.journal.batch()
+        self.journal.set_settlement_values(sid, now, next_batch=next_batch)
+        return next_batch
+
+    def settlements(self, limit: int = 100) -> list[Settlement]:
+        return self.journal.settlements(limit)
+
+    @_boundary
     def recover(self) -> Result:
-        """Settle anything left in flight, then send every pending reversal now."""
+        """Settle anything left in flight, send every pending reversal now, then every open
+        refund again (the same request each)."""
         self._recover_in_flight()
         pending = self.journal.pending_reversals()
-        if not pending:
-            return Result(Outcome.DONE, detail="no pending reversals / 无待冲正交易")
+        refunds = self.journal.open_refunds()
+        if not pending and not refunds:
+            return Result(Outcome.DONE, detail="no pending reversals or refunds / 无待冲正、待退货交易")
         if not self._ensure_session():
-            return Result(Outcome.SIGN_IN_FAILED, detail=f"{len(pending)} reversal(s) still pending")
-        remaining = self._flush_reversals()
+            return Result(
+                Outcome.SIGN_IN_FAILED,
+                detail=f"{len(pending)} reversal(s), {len(refunds)} refund(s) still pending",
+            )
+        remaining = self._flush_reversals() if pending else 0
         sent = len(pending) - remaining
         if remaining:
             return Result(Outcome.REVERSAL_PENDING, detail=f"{sent} reversed, {remaining} still pending")
-        return Result(Outcome.DONE, detail=f"{sent} reversal(s) sent and answered / 冲正完成")
+        results = self._retry_open_refunds(refunds) if refunds else []
+        open_left = [r for r in results if r.outcome is Outcome.REFUND_UNKNOWN]
+        done = f"{sent} reversal(s), {len(results) - len(open_left)} refund(s) finished"
+        if open_left:
+            still = f"{len(open_left)} refund(s) still open — {open_left[0].detail}"
+            return Result(Outcome.REFUND_UNKNOWN, detail=f"{done}; {still}")
+        declined = [r for r in results if r.outcome is Outcome.DECLINED]
+        if declined:
+            done += f" ({len(declined)} declined: {declined[0].text})"
+        return Result(Outcome.DONE, detail=f"{done} / 冲正、退货完成")
 
     @_boundary
     def reprint(self, trace: str | None = None) -> Result:
@@ -940,13 +1432,18 @@ class Terminal:
 
     def slip_for(self, entry: Entry) -> Slip:
         """The slip of an approval, from its journal entry (never from the request sent)."""
-        trans_type = TransType.VOID if entry.kind is TxnKind.VOID else TransType.SALE
+        trans_type = {TxnKind.VOID: TransType.VOID, TxnKind.REFUND: TransType.REFUND}.get(
+            entry.kind, TransType.SALE
+        )
         expiry = entry.expiry
         reference = None
         if entry.kind is TxnKind.VOID and entry.orig_txn_id is not None:
             orig = self.journal.get(entry.orig_txn_id)
             expiry = orig.expiry
             reference = f"原凭证号 ORIG VOUCHER {orig.stan} 原参考号 ORIG REF {orig.rrn or ''}".strip()
+        if entry.kind is TxnKind.REFUND:
+            f61 = entry.request.get("61") or ""
+            reference = f"原凭证号 ORIG VOUCHER {f61[6:12]} 原参考号 ORIG REF {entry.request.get('37') or ''}"
         return Slip(
             merchant_name=self.config.merchant_name or entry.request.get("42") or self.config.mid,
             mid=entry.request.get("42") or self.config.mid,

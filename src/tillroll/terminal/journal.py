@@ -12,7 +12,18 @@ What it keeps, and what it never keeps:
 - the receipt state, alerts, the STAN and batch counters, and the current session (working keys
   sealed under the device key).
 
+- every refund (kind ``refund``, MTI 0220) with its request, in the same ``txns`` table; its
+  ``state`` column holds a :class:`RefundState` (its own machine), its ``note`` the cause of the
+  last unknown outcome;
+- every settlement: the totals sent, the host's answer, balanced or not, items uploaded.
+
 Every state change is checked against the tables in :mod:`tillroll.terminal.states`.
+
+Schema: the tables are created by the journal itself (``metadata.create_all``), which adds any
+table a journal file lacks. Version 2 (refunds and settlement) only *adds* a table
+(``settlements``), so a version-1 journal is upgraded by opening it; the version is kept in
+``counters`` under ``schema``. A change to an existing table would need a migration step in
+:meth:`Journal._upgrade`.
 """
 
 from __future__ import annotations
@@ -52,11 +63,16 @@ from tillroll.store.engine import inserted_id, make_engine
 from tillroll.terminal.states import (
     IN_FLIGHT,
     RECEIPT_TRANSITIONS,
+    REFUND_OPEN,
+    REFUND_TRANSITIONS,
     REVERSAL_TRANSITIONS,
+    SETTLEMENT_TRANSITIONS,
     TXN_TRANSITIONS,
     ReceiptState,
+    RefundState,
     ReversalReason,
     ReversalState,
+    SettlementState,
     TxnKind,
     TxnState,
     check,
@@ -65,6 +81,7 @@ from tillroll.terminal.states import (
 STAN_MAX = 999_999
 ALERTS_KEPT_MAX = 10_000
 SECRET_FIELDS = frozenset({"52"})  # never journalled
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -133,6 +150,27 @@ reversals = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+settlements_table = Table(
+    "settlements",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("request", Text, nullable=False),  # JSON of the 0500's fields
+    Column("debit_minor", Integer, nullable=False),
+    Column("debit_count", Integer, nullable=False),
+    Column("credit_minor", Integer, nullable=False),
+    Column("credit_count", Integer, nullable=False),
+    Column("host_totals", String(62)),  # the 0510's field 48
+    Column("items_uploaded", Integer, nullable=False, default=0),
+    Column("next_batch", String(6)),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("note", Text),
+    Index("ix_settlements_batch", "batch"),
+)
+
 alerts = Table(
     "alerts",
     metadata,
@@ -157,7 +195,7 @@ class Entry:
 
     id: int
     kind: TxnKind
-    state: TxnState
+    state: TxnState | RefundState  # a RefundState exactly when kind is REFUND
     stan: str
     batch: str
     request: Message
@@ -212,7 +250,7 @@ def _entry(row: RowMapping) -> Entry:
     return Entry(
         id=row["id"],
         kind=TxnKind(row["kind"]),
-        state=TxnState(row["state"]),
+        state=RefundState(row["state"]) if row["kind"] == TxnKind.REFUND else TxnState(row["state"]),
         stan=row["stan"],
         batch=row["batch"],
         request=Message(row["mti"], req),
@@ -250,13 +288,80 @@ _ENTRY_SELECT = select(
 ).select_from(txns.outerjoin(reversals, reversals.c.txn_id == txns.c.id))
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Settlement totals (PROFILE §3): debits = approved sales neither voided nor reversed,
+    credits = approved refunds."""
+
+    debit_minor: int
+    debit_count: int
+    credit_minor: int
+    credit_count: int
+
+    def encode(self) -> str:
+        """Field 48 of a 0500: domestic 31 digits (flag 0), then 31 zero digits for foreign."""
+        domestic = (
+            f"{self.debit_minor:012d}{self.debit_count:03d}{self.credit_minor:012d}{self.credit_count:03d}0"
+        )
+        return domestic + "0" * 31
+
+    @classmethod
+    def parse(cls, digits: str) -> Totals:
+        if len(digits) < 30 or not digits[:30].isdigit():
+            raise ValueError(f"settlement totals {digits!r} are not 30 digits")
+        return cls(int(digits[0:12]), int(digits[12:15]), int(digits[15:27]), int(digits[27:30]))
+
+
+@dataclass(frozen=True)
+class Settlement:
+    id: int
+    batch: str
+    stan: str
+    state: SettlementState
+    request: Message
+    totals: Totals
+    host_totals: str | None
+    items_uploaded: int
+    next_batch: str | None
+    created_at: datetime
+    note: str | None
+
+
+def _settlement(row: RowMapping) -> Settlement:
+    return Settlement(
+        id=row["id"],
+        batch=row["batch"],
+        stan=row["stan"],
+        state=SettlementState(row["state"]),
+        request=Message("0500", json.loads(row["request"])),
+        totals=Totals(row["debit_minor"], row["debit_count"], row["credit_minor"], row["credit_count"]),
+        host_totals=row["host_totals"],
+        items_uploaded=row["items_uploaded"] or 0,
+        next_batch=row["next_batch"],
+        created_at=row["created_at"],
+        note=row["note"],
+    )
+
+
 class Journal:
     def __init__(self, path: Path, keystore: KeyStore) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.engine: Engine = make_engine(f"sqlite:///{path}")
         self._keystore = keystore
-        metadata.create_all(self.engine)
+        metadata.create_all(self.engine)  # adds any table an older journal lacks
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring an older journal to :data:`SCHEMA_VERSION`. Version 1 -> 2 only added the
+        ``settlements`` table (done by ``create_all``); the version is recorded."""
+        with self.begin() as conn:
+            if self._counter(conn, "schema", 1) < SCHEMA_VERSION:
+                self._set_counter(conn, "schema", SCHEMA_VERSION)
+
+    def schema_version(self) -> int:
+        with self.begin() as conn:
+            return self._counter(conn, "schema", 1)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -357,7 +462,7 @@ class Journal:
             conn.execute(
                 insert(txns).values(
                     kind=kind.value,
-                    state=TxnState.PENDING.value,
+                    state=(RefundState.REQUESTED if kind is TxnKind.REFUND else TxnState.PENDING).value,
                     stan=request["11"],
                     batch=request.field60.batch,
                     mti=request.mti,
@@ -405,6 +510,134 @@ class Journal:
 
     def set_values(self, conn: Connection, txn_id: int, now: datetime, **values: Any) -> None:
         conn.execute(update(txns).where(txns.c.id == txn_id).values(updated_at=now, **values))
+
+    # --- refunds ----------------------------------------------------------------------------
+
+    def move_refund(
+        self, conn: Connection, txn_id: int, new: RefundState, now: datetime, **values: Any
+    ) -> None:
+        """Change a refund's state (checked against its own table) and set columns."""
+        row = conn.execute(select(txns.c.kind, txns.c.state).where(txns.c.id == txn_id)).one()
+        if row.kind != TxnKind.REFUND:
+            raise RuntimeError(f"entry {txn_id} is a {row.kind}, not a refund")
+        check(REFUND_TRANSITIONS, RefundState(row.state), new)
+        conn.execute(
+            update(txns).where(txns.c.id == txn_id).values(state=new.value, updated_at=now, **values)
+        )
+
+    def open_refunds(self, orig_rrn: str | None = None) -> list[Entry]:
+        """Refunds not yet approved or declined (oldest first), optionally of one original."""
+        q = _ENTRY_SELECT.where(
+            txns.c.kind == TxnKind.REFUND.value, txns.c.state.in_([s.value for s in REFUND_OPEN])
+        )
+        with self.begin() as conn:
+            rows = conn.execute(q.order_by(txns.c.id)).mappings()
+            found = [_entry(r) for r in rows]
+        if orig_rrn is not None:
+            found = [e for e in found if e.request.get("37") == orig_rrn]
+        return found
+
+    def find_sale_by_rrn(self, rrn: str) -> Entry | None:
+        """This terminal's approved (or since voided/reversed) sale with that RRN, if any."""
+        with self.begin() as conn:
+            row = (
+                conn.execute(
+                    _ENTRY_SELECT.where(txns.c.kind == TxnKind.SALE.value, txns.c.rrn == rrn)
+                    .order_by(txns.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row else None
+
+    # --- settlement ---------------------------------------------------------------------------
+
+    def batch_items(self, batch: str) -> list[Entry]:
+        """What settles in ``batch``: approved sales (not voided, not reversed) and approved
+        refunds, in journal order."""
+        with self.begin() as conn:
+            rows = conn.execute(
+                _ENTRY_SELECT.where(
+                    txns.c.batch == batch,
+                    txns.c.kind.in_([TxnKind.SALE.value, TxnKind.REFUND.value]),
+                    txns.c.state == TxnState.APPROVED.value,  # == RefundState.APPROVED
+                ).order_by(txns.c.id)
+            ).mappings()
+            return [_entry(r) for r in rows]
+
+    def totals(self, batch: str) -> Totals:
+        items = self.batch_items(batch)
+        sales = [e.amount_minor or 0 for e in items if e.kind is TxnKind.SALE]
+        refunds = [e.amount_minor or 0 for e in items if e.kind is TxnKind.REFUND]
+        return Totals(sum(sales), len(sales), sum(refunds), len(refunds))
+
+    def record_settlement(self, conn: Connection, request: Message, totals: Totals, now: datetime) -> int:
+        return inserted_id(
+            conn.execute(
+                insert(settlements_table).values(
+                    batch=request.field60.batch,
+                    stan=request["11"],
+                    state=SettlementState.REQUESTED.value,
+                    request=_dump(request.fields),
+                    debit_minor=totals.debit_minor,
+                    debit_count=totals.debit_count,
+                    credit_minor=totals.credit_minor,
+                    credit_count=totals.credit_count,
+                    items_uploaded=0,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        )
+
+    def move_settlement(
+        self, conn: Connection, settlement_id: int, new: SettlementState, now: datetime, **values: Any
+    ) -> None:
+        current = SettlementState(
+            conn.execute(
+                select(settlements_table.c.state).where(settlements_table.c.id == settlement_id)
+            ).scalar_one()
+        )
+        check(SETTLEMENT_TRANSITIONS, current, new)
+        conn.execute(
+            update(settlements_table)
+            .where(settlements_table.c.id == settlement_id)
+            .values(state=new.value, updated_at=now, **values)
+        )
+
+    def set_settlement_values(self, settlement_id: int, now: datetime, **values: Any) -> None:
+        with self.begin() as conn:
+            conn.execute(
+                update(settlements_table)
+                .where(settlements_table.c.id == settlement_id)
+                .values(updated_at=now, **values)
+            )
+
+    def settlements(self, limit: int = 100) -> list[Settlement]:
+        with self.begin() as conn:
+            rows = conn.execute(
+                select(settlements_table).order_by(settlements_table.c.id.desc()).limit(limit)
+            ).mappings()
+            return [_settlement(r) for r in rows]
+
+    def open_settlement(self, batch: str) -> Settlement | None:
+        """A settlement of ``batch`` journalled but never answered: to be repeated as is."""
+        with self.begin() as conn:
+            row = (
+                conn.execute(
+                    select(settlements_table)
+                    .where(
+                        settlements_table.c.batch == batch,
+                        settlements_table.c.state == SettlementState.REQUESTED.value,
+                    )
+                    .order_by(settlements_table.c.id.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return _settlement(row) if row else None
 
     # --- reversals --------------------------------------------------------------------------
 

@@ -12,6 +12,20 @@ overwrite.
        │          ├───> DECLINED
        │          ├───> NOT_PROCESSED   (the host said it did nothing: 77, or no line at all)
        └──────────┴───> UNKNOWN ──> REVERSED   (no verified answer: reversal 98 / A0 / 06)
+
+A refund (0220) is never reversed: it is an idempotent request with its own table,
+:data:`REFUND_TRANSITIONS` (states in :class:`RefundState`)::
+
+    REQUESTED ──> SUBMITTED ──> APPROVED | DECLINED
+                     │  ^
+                     v  │ (retried: the SAME request, same STAN; the host replays its answer)
+                   UNKNOWN   (no answer, a cut line, a bad MAC, 96 — never an end: `recover`)
+
+A settlement (0500) has :data:`SETTLEMENT_TRANSITIONS` (states in :class:`SettlementState`)::
+
+    REQUESTED ──> BALANCED | NOT_BALANCED ──> UPLOADED     (batch upload done)
+        ├───────> DECLINED  (a verified non-approval: nothing settled)
+        └───────> UNKNOWN   (no verified answer after the retries; the batch may be closed)
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ class TxnKind(enum.StrEnum):
     SALE = "sale"
     VOID = "void"
     BALANCE = "balance"
+    REFUND = "refund"
 
 
 class TxnState(enum.StrEnum):
@@ -41,6 +56,25 @@ class TxnState(enum.StrEnum):
     REVERSAL_PENDING = "reversal_pending"  # approved, but the terminal could not complete it (96)
     REVERSED = "reversed"  # the host answered the reversal 00
     VOIDED = "voided"  # a sale whose void was approved
+
+
+class RefundState(enum.StrEnum):
+    """The state of a refund entry (kind ``refund``); its own machine, see the module doc."""
+
+    REQUESTED = "requested"  # journalled with its STAN and fields, nothing sent yet
+    SUBMITTED = "submitted"  # bytes may have left the device
+    APPROVED = "approved"  # MAC-verified 00, journalled: the money goes back, a slip prints
+    DECLINED = "declined"  # the host answered a verified non-approval (61, 64, 12, 25...)
+    UNKNOWN = "unknown"  # no verified final answer: retried with the same request until one
+
+
+class SettlementState(enum.StrEnum):
+    REQUESTED = "requested"  # totals journalled, 0500 about to be / being sent
+    BALANCED = "balanced"  # 0510 flag 1
+    NOT_BALANCED = "not_balanced"  # 0510 flag 2 (or 3): the batch upload is due
+    UPLOADED = "uploaded"  # every item and the end message answered 00
+    DECLINED = "declined"  # the host answered a non-approval (e.g. 30): nothing was settled
+    UNKNOWN = "unknown"  # no verified 0510: the host may have closed the batch
 
 
 class ReversalState(enum.StrEnum):
@@ -76,6 +110,32 @@ TXN_TRANSITIONS: Mapping[TxnState, frozenset[TxnState]] = {
     TxnState.DECLINED: frozenset(),
     TxnState.NOT_PROCESSED: frozenset(),
     TxnState.REVERSED: frozenset(),
+}
+
+REFUND_TRANSITIONS: Mapping[RefundState, frozenset[RefundState]] = {
+    RefundState.REQUESTED: frozenset({RefundState.SUBMITTED, RefundState.UNKNOWN}),
+    RefundState.SUBMITTED: frozenset({RefundState.APPROVED, RefundState.DECLINED, RefundState.UNKNOWN}),
+    RefundState.UNKNOWN: frozenset({RefundState.SUBMITTED}),  # retried: the same request again
+    RefundState.APPROVED: frozenset(),
+    RefundState.DECLINED: frozenset(),
+}
+# A refund in one of these may still move money: it is retried, never dropped or repeated anew.
+REFUND_OPEN = frozenset({RefundState.REQUESTED, RefundState.SUBMITTED, RefundState.UNKNOWN})
+
+SETTLEMENT_TRANSITIONS: Mapping[SettlementState, frozenset[SettlementState]] = {
+    SettlementState.REQUESTED: frozenset(
+        {
+            SettlementState.BALANCED,
+            SettlementState.NOT_BALANCED,
+            SettlementState.DECLINED,
+            SettlementState.UNKNOWN,
+        }
+    ),
+    SettlementState.NOT_BALANCED: frozenset({SettlementState.UPLOADED}),
+    SettlementState.BALANCED: frozenset(),
+    SettlementState.UPLOADED: frozenset(),
+    SettlementState.DECLINED: frozenset(),
+    SettlementState.UNKNOWN: frozenset(),
 }
 
 REVERSAL_TRANSITIONS: Mapping[ReversalState, frozenset[ReversalState]] = {
@@ -117,6 +177,12 @@ class Outcome(enum.StrEnum):
     NO_ANSWER = "no_answer"  # an inquiry got no answer: nothing moved, try again
     PRINT_FAILED = "print_failed"
     DONE = "done"  # sign-in, sign-out, recover, reprint: the command did what it says
+    REFUND_UNKNOWN = "refund_unknown"  # recorded, retried later; never "system error"
+    REFUND_BLOCKED = "refund_blocked"  # an earlier refund of the same original is still open
+    SETTLED = "settled"  # 0510 balanced
+    SETTLED_NOT_BALANCED = "settled_not_balanced"  # 0510 not balanced: batch uploaded
+    SETTLEMENT_UNKNOWN = "settlement_unknown"
+    SETTLEMENT_BLOCKED = "settlement_blocked"  # a refund's outcome is still open
 
     @property
     def text(self) -> str:
@@ -151,4 +217,26 @@ _OUTCOME_TEXT: dict[Outcome, str] = {
         "打印失败，凭条仍欠 / printing failed: the receipt is still owed, fix the printer and reprint"
     ),
     Outcome.DONE: "完成 / done",
+    Outcome.REFUND_UNKNOWN: (
+        "退货结果未知，已记录并将自动重试，不会重复退款 / refund outcome not known yet: it is "
+        "recorded and will be sent again (the same request, so never paid twice) — run "
+        "`tillroll pos recover` when the line is back; do not refund this sale any other way"
+    ),
+    Outcome.REFUND_BLOCKED: (
+        "该笔原交易有未完成的退货，请先处理 / an earlier refund of this sale is not finished: "
+        "nothing new was sent; run `tillroll pos recover` to complete it first"
+    ),
+    Outcome.SETTLED: "结算完成，对账平 / settlement done: balanced with the host",
+    Outcome.SETTLED_NOT_BALANCED: (
+        "结算完成，对账不平，已上送明细 / settlement done, NOT balanced: the batch's items were "
+        "uploaded to the host; the acquirer reconciles the differences"
+    ),
+    Outcome.SETTLEMENT_UNKNOWN: (
+        "结算结果未知 / settlement outcome not known: check the line and run `tillroll pos settle` "
+        "again (the same request is repeated safely)"
+    ),
+    Outcome.SETTLEMENT_BLOCKED: (
+        "有未完成的冲正或退货，暂不能结算 / a reversal or refund is still open: nothing was sent; "
+        "run `tillroll pos recover`, then settle"
+    ),
 }
