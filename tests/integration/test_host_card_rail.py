@@ -137,6 +137,7 @@ def test_void_in_the_same_batch(client: WireClient, store: HostStore) -> None:
     # Reversing the void puts the sale back.
     assert client.send(client.reversal_of(void)).code == "00"
     assert card_balance(store, PAN) == 100_000 - 1999
+    assert "撤销被冲正，重新扣款19.99元" in card_messages(store, PAN)[-1]
 
 
 def test_void_with_wrong_amount_or_unknown_original(client: WireClient) -> None:

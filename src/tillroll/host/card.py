@@ -108,13 +108,21 @@ def _set_status(ctx: RequestContext, txn_id: int, status: TxnStatus) -> None:
     )
 
 
-def _money_back(
-    ctx: RequestContext, orig: Any, amount_minor: int, reason: Reason, source: str
+def _move(
+    ctx: RequestContext,
+    orig: Any,
+    amount_minor: int,
+    reason: Reason,
+    *,
+    to_cardholder_from: str | None = None,
+    from_cardholder_to: str | None = None,
 ) -> bank.Outcome:
-    """Credit the cardholder of an original authorization, with its ledger entry."""
-    outcome = bank.credit(
+    """Move money on the card of an original authorization, with its ledger entry: back to the
+    cardholder from one account, or (a reversed void) from the cardholder to one account."""
+    outcome = bank.post_against(
         ctx.conn,
         authorization_id=int(orig["issuer_ref"]),
+        direction="credit" if to_cardholder_from else "debit",
         amount_minor=amount_minor,
         reason=reason,
         reference=ctx.rrn,
@@ -122,15 +130,34 @@ def _money_back(
         now=ctx.now,
     )
     if outcome.approved and outcome.card_id is not None:
+        holder = ledger.cardholder(outcome.card_id)
         ledger.transfer(
             ctx.conn,
             ledger.EntryKind(reason.value),
             ctx.rrn,
-            source=source,
-            target=ledger.cardholder(outcome.card_id),
+            source=to_cardholder_from or holder,
+            target=from_cardholder_to or holder,
             amount_minor=amount_minor,
             now=ctx.now,
         )
+    return outcome
+
+
+def _credit_original(
+    ctx: RequestContext, orig: Any, amount_minor: int, kind: TxnKind, reason: Reason, source: str
+) -> bank.Outcome:
+    """Give money back against an original sale and record it as a new host transaction."""
+    outcome = _move(ctx, orig, amount_minor, reason, to_cardholder_from=source)
+    _record(
+        ctx,
+        kind=kind,
+        code=outcome.code,
+        amount_minor=amount_minor,
+        pan_masked=orig["pan_masked"],
+        auth=auth_code(outcome.authorization_id) if outcome.approved else None,
+        issuer_ref=outcome.authorization_id,
+        original_id=int(orig["id"]),
+    )
     return outcome
 
 
@@ -237,21 +264,10 @@ def void(ctx: RequestContext) -> Message:
     if int(ctx.msg.get("4") or -1) != orig["amount_minor"]:
         return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
     amount = int(orig["amount_minor"])
-    outcome = _money_back(ctx, orig, amount, Reason.VOID, ledger.CLEARING)
-    auth = auth_code(outcome.authorization_id) if outcome.approved else None
+    outcome = _credit_original(ctx, orig, amount, TxnKind.VOID, Reason.VOID, ledger.CLEARING)
     if outcome.approved:
         _set_status(ctx, int(orig["id"]), TxnStatus.VOIDED)
-    _record(
-        ctx,
-        kind=TxnKind.VOID,
-        code=outcome.code,
-        amount_minor=amount,
-        pan_masked=orig["pan_masked"],
-        auth=auth,
-        issuer_ref=outcome.authorization_id,
-        original_id=int(orig["id"]),
-    )
-    return ctx.respond(outcome.code, auth)
+    return ctx.respond(outcome.code, auth_code(outcome.authorization_id) if outcome.approved else None)
 
 
 def _refunded_minor(ctx: RequestContext, original_id: int) -> int:
@@ -284,19 +300,8 @@ def refund(ctx: RequestContext) -> Message:
         return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
     if amount > original_amount - _refunded_minor(ctx, int(orig["id"])):
         return ctx.respond(RC.AMOUNT_LIMIT)
-    outcome = _money_back(ctx, orig, amount, Reason.REFUND, ledger.CLEARING)
-    auth = auth_code(outcome.authorization_id) if outcome.approved else None
-    _record(
-        ctx,
-        kind=TxnKind.REFUND,
-        code=outcome.code,
-        amount_minor=amount,
-        pan_masked=orig["pan_masked"],
-        auth=auth,
-        issuer_ref=outcome.authorization_id,
-        original_id=int(orig["id"]),
-    )
-    return ctx.respond(outcome.code, auth)
+    outcome = _credit_original(ctx, orig, amount, TxnKind.REFUND, Reason.REFUND, ledger.CLEARING)
+    return ctx.respond(outcome.code, auth_code(outcome.authorization_id) if outcome.approved else None)
 
 
 def batch_settled(ctx: RequestContext, batch: str) -> bool:
@@ -353,39 +358,14 @@ def reversal(ctx: RequestContext) -> Message:
         if orig["kind"] == TxnKind.SALE:
             left = amount - _refunded_minor(ctx, int(orig["id"]))
             if left > 0:
-                outcome = _money_back(ctx, orig, left, Reason.AUTO_REFUND, ledger.merchant(ctx.mid))
-                _record(
-                    ctx,
-                    kind=TxnKind.AUTO_REFUND,
-                    code=outcome.code,
-                    amount_minor=left,
-                    pan_masked=orig["pan_masked"],
-                    auth=auth_code(outcome.authorization_id),
-                    issuer_ref=outcome.authorization_id,
-                    original_id=int(orig["id"]),
+                _credit_original(
+                    ctx, orig, left, TxnKind.AUTO_REFUND, Reason.AUTO_REFUND, ledger.merchant(ctx.mid)
                 )
         return ctx.respond(RC.APPROVED)
     if orig["kind"] == TxnKind.SALE:
-        _money_back(ctx, orig, amount, Reason.REVERSAL, ledger.CLEARING)
+        _move(ctx, orig, amount, Reason.REVERSAL, to_cardholder_from=ledger.CLEARING)
     else:  # a reversed void puts the sale back on the card
-        outcome = bank.rebook_debit(
-            ctx.conn,
-            authorization_id=int(orig["issuer_ref"]),
-            amount_minor=amount,
-            reference=ctx.rrn,
-            merchant_name=ctx.merchant_name,
-            now=ctx.now,
-        )
-        if outcome.card_id is not None:
-            ledger.transfer(
-                ctx.conn,
-                ledger.EntryKind.REVERSAL,
-                ctx.rrn,
-                source=ledger.cardholder(outcome.card_id),
-                target=ledger.CLEARING,
-                amount_minor=amount,
-                now=ctx.now,
-            )
+        _move(ctx, orig, amount, Reason.VOID_REVERSAL, from_cardholder_to=ledger.CLEARING)
         _set_status(ctx, int(orig["original_id"]), TxnStatus.APPROVED)
     _set_status(ctx, int(orig["id"]), TxnStatus.REVERSED)
     return ctx.respond(RC.APPROVED)

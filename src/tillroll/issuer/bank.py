@@ -39,6 +39,7 @@ class Reason(enum.StrEnum):
     REVERSAL = "reversal"
     REFUND = "refund"
     AUTO_REFUND = "auto_refund"
+    VOID_REVERSAL = "void_reversal"  # a void that was itself reversed: the sale stands again
 
 
 _REASON_ZH = {
@@ -47,6 +48,7 @@ _REASON_ZH = {
     Reason.REVERSAL: "冲正退回",
     Reason.REFUND: "退货退回",
     Reason.AUTO_REFUND: "自动退款退回",
+    Reason.VOID_REVERSAL: "撤销被冲正，重新扣款",
 }
 
 
@@ -277,52 +279,29 @@ def _card_of(conn: Connection, authorization_id: int) -> dict[str, object] | Non
     return dict(row) if row else None
 
 
-def credit(
+def post_against(
     conn: Connection,
     *,
     authorization_id: int,
+    direction: str,
     amount_minor: int,
     reason: Reason,
     reference: str,
     merchant_name: str,
     now: datetime,
 ) -> Outcome:
-    """Give money back on the card of an earlier authorization (void, reversal, refund):
-    no card checks, a bank always accepts a credit."""
+    """Move money on the card of an earlier authorization, with no card checks: a credit
+    (void, reversal, refund) a bank always accepts, or the debit that restores a sale whose
+    void was itself reversed."""
     card = _card_of(conn, authorization_id)
     if card is None:
         return Outcome(ResponseCode.ORIGINAL_NOT_FOUND)
     return _post(
         conn,
         card=card,
-        direction="credit",
+        direction=direction,
         amount_minor=amount_minor,
         reason=reason,
-        reference=reference,
-        merchant_name=merchant_name,
-        now=now,
-    )
-
-
-def rebook_debit(
-    conn: Connection,
-    *,
-    authorization_id: int,
-    amount_minor: int,
-    reference: str,
-    merchant_name: str,
-    now: datetime,
-) -> Outcome:
-    """Take back a credit that was itself undone (a reversed void): no checks, as a bank does."""
-    card = _card_of(conn, authorization_id)
-    if card is None:
-        return Outcome(ResponseCode.ORIGINAL_NOT_FOUND)
-    return _post(
-        conn,
-        card=card,
-        direction="debit",
-        amount_minor=amount_minor,
-        reason=Reason.SALE,
         reference=reference,
         merchant_name=merchant_name,
         now=now,

@@ -42,6 +42,7 @@ class EntryKind(enum.StrEnum):
     REVERSAL = "reversal"
     REFUND = "refund"
     AUTO_REFUND = "auto_refund"
+    VOID_REVERSAL = "void_reversal"
     FEE = "fee"
     SETTLEMENT = "settlement"
 
