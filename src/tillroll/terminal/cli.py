@@ -29,9 +29,12 @@ from tillroll.terminal.engine import (
     Result,
     Terminal,
     TerminalError,
+    parse_batch,
     parse_expiry,
+    parse_mmdd,
     parse_pan,
     parse_pin,
+    parse_rrn,
     parse_trace,
 )
 from tillroll.terminal.states import Outcome
@@ -53,7 +56,11 @@ _STYLE = {
     Outcome.DECLINED: "bold red",
     Outcome.REVERSED: "bold yellow",
     Outcome.REVERSAL_PENDING: "bold yellow",
+    Outcome.REFUND_UNKNOWN: "bold yellow",
+    Outcome.SETTLED: "bold green",
+    Outcome.SETTLED_NOT_BALANCED: "bold yellow",
 }
+SUCCESS = frozenset({Outcome.APPROVED, Outcome.DONE, Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED})
 
 
 def _bad_input(message: str) -> NoReturn:
@@ -110,14 +117,14 @@ def _show(result: Result) -> None:
 
 def _finish(result: Result) -> None:
     _show(result)
-    if result.outcome not in (Outcome.APPROVED, Outcome.DONE):
+    if result.outcome not in SUCCESS:
         raise typer.Exit(EXIT_DECLINED)
 
 
-def _run(ctx: typer.Context, op: str, *args: object) -> None:
+def _run(ctx: typer.Context, op: str, *args: object, **kwargs: object) -> None:
     term = _open(ctx)
     try:
-        result: Result = getattr(term, op)(*args)
+        result: Result = getattr(term, op)(*args, **kwargs)
     except InputError as exc:
         _bad_input(str(exc))
     except TerminalError as exc:
@@ -237,6 +244,44 @@ def void(
 
 
 @app.command()
+def refund(
+    ctx: typer.Context,
+    amount: Annotated[str, typer.Argument(help="Amount to refund in yuan, e.g. 4.00.")],
+    rrn: Annotated[str, typer.Option("--rrn", help="The original sale's reference number (参考号).")],
+    date: Annotated[str, typer.Option("--date", help="The original sale's date MMDD, from its slip.")],
+    trace: Annotated[
+        str | None, typer.Option("--trace", help="Original voucher number (if not in this journal).")
+    ] = None,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Original batch number (if not in this journal).")
+    ] = None,
+    card: Annotated[
+        str | None, typer.Option("--card", help="Card number (PAN), if the sale is not in this journal.")
+    ] = None,
+    expiry: Annotated[str | None, typer.Option("--expiry", help="Card expiry YYMM, for the slip.")] = None,
+) -> None:
+    """Refund (退货) of a sale, of this batch or an earlier one; never more than is left."""
+    try:
+        amount_minor = parse_yuan(amount)
+        if amount_minor <= 0:
+            raise AmountError(f"amount {amount!r} must be more than 0.00")
+        r, d = parse_rrn(rrn), parse_mmdd(date)
+        t = parse_trace(trace) if trace is not None else None
+        b = parse_batch(batch) if batch is not None else None
+        pan = parse_pan(card) if card is not None else None
+        exp = parse_expiry(expiry) if expiry is not None else None
+    except (AmountError, InputError) as exc:
+        _bad_input(str(exc))
+    _run(ctx, "refund", amount_minor, r, d, trace=t, batch=b, pan=pan, expiry=exp)
+
+
+@app.command()
+def settle(ctx: typer.Context) -> None:
+    """Settlement (结算): send the batch's totals; upload the batch if not balanced; next batch."""
+    _run(ctx, "settle")
+
+
+@app.command()
 def reprint(
     ctx: typer.Context,
     trace: Annotated[str | None, typer.Argument(help="Voucher number; the last transaction if none.")] = None,
@@ -251,7 +296,7 @@ def reprint(
 
 @app.command()
 def recover(ctx: typer.Context) -> None:
-    """Send pending reversals now."""
+    """Send pending reversals now, then every open refund again (the same request)."""
     _run(ctx, "recover")
 
 
