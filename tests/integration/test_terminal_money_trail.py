@@ -133,16 +133,17 @@ def host_refunds(store: HostStore) -> list[int]:
 
 
 def refund_entries(term: Terminal) -> list[RefundState]:
-    return [e.state for e in term.entries() if e.kind is TxnKind.REFUND]  # type: ignore[misc]
+    return [RefundState(e.state) for e in term.entries() if e.kind is TxnKind.REFUND]
 
 
 # --- refunds ---------------------------------------------------------------------------------
 
 
 def test_refund_approved_prints_refund_slips(tmp_path: Path, proxy: FaultProxy, store: HostStore) -> None:
-    with PrinterEmulator() as printer, make_terminal(
-        tmp_path / "pos", proxy.address, printer_url=printer.url
-    ) as t:
+    with (
+        PrinterEmulator() as printer,
+        make_terminal(tmp_path / "pos", proxy.address, printer_url=printer.url) as t,
+    ):
         s, date = sale(t, 1250)
         assert s.rrn is not None
         r = t.refund(400, s.rrn, date)
@@ -166,7 +167,7 @@ def test_partial_refunds_and_61_beyond_what_is_left(term: Terminal, store: HostS
     assert term.refund(4_000, s.rrn, date).approved
     over = term.refund(6_001, s.rrn, date)
     assert over.outcome is Outcome.DECLINED and over.code is ResponseCode.AMOUNT_LIMIT
-    assert "61" in over.text and "refund" in over.text.lower() or "limit" in over.text.lower()
+    assert "61" in over.text and "exceeds what is left to refund" in over.text and "超出可退金额" in over.text
     assert term.refund(6_000, s.rrn, date).approved
     assert term.refund(1, s.rrn, date).code is ResponseCode.AMOUNT_LIMIT
     assert card_balance(store, PAN) == START_MINOR
@@ -241,9 +242,7 @@ def test_refund_unknown_after_every_retry_stays_unknown_and_recover_completes_it
 # --- settlement ------------------------------------------------------------------------------
 
 
-def test_settlement_balanced_moves_to_the_next_batch_and_signs_in(
-    term: Terminal, store: HostStore
-) -> None:
+def test_settlement_balanced_moves_to_the_next_batch_and_signs_in(term: Terminal, store: HostStore) -> None:
     s1, date = sale(term, 1_000)
     s2, _ = sale(term, 2_000)
     sale(term, 700)
@@ -308,3 +307,23 @@ def test_settlement_waits_for_an_open_refund(term: Terminal, proxy: FaultProxy) 
     assert res.outcome is Outcome.SETTLED, res.text
     assert refund_entries(term) == [RefundState.APPROVED]
     assert term.settlements()[0].totals.credit_minor == 300
+
+
+def test_settlement_whose_answer_is_lost_is_unknown_and_names_the_closed_batch(
+    term: Terminal, proxy: FaultProxy, store: HostStore
+) -> None:
+    """The host closes the batch when it answers 0510; the repeat then meets 77, and the new
+    sign-in names the next batch: the terminal says so rather than guessing."""
+    sale(term, 1_000)
+    batch = term.batch
+    proxy.inject(Fault.DROP_RESPONSE)
+    res = term.settle()
+    assert res.outcome is Outcome.SETTLEMENT_UNKNOWN
+    assert "new batch" in res.text and "acquirer" in res.text
+    (st,) = term.settlements()
+    assert st.state is SettlementState.UNKNOWN and st.next_batch == term.batch != batch
+    assert any(a.kind == "settlement_unknown" for a in term.alerts())
+    with store.engine.connect() as conn:
+        (row,) = conn.execute(select(settlements)).mappings().all()
+    assert row["balanced"] == 1  # the host did settle it, once
+    assert term.sale(100, PAN, EXPIRY).approved

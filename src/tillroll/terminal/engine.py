@@ -220,9 +220,8 @@ class Result:
     @property
     def text(self) -> str:
         if self.outcome is Outcome.DECLINED:
-            if self.code is not None:
-                return f"{Outcome.DECLINED.text} — {self.code.text}"
-            return f"{Outcome.DECLINED.text} — {self.raw_code or '??'}"
+            why = self.code.text if self.code is not None else (self.raw_code or "??")
+            return f"{Outcome.DECLINED.text} — {why}" + (f" ({self.detail})" if self.detail else "")
         base = self.outcome.text
         return f"{base} ({self.detail})" if self.detail else base
 
@@ -328,6 +327,15 @@ def parse_balance(f54: str | None) -> int | None:
     amount = int(f54[8:20])
     return -amount if f54[7] == "D" else amount
 
+
+# What a refund's decline means for the cashier, beside the response code's own text.
+REFUND_DECLINE_TEXT = {
+    "61": "超出可退金额 exceeds what is left to refund of this sale: refund at most what is left",
+    "64": "退货金额大于原交易金额 more than the original amount: check the amount",
+    "12": "原交易已撤销或冲正，不能退货 the original was voided or reversed: nothing to refund",
+    "25": "原交易不存在 original not found: check the RRN, date, trace and batch on the slip",
+    "94": "重复交易 the host holds another request with this trace: call the acquirer",
+}
 
 _CAUSE_NOT_SENT = "无法连接主机 the host cannot be reached on either line"
 _CAUSE_SIGN_IN = "签到失败 sign-in failed, so it could not be sent"
@@ -752,6 +760,7 @@ class Terminal:
                     trace=stan,
                     batch=entry.batch,
                     amount_minor=entry.amount_minor,
+                    detail=REFUND_DECLINE_TEXT.get(code or "", ""),
                     txn_id=txn_id,
                 )
             cause = _refund_cause(verdict)
@@ -874,7 +883,9 @@ class Terminal:
             closed = cause == _CAUSE_BATCH_CLOSED
             if closed:
                 with self.journal.begin() as conn:
-                    self.journal.move_settlement(conn, sid, SettlementState.UNKNOWN, now, note=cause)
+                    self.journal.move_settlement(
+                        conn, sid, SettlementState.UNKNOWN, now, note=cause, next_batch=self.batch
+                    )
             else:
                 self.journal.set_settlement_values(sid, now, note=cause)
             self.journal.alert(

@@ -232,8 +232,9 @@ _OUTCOME_TEXT: dict[Outcome, str] = {
         "uploaded to the host; the acquirer reconciles the differences"
     ),
     Outcome.SETTLEMENT_UNKNOWN: (
-        "结算结果未知 / settlement outcome not known: check the line and run `tillroll pos settle` "
-        "again (the same request is repeated safely)"
+        "结算结果未知 / settlement outcome not known (see the cause): while the batch is open, run "
+        "`tillroll pos settle` again (the same request is repeated safely); if the host has "
+        "closed it, call the acquirer with the batch number"
     ),
     Outcome.SETTLEMENT_BLOCKED: (
         "有未完成的冲正或退货，暂不能结算 / a reversal or refund is still open: nothing was sent; "
