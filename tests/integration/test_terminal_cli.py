@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tillroll.host import HostServer
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance
 from tillroll.host.store import HostStore, open_store
+from tillroll.terminal import Terminal, TxnKind
 from tillroll.terminal.cli import app
 
 MID = "898310048990002"
@@ -84,9 +85,33 @@ def test_a_day_at_the_counter(pos: tuple[CliRunner, list[str]], host: HostServer
     assert code == 0
 
 
+def test_refund_and_settle(pos: tuple[CliRunner, list[str]], host: HostServer, store: HostStore) -> None:
+    init(pos, host)
+    code, out = run(pos, "sale", "20.00", "--card", PAN, "--expiry", "3012")
+    assert code == 0, out
+    rrn = re.search(r"RRN (\w{12})", out)
+    assert rrn is not None
+    with Terminal.open(pos[1][1]) as t:  # the slip's date: the host's field 13, kept in the journal
+        (entry,) = [e for e in t.entries() if e.kind is TxnKind.SALE]
+        date = entry.host_date or ""
+    code, out = run(pos, "refund", "5.00", "--rrn", rrn.group(1), "--date", date)
+    assert code == 0 and "approved" in out, out
+    code, out = run(pos, "refund", "15.01", "--rrn", rrn.group(1), "--date", date)
+    assert code == 1 and "61" in out and "exceeds what is left to refund" in out, out
+    code, out = run(pos, "refund", "1.00", "--rrn", "000000009999", "--date", date)
+    assert code == 2 and "--trace" in out, out
+    assert card_balance(store, PAN) == 100_000 - 1_500
+    code, out = run(pos, "settle")
+    assert code == 0 and "balanced" in out and "NEXT BATCH 000002" in out, out
+    code, out = run(pos, "journal")
+    assert code == 0 and "refund" in out and "000001 balanced" in out, out
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
+        (["refund", "1.00", "--rrn", "12", "--date", "1129"], "RRN"),
+        (["refund", "1.00", "--rrn", "000000000001", "--date", "1340"], "MMDD"),
         (["sale", "12.505", "--card", PAN, "--expiry", "3012"], "12.50"),
         (["sale", "1e3", "--card", PAN, "--expiry", "3012"], "amount"),
         (["sale", "0", "--card", PAN, "--expiry", "3012"], "more than 0.00"),

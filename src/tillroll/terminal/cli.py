@@ -310,6 +310,8 @@ def journal(
     try:
         entries = term.entries(limit)
         pending = len(term.pending_reversals())
+        open_refunds = len(term.open_refunds())
+        settled = term.settlements(5)
         alerts = term.alerts(10)
     except TerminalError as exc:
         err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
@@ -344,6 +346,20 @@ def journal(
     if pending:
         console.print(
             f"[bold yellow]{pending} 笔冲正待发送 / reversal(s) pending: run `tillroll pos recover`[/]"
+        )
+    if open_refunds:
+        console.print(
+            f"[bold yellow]{open_refunds} 笔退货未完成 / refund(s) not finished: "
+            "run `tillroll pos recover`[/]"
+        )
+    for st in reversed(settled):
+        t = st.totals
+        console.print(
+            f"结算 settlement {st.batch} {st.state.value}: 借记 debits {t.debit_count} "
+            f"RMB {format_yuan(t.debit_minor)}, "
+            f"贷记 credits {t.credit_count} RMB {format_yuan(t.credit_minor)}"
+            + (f", uploaded {st.items_uploaded}" if st.items_uploaded else "")
+            + (f", next batch {st.next_batch}" if st.next_batch else "")
         )
     for a in alerts:
         console.print(f"[yellow]alert[/] {a.at:%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}")
