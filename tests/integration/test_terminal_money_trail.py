@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer, InjectedStoreFailure
@@ -30,6 +31,7 @@ from tillroll.terminal import (
     SettlementState,
     Terminal,
     TerminalConfig,
+    TerminalError,
     TxnKind,
 )
 
@@ -237,6 +239,28 @@ def test_refund_unknown_after_every_retry_stays_unknown_and_recover_completes_it
     assert refund_entries(term) == [RefundState.APPROVED]
     assert host_refunds(store) == [2_500]  # once, though sent many times
     assert card_balance(store, PAN) == START_MINOR - 2_500
+
+
+def test_refund_interrupted_after_the_host_answered_is_finished_by_recover(
+    term: Terminal, store: HostStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host refunded and answered, but the journal could not record it: the refund stays
+    open (submitted) and `recover` sends the same request, which the host replays."""
+    s, date = sale(term, 5_000)
+    assert s.rrn is not None
+
+    def journal_fails(*args: object, **kwargs: object) -> Result:
+        raise OperationalError("UPDATE txns", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(term, "_approve_refund", journal_fails)
+    with pytest.raises(TerminalError, match="journal"):
+        term.refund(1_000, s.rrn, date)
+    assert refund_entries(term) == [RefundState.SUBMITTED]
+    monkeypatch.undo()
+    assert term.recover().outcome is Outcome.DONE
+    assert refund_entries(term) == [RefundState.APPROVED]
+    assert host_refunds(store) == [1_000]
+    assert card_balance(store, PAN) == START_MINOR - 4_000
 
 
 # --- settlement ------------------------------------------------------------------------------

@@ -723,6 +723,14 @@ class Terminal:
         entry = self.journal.get(txn_id)
         msg = entry.request
         stan = entry.stan
+        if entry.state is RefundState.SUBMITTED:  # left in flight (a crash, a journal failure)
+            self._refund_unknown(txn_id, "interrupted in flight")
+            self.journal.alert(
+                "interrupted",
+                f"refund trace {stan} was in flight: sending it again",
+                self.clock.now(),
+                txn_id,
+            )
         cause = _CAUSE_NOT_SENT
         tries = self.config.refund_retries_max + 1
         for attempt in range(tries):
