@@ -78,8 +78,13 @@ def faults() -> StoreFaults:
 
 
 @pytest.fixture
-def host(store: HostStore, faults: StoreFaults) -> Iterator[HostServer]:
-    with HostServer(store, clock=FakeClock(), key_lifetime_s=3600) as server:
+def host_clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def host(store: HostStore, faults: StoreFaults, host_clock: FakeClock) -> Iterator[HostServer]:
+    with HostServer(store, clock=host_clock, key_lifetime_s=3600) as server:
         assert server._service is not None
         server._service.pipeline.fault_hook = faults
         yield server
@@ -239,6 +244,19 @@ def test_refund_unknown_after_every_retry_stays_unknown_and_recover_completes_it
     assert refund_entries(term) == [RefundState.APPROVED]
     assert host_refunds(store) == [2_500]  # once, though sent many times
     assert card_balance(store, PAN) == START_MINOR - 2_500
+
+
+def test_refund_answered_77_signs_in_and_sends_the_same_request(
+    term: Terminal, host_clock: FakeClock, store: HostStore
+) -> None:
+    s, date = sale(term, 5_000)
+    assert s.rrn is not None
+    host_clock.advance(3601)  # the host's session ends; the terminal's clock thinks it is fresh
+    r = term.refund(800, s.rrn, date)
+    assert r.approved, r.text
+    (entry,) = [e for e in term.entries() if e.kind is TxnKind.REFUND]
+    assert entry.stan == r.trace  # one entry, one STAN: the same request went again
+    assert host_refunds(store) == [800]
 
 
 def test_refund_interrupted_after_the_host_answered_is_finished_by_recover(
