@@ -208,3 +208,15 @@ def test_crash_between_commit_and_response_is_survived_by_replay(
     assert again.code == "00"
     assert card_balance(store, PAN) == OPENING - 4_000
     assert len(card_messages(store, PAN)) == 1
+
+
+def test_a_lost_settlement_answer_can_be_asked_for_again(client: WireClient) -> None:
+    _sale(client, 2_500)
+    settle = client.settle_message(2_500, 1, 0, 0)
+    first = client.send(settle)
+    assert first.code == "00" and first.message["48"][30] == "1"
+    again = client.send(settle)  # the same request: the stored answer, though the batch is closed
+    assert again.code == "00" and again.mac_ok
+    assert again.message["48"] == first.message["48"] and again.message["37"] == first.message["37"]
+    other = client.settle_message(2_500, 1, 0, 0)  # a new settlement of the closed batch
+    assert client.send(other).code == "77"

@@ -252,9 +252,12 @@ class HostPipeline:
             return self._network(conn, msg, tid, kind)
 
         session = conn.execute(_LATEST_SESSION, {"b_tid": tid}).mappings().first()
-        if not self._session_admits(session, kind, f60, now):
+        if (
+            session is None
+            or now >= session["expires_at"]
+            or session["state"] not in (SessionState.ACTIVE, SessionState.SETTLED)
+        ):
             return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
-        assert session is not None
         mak = self.keystore.open(session["mak_enc"], label=key_label(tid, "mak"))
         if not mac_matches(raw, mak):
             return _Answer(response_for(msg, RC.MAC_FAILED, now), None, must_sign_in=True)
@@ -274,6 +277,9 @@ class HostPipeline:
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
                 raise _Replay(_Answer(_load(stored["response"]), mak))
             raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now), mak))
+        # Replays above may answer in a closed (settled) session: a lost 0510 can be asked again.
+        if not self._session_admits(session, kind, f60):
+            return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
         request_id = inserted_id(
             conn.execute(
                 _INSERT_REQUEST,
@@ -303,11 +309,9 @@ class HostPipeline:
         conn.execute(_STORE_RESPONSE, {"b_id": request_id, "b_response": _dump(response)})
         return _Answer(response, mak)
 
-    def _session_admits(self, session: Any, kind: Kind, f60: Field60, now: Any) -> bool:
-        """PROFILE §6: a valid session of the request's batch; after settlement, only the
+    def _session_admits(self, session: Any, kind: Kind, f60: Field60) -> bool:
+        """PROFILE §6: a new request needs the session's batch; after settlement, only the
         closed batch's upload; reversals name their original's batch."""
-        if session is None or now >= session["expires_at"]:
-            return False
         if kind in UPLOAD_KINDS:
             return (
                 session["state"] in (SessionState.ACTIVE, SessionState.SETTLED)
