@@ -18,11 +18,12 @@ from tillroll.terminal import Outcome
 
 @pytest.mark.slow
 def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
-    console = Console(record=True, width=120)
+    console = Console(record=True, width=140)
     assert run_demo(tmp_path, operations=40, console=console)
     out = console.export_text()
     assert "closing check passed" in out
-    assert out.count("✔") == 5
+    assert out.count("✔") == 6 and "✘" not in out
+    assert "Settlement report" in out
 
 
 def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: Path) -> None:
@@ -31,6 +32,7 @@ def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: 
     try:
         counter = demo.counters[0]
         assert counter.terminal.sign_in().outcome is Outcome.DONE
+        demo.end_of_day()
         assert demo.check() == []
         # Someone else's device, with terminal 1's keys, takes money: the F1 failure.
         assert demo.host is not None
@@ -44,13 +46,15 @@ def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: 
             sign_in = Message(
                 "0800", {"11": "900001", "41": counter.tid, "42": MID, "60": "00000001003", "63": "001"}
             )
-            keys = unwrap_working_keys(tmk, bytes.fromhex(unpack(exchange(pack(sign_in)))["62"]))
+            signed_in = unpack(exchange(pack(sign_in)))
+            keys = unwrap_working_keys(tmk, bytes.fromhex(signed_in["62"]))
+            batch = signed_in["60"][2:8]
             pan = next(iter(CARDS))
             sale = Message(
                 "0200",
                 {"2": pan, "3": "000000", "4": "000000001234", "11": "900002", "14": CARDS[pan][0],
                  "22": "012", "25": "00", "41": counter.tid, "42": MID, "49": "156",
-                 "53": "2600000000000000", "60": "22000001000"},
+                 "53": "2600000000000000", "60": f"22{batch}000"},
             )  # fmt: skip
             raw = exchange(sign(sale, keys.mak))
             assert unpack(raw)["39"] == "00" and mac_matches(raw, keys.mak)

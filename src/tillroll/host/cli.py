@@ -117,9 +117,8 @@ def settlement_report_cmd(
 ) -> None:
     """Per merchant and terminal: counts, gross, refunds, fees and net to pay, for one day."""
     from rich.console import Console
-    from rich.table import Table
 
-    from tillroll.host.report import settlement_report, write_csv
+    from tillroll.host.report import report_table, settlement_report, write_csv
     from tillroll.host.store import open_store
 
     try:
@@ -132,35 +131,7 @@ def settlement_report_cmd(
         raise _fail(str(exc)) from None
     with store.engine.connect() as conn:
         rows = settlement_report(conn, when)
-    table = Table(title=f"结算报表 Settlement report {when}")
-    for col in (
-        "MID",
-        "商户 Merchant",
-        "TID",
-        "批次 Batches",
-        "消费 Sales",
-        "金额 Gross",
-        "退货 Refunds",
-        "退款额 Refunded",
-        "自动退款 Auto",
-        "手续费 Fees",
-        "应付 Net",
-    ):
-        table.add_column(col, justify="right" if col[0] not in "MT商" else "left")
-    for r in rows:
-        table.add_row(
-            r.mid,
-            r.merchant_name,
-            r.tid,
-            str(r.batches),
-            str(r.sale_count),
-            format_yuan(r.gross_minor),
-            str(r.refund_count),
-            format_yuan(r.refunds_minor),
-            format_yuan(r.auto_refunds_minor),
-            format_yuan(r.fees_minor),
-            format_yuan(r.net_minor),
-        )
+    table = report_table(rows, when)
     Console().print(table)
     path = csv_path or Path(f"settlement-report-{when}.csv")
     write_csv(rows, path)

@@ -7,10 +7,12 @@ from dataclasses import asdict, dataclass, fields
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
+from rich.table import Table
 from sqlalchemy import Connection, func, select
 
 from tillroll import ledger
 from tillroll.host.card import TxnKind, TxnStatus
+from tillroll.money import format_yuan
 from tillroll.store.tables import issuer_cards, merchants, settlements, transactions
 
 
@@ -83,6 +85,22 @@ def settlement_report(conn: Connection, day: date) -> list[ReportRow]:
         s["net_minor"] = s["gross_minor"] - s["refunds_minor"] - s["fees_minor"] - s["auto_refunds_minor"]
         rows.append(ReportRow(mid=mid, merchant_name=names.get(mid, ""), tid=tid, **s))
     return rows
+
+
+def report_table(rows: list[ReportRow], day: date) -> Table:
+    table = Table(title=f"结算报表 Settlement report {day}")
+    for col in ("MID", "商户 Merchant", "TID"):
+        table.add_column(col)
+    for col in ("批次 Batches", "消费 Sales", "金额 Gross", "退货 Refunds", "退款额 Refunded",
+                "自动退款 Auto", "手续费 Fees", "应付 Net"):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r.mid, r.merchant_name, r.tid, str(r.batches), str(r.sale_count), format_yuan(r.gross_minor),
+            str(r.refund_count), format_yuan(r.refunds_minor), format_yuan(r.auto_refunds_minor),
+            format_yuan(r.fees_minor), format_yuan(r.net_minor),
+        )  # fmt: skip
+    return table
 
 
 def write_csv(rows: list[ReportRow], path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from tillroll.clock import Clock, SystemClock
 from tillroll.host.config import HostConfig
-from tillroll.host.pipeline import HostPipeline, Reply
+from tillroll.host.pipeline import FaultHook, HostPipeline, Reply
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
 from tillroll.iso8583.errors import FramingError
@@ -35,9 +35,17 @@ class _Work:
 class HostService:
     """The server proper: runs inside an event loop."""
 
-    def __init__(self, store: HostStore, config: HostConfig, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: HostStore,
+        config: HostConfig,
+        clock: Clock | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> None:
         self.config = config
-        self.pipeline = HostPipeline(store.engine, store.keystore, clock or SystemClock(), config)
+        self.pipeline = HostPipeline(
+            store.engine, store.keystore, clock or SystemClock(), config, fault_hook=fault_hook
+        )
         # SQLite has one writer at a time: more workers would only queue on its lock.
         self._workers_n = 1 if store.url.startswith("sqlite") else config.db_workers
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=config.queue_max)
@@ -178,7 +186,9 @@ class HostServer:
         *,
         clock: Clock | None = None,
         config: HostConfig | None = None,
+        fault_hook: FaultHook | None = None,
     ) -> None:
+        self.fault_hook = fault_hook  # tests and the demo: make the store fail mid-request
         self.store = db_url if isinstance(db_url, HostStore) else open_store(db_url)
         self.config = config or HostConfig(key_lifetime_s=key_lifetime_s)
         self.clock = clock
@@ -206,7 +216,7 @@ class HostServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        service = HostService(self.store, self.config, self.clock)
+        service = HostService(self.store, self.config, self.clock, self.fault_hook)
         self._service = service
         try:
             self.address = await service.start(*self._listen)

@@ -21,20 +21,31 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tillroll.clock import SystemClock
-from tillroll.host import HostServer
+from tillroll.host import HostServer, InjectedStoreFailure
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
-from tillroll.host.report import ledger_problems
+from tillroll.host.report import ledger_problems, report_table, settlement_report
 from tillroll.host.store import HostStore, open_store
+from tillroll.iso8583.messages import Message
 from tillroll.money import format_yuan
 from tillroll.pan import mask_pan
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator, PrinterState
 from tillroll.store.tables import transactions
-from tillroll.terminal import Outcome, ReceiptState, Result, Terminal, TerminalConfig, TxnKind, TxnState
+from tillroll.terminal import (
+    Entry,
+    Outcome,
+    ReceiptState,
+    Result,
+    Terminal,
+    TerminalConfig,
+    TxnKind,
+    TxnState,
+)
 from tillroll.terminal.config import HostAddress
+from tillroll.terminal.states import RefundState, SettlementState
 
 MID = "898100012345678"
 MERCHANT = "一号便利店 No.1 Store"
@@ -60,6 +71,20 @@ class ShiftedClock(SystemClock):
 
     def monotonic(self) -> float:
         return super().monotonic() + self.offset_s
+
+
+class StoreFaults:
+    """The host's fault hook: makes the store fail once, mid-request, for the next refund."""
+
+    def __init__(self) -> None:
+        self.refund_failures_armed = 0
+        self.injected = 0
+
+    def __call__(self, point: str, msg: Message) -> None:
+        if point == "before_commit" and msg.mti == "0220" and self.refund_failures_armed:
+            self.refund_failures_armed -= 1
+            self.injected += 1
+            raise InjectedStoreFailure("injected: the host's store fails while booking a refund")
 
 
 @dataclass
@@ -100,6 +125,7 @@ class Demo:
         self.host: HostServer | None = None
         self.printer: PrinterEmulator | None = None
         self.counters: list[Counter] = []
+        self.store_faults = StoreFaults()
 
     # --- set-up and tear-down ------------------------------------------------------------------
 
@@ -111,7 +137,9 @@ class Demo:
         add_merchant(self.store, MID, MERCHANT)
         for pan, (expiry, pin, opening) in CARDS.items():
             add_card(self.store, pan, expiry, pin, opening)
-        self.host = HostServer(self.store, clock=self.host_clock, key_lifetime_s=KEY_LIFETIME_S).start()
+        self.host = HostServer(
+            self.store, clock=self.host_clock, key_lifetime_s=KEY_LIFETIME_S, fault_hook=self.store_faults
+        ).start()
         self.printer = PrinterEmulator()
         self.printer.start()
         for n in (1, 2):
@@ -194,8 +222,27 @@ class Demo:
         self.log.results.append((f"{counter.tid} balance {mask_pan(pan)}", res))
         return res
 
+    def _refundable(self, counter: Counter) -> list[Entry]:
+        return [
+            e
+            for e in counter.terminal.entries(1000)
+            if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED
+        ]
+
+    def _refund(self, counter: Counter, entry: Entry, amount_minor: int) -> Result:
+        assert entry.rrn is not None and entry.host_date is not None
+        res = counter.terminal.refund(amount_minor, entry.rrn, entry.host_date)
+        self.log.results.append((f"{counter.tid} refund {format_yuan(amount_minor)} of RRN {entry.rrn}", res))
+        return res
+
     def _ordinary(self, counter: Counter) -> None:
         roll = self.rng.random()
+        if roll < 0.05:
+            refundable = self._refundable(counter)
+            if refundable:
+                entry = self.rng.choice(refundable)
+                self._refund(counter, entry, max(1, (entry.amount_minor or 0) // self.rng.choice([1, 2, 4])))
+                return
         if roll < 0.12:
             self._balance(counter)
         elif roll < 0.22:
@@ -213,6 +260,7 @@ class Demo:
             n * 40 // 100: self.fault_printer_jam,
             n * 55 // 100: self.fault_expired_sign_in,
             n * 70 // 100: self.fault_line_down,
+            n * 85 // 100: self.fault_refund_96,
         }
 
     def fault_lost_response(self) -> None:
@@ -287,6 +335,39 @@ class Demo:
         rec.ok = all(r.outcome is Outcome.APPROVED for r in results)
         self.log.faults.append(rec)
 
+    def fault_refund_96(self) -> None:
+        c = self.counters[1]
+        rec = FaultRecord("refund meets 96 退货遇系统故障", "the host's store fails while booking a refund")
+        sale = self._sale(c, amount_minor=9_900, pan=FAULT_CARD)
+        entry = next(e for e in c.terminal.entries(1000) if e.stan == sale.trace and e.kind is TxnKind.SALE)
+        self.store_faults.refund_failures_armed = 1
+        res = self._refund(c, entry, 9_900)
+        rec.observed = res.outcome.text
+        assert self.store is not None
+        with self.store.engine.connect() as conn:
+            original = select(transactions.c.id).where(transactions.c.rrn == entry.rrn).scalar_subquery()
+            booked = conn.execute(
+                select(func.count()).where(
+                    transactions.c.kind == "refund", transactions.c.original_id == original
+                )
+            ).scalar_one()
+        rec.followed = (
+            f"host answered 96 ({self.store_faults.injected} injected), nothing booked; the terminal "
+            f"repeated the same request: {booked} refund booked"
+        )
+        rec.ok = sale.approved and res.approved and booked == 1 and self.store_faults.injected == 1
+        self.log.faults.append(rec)
+
+    def end_of_day(self) -> None:
+        for c in self.counters:
+            res = c.terminal.settle()
+            self.log.results.append((f"{c.tid} settle", res))
+            self.console.print(f"[bold]{c.tid}[/] 结算 settlement: {res.text}")
+        assert self.store is not None
+        with self.store.engine.connect() as conn:
+            rows = settlement_report(conn, self.host_clock.now().date())
+        self.console.print(report_table(rows, self.host_clock.now().date()))
+
     def run_day(self) -> None:
         faults = self.fault_steps()
         with Progress(
@@ -311,69 +392,77 @@ class Demo:
             for e in c.terminal.entries(1000):
                 if e.receipt is ReceiptState.OWED:
                     c.terminal.reprint(e.stan)
+        self.end_of_day()
 
     # --- the closing check -----------------------------------------------------------------------
 
     def check(self) -> list[str]:
+        """The closing check; every line it returns is a broken promise."""
         assert self.store is not None
         problems: list[str] = []
-        journal: dict[tuple[str, str, str], object] = {}
+        journal: dict[tuple[str, str, str], Entry] = {}
         terminal_approved: dict[str, int] = {}
         for c in self.counters:
             for e in c.terminal.entries(10_000):
                 journal[(c.tid, e.batch, e.stan)] = e
-                if e.state in (TxnState.PENDING, TxnState.SENT, TxnState.UNKNOWN):
+                if e.state in (TxnState.PENDING, TxnState.SENT, TxnState.UNKNOWN, RefundState.UNKNOWN):
                     problems.append(f"{c.tid} trace {e.stan}: still {e.state} after recover")
                 if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED:
                     terminal_approved[c.tid] = terminal_approved.get(c.tid, 0) + (e.amount_minor or 0)
             if c.terminal.pending_reversals():
                 problems.append(f"{c.tid}: reversals still pending after recover")
+            if c.terminal.open_refunds():
+                problems.append(f"{c.tid}: refunds still open after recover")
+            settled = [st.state for st in c.terminal.settlements()]
+            if not settled or settled[0] is not SettlementState.BALANCED:
+                problems.append(f"{c.tid}: the end-of-day settlement is not balanced: {settled[:1]}")
         with self.store.engine.connect() as conn:
-            sales = (
-                conn.execute(
-                    select(transactions).where(
-                        transactions.c.kind == "sale", transactions.c.response_code == "00"
-                    )
-                )
-                .mappings()
-                .all()
-            )
+            host = conn.execute(select(transactions)).mappings().all()
             problems += ledger_problems(conn)
+        sales = [t for t in host if t["kind"] == "sale" and t["response_code"] == "00"]
+        refunds = [t for t in host if t["kind"] == "refund" and t["status"] == "approved"]
         host_approved: dict[str, int] = {}
         reversed_by_card: dict[str, int] = {}
         for s in sales:
-            entry = journal.get((s["tid"], s["batch"], s["stan"]))
             if s["status"] == "reversed":
                 reversed_by_card[s["pan_masked"]] = reversed_by_card.get(s["pan_masked"], 0) + 1
                 continue
             if s["status"] == "approved":
                 host_approved[s["tid"]] = host_approved.get(s["tid"], 0) + int(s["amount_minor"])
-            receipt = getattr(entry, "receipt", None)
-            if receipt not in (ReceiptState.PRINTED, ReceiptState.OWED):
-                problems.append(
-                    f"host approved {s['tid']} trace {s['stan']} ({format_yuan(s['amount_minor'])}) "
-                    f"but the terminal has no receipt for it and it is not reversed"
-                )
+        for t in sales + refunds:
+            entry = journal.get((t["tid"], t["batch"], t["stan"]))
+            if entry is None or t["status"] == "reversed":
+                if entry is None and t["status"] != "reversed":
+                    problems.append(
+                        f"host approved {t['kind']} {t['tid']} trace {t['stan']} "
+                        f"({format_yuan(t['amount_minor'])}) but the terminal has no receipt for it "
+                        "and it is not reversed"
+                    )
+                continue
+            if entry.receipt not in (ReceiptState.PRINTED, ReceiptState.OWED):
+                problems.append(f"{t['kind']} {t['tid']} trace {t['stan']}: approved by the host, no receipt")
         if terminal_approved != host_approved:
             problems.append(
                 f"terminals' approved totals {terminal_approved} differ from the host's {host_approved}"
             )
         for pan, (_, _, opening) in CARDS.items():
-            texts = card_messages(self.store, pan)
-            reversals = [t for t in texts if "冲正退回" in t]
-            if len(reversals) != reversed_by_card.get(mask_pan(pan), 0):
+            masked = mask_pan(pan)
+            reversals = [t for t in card_messages(self.store, pan) if "冲正退回" in t]
+            if len(reversals) != reversed_by_card.get(masked, 0):
                 problems.append(
-                    f"card {mask_pan(pan)}: {len(reversals)} reversal messages for "
-                    f"{reversed_by_card.get(mask_pan(pan), 0)} reversed payments"
+                    f"card {masked}: {len(reversals)} reversal messages for "
+                    f"{reversed_by_card.get(masked, 0)} reversed payments"
                 )
             spent = sum(
                 int(s["amount_minor"])
                 for s in sales
-                if s["pan_masked"] == mask_pan(pan) and s["status"] == "approved"
+                if s["pan_masked"] == masked and s["status"] == "approved"
             )
-            if card_balance(self.store, pan) != opening - spent:
+            refunded = sum(int(r["amount_minor"]) for r in refunds if r["pan_masked"] == masked)
+            expected = opening - spent + refunded
+            if card_balance(self.store, pan) != expected:
                 problems.append(
-                    f"card {mask_pan(pan)}: balance {card_balance(self.store, pan)} != {opening - spent}"
+                    f"card {masked}: balance {card_balance(self.store, pan)}, expected {expected}"
                 )
         return problems
 
@@ -410,7 +499,8 @@ class Demo:
 def run_demo(
     work_dir: Path | None = None, *, operations: int = 100, seed: int = 2026, console: Console | None = None
 ) -> bool:
-    console = console or Console()
+    # Wide enough for the settlement report even when the output is not a terminal.
+    console = console or Console(width=max(Console().width, 140))
     work = work_dir or Path(tempfile.mkdtemp(prefix="tillroll-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"tillroll demo — working in {work}")
