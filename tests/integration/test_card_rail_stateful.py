@@ -1,9 +1,10 @@
 """Stateful property test of the card rail: a real terminal, the real host, real TCP through the
-fault proxy. Random sales, voids, balance inquiries and faults (lost request or response, damaged
-MAC, response cut mid-frame, duplicated request, slow answer, stalled line, primary line down); after every
-step and `recover`: no transaction is left unknown or in flight, no reversal is pending, the
-host's approved-and-not-reversed total equals the terminal's, and the bank's balances and the
-ledger agree with both.
+fault proxy. Random sales, voids, refunds, settlements, balance inquiries and faults (lost request
+or response, damaged MAC, response cut mid-frame, duplicated request, slow answer, stalled line,
+primary line down); after every step and `recover`: no transaction is left unknown or in flight,
+no reversal is pending, the host's approved-and-not-reversed total (and refund total) equals the
+terminal's, the ledger balances, no original is refunded beyond its amount, and the cards hold
+opening - approved sales + voided or reversed sales + approved refunds.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tillroll.host.store import open_store
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.store.tables import transactions
 from tillroll.terminal import HostAddress, Outcome, Terminal, TerminalConfig, TxnKind, TxnState
+from tillroll.terminal.states import RefundState
 
 CARDS = {"6222021234567890123": "123456", "6222020000000000011": "111111"}
 OPENING = 40_000
@@ -110,6 +112,31 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
                 res = self.terminal.void(voidable[pick % len(voidable)].stan)
                 assert res.outcome in (Outcome.APPROVED, Outcome.DECLINED)
 
+        @rule(pick=st.integers(0, 1_000), fraction=st.sampled_from([0.25, 0.5, 1.0, 1.5]))
+        def refund(self, pick: int, fraction: float) -> None:
+            sales = [
+                e
+                for e in self.terminal.entries(1000)
+                if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED and e.rrn and e.host_date
+            ]
+            if not sales:
+                return
+            sale = sales[pick % len(sales)]
+            original = sale.amount_minor or 0
+            amount = max(1, round(original * fraction))
+            assert sale.rrn is not None and sale.host_date is not None
+            res = self.terminal.refund(amount, sale.rrn, sale.host_date)
+            assert res.outcome in (Outcome.APPROVED, Outcome.DECLINED), res.text
+            if amount > original:
+                assert res.outcome is Outcome.DECLINED
+
+        @rule()
+        def settle(self) -> None:
+            batch = self.terminal.batch
+            res = self.terminal.settle()
+            assert res.outcome is Outcome.SETTLED, res.text
+            assert self.terminal.batch != batch
+
         @rule(pan=st.sampled_from(sorted(CARDS)))
         def balance(self, pan: str) -> None:
             res = self.terminal.balance(pan, "3012", CARDS[pan])
@@ -145,17 +172,38 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
                 for e in entries
                 if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED
             )
-            with self.store.engine.connect() as conn:
-                host_total = conn.execute(
-                    select(func.coalesce(func.sum(transactions.c.amount_minor), 0)).where(
-                        transactions.c.kind == "sale", transactions.c.status == "approved"
-                    )
-                ).scalar_one()
-                assert ledger_problems(conn) == []
-            assert int(host_total) == terminal_total
-            assert (
-                sum(card_balance(self.store, pan) for pan in CARDS) == OPENING * len(CARDS) - terminal_total
+            terminal_refunds = sum(
+                e.amount_minor or 0
+                for e in entries
+                if e.kind is TxnKind.REFUND and e.state is RefundState.APPROVED
             )
+            with self.store.engine.connect() as conn:
+
+                def total(kind: str) -> int:
+                    return int(
+                        conn.execute(
+                            select(func.coalesce(func.sum(transactions.c.amount_minor), 0)).where(
+                                transactions.c.kind == kind, transactions.c.status == "approved"
+                            )
+                        ).scalar_one()
+                    )
+
+                host_sales, host_refunds = total("sale"), total("refund")
+                assert ledger_problems(conn) == []
+                # No original is refunded beyond its amount.
+                refunds = transactions.alias("r")
+                over = conn.execute(
+                    select(transactions.c.rrn)
+                    .join(refunds, refunds.c.original_id == transactions.c.id)
+                    .where(refunds.c.status == "approved", refunds.c.kind.in_(("refund", "auto_refund")))
+                    .group_by(transactions.c.id, transactions.c.rrn, transactions.c.amount_minor)
+                    .having(func.sum(refunds.c.amount_minor) > transactions.c.amount_minor)
+                ).all()
+                assert over == []
+            assert (host_sales, host_refunds) == (terminal_total, terminal_refunds)
+            # opening - approved sales + voided or reversed sales + approved refunds
+            expected = OPENING * len(CARDS) - terminal_total + terminal_refunds
+            assert sum(card_balance(self.store, pan) for pan in CARDS) == expected
 
     return CardRail
 
