@@ -15,6 +15,7 @@ from tillroll.host.admin import AdminError, add_card, add_merchant, add_terminal
 from tillroll.host.config import ConfigError, HostConfig
 from tillroll.money import AmountError, format_yuan, parse_yuan
 from tillroll.pan import mask_pan
+from tillroll.screen import wide_console
 from tillroll.store import DatabaseUrlError
 
 app = typer.Typer(no_args_is_help=True, help="The acquirer host and its simulated issuer.")
@@ -116,8 +117,6 @@ def settlement_report_cmd(
     db: DbOption = None,
 ) -> None:
     """Per merchant and terminal: counts, gross, refunds, fees and net to pay, for one day."""
-    from rich.console import Console
-
     from tillroll.host.report import report_table, settlement_report, write_csv
     from tillroll.host.store import open_store
 
@@ -132,7 +131,7 @@ def settlement_report_cmd(
     with store.engine.connect() as conn:
         rows = settlement_report(conn, when)
     table = report_table(rows, when)
-    Console().print(table)
+    wide_console().print(table)
     path = csv_path or Path(f"settlement-report-{when}.csv")
     write_csv(rows, path)
     typer.echo(f"written {path} ({len(rows)} rows)")

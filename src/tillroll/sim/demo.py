@@ -31,6 +31,7 @@ from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583.messages import Message
 from tillroll.money import format_yuan
 from tillroll.pan import mask_pan
+from tillroll.screen import wide_console
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator, PrinterState
 from tillroll.store.tables import transactions
@@ -499,8 +500,7 @@ class Demo:
 def run_demo(
     work_dir: Path | None = None, *, operations: int = 100, seed: int = 2026, console: Console | None = None
 ) -> bool:
-    # Wide enough for the settlement report even when the output is not a terminal.
-    console = console or Console(width=max(Console().width, 140))
+    console = console or wide_console()
     work = work_dir or Path(tempfile.mkdtemp(prefix="tillroll-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.print(f"tillroll demo — working in {work}")

@@ -11,10 +11,10 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from tillroll.money import AmountError, format_yuan, parse_yuan
+from tillroll.screen import wide_console
 from tillroll.terminal.config import (
     DATA_DIR_ENV,
     DEFAULT_DATA_DIR,
@@ -44,8 +44,8 @@ app = typer.Typer(
     add_completion=False,
     help="The POS terminal: sign-in, sale, void, balance, reversals, receipts and its journal.",
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = wide_console(highlight=False)
+err_console = wide_console(stderr=True, highlight=False)
 
 EXIT_DECLINED = 1
 EXIT_BAD_INPUT = 2
