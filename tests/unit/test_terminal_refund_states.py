@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from tillroll.crypto.keystore import KeyStore
+from tillroll.iso8583.field48 import SettlementTotals
 from tillroll.iso8583.messages import Message
 from tillroll.terminal import (
     HostAddress,
@@ -23,7 +24,7 @@ from tillroll.terminal import (
     TerminalConfig,
     TxnKind,
 )
-from tillroll.terminal.journal import SCHEMA_VERSION, Journal, Totals
+from tillroll.terminal.journal import SCHEMA_VERSION, Journal
 from tillroll.terminal.states import (
     REFUND_OPEN,
     REFUND_TRANSITIONS,
@@ -133,14 +134,14 @@ def test_the_journal_walks_a_refund_through_its_table(journal: Journal) -> None:
     with pytest.raises(IllegalTransition), journal.begin() as conn:
         journal.move_refund(conn, txn_id, RefundState.SUBMITTED, NOW)
     assert journal.get(txn_id).state is RefundState.APPROVED
-    assert journal.totals("000001") == Totals(0, 0, 400, 1)
+    assert journal.totals("000001") == SettlementTotals(0, 0, 400, 1)
 
 
 def test_totals_encode_as_field_48() -> None:
-    digits = Totals(2_700, 2, 500, 1).encode()
+    digits = SettlementTotals(2_700, 2, 500, 1).field48()
     assert len(digits) == 62
     assert digits == "000000002700" + "002" + "000000000500" + "001" + "0" + "0" * 31
-    assert Totals.parse(digits) == Totals(2_700, 2, 500, 1)
+    assert SettlementTotals.parse(digits) == SettlementTotals(2_700, 2, 500, 1)
 
 
 def test_a_version_1_journal_is_upgraded_by_opening_it(tmp_path: Path) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlalchemy import func, insert, select, update
 
 from tillroll import ledger
 from tillroll.host.card import TxnKind, TxnStatus
 from tillroll.host.context import RequestContext
 from tillroll.iso8583.codes import ResponseCode
+from tillroll.iso8583.errors import DecodeError
+from tillroll.iso8583.field48 import (
+    SettlementFlag,
+    SettlementTotals,
+    parse_upload_end,
+    parse_upload_items,
+)
 from tillroll.iso8583.messages import Message
 from tillroll.pan import mask_pan
 from tillroll.store.tables import (
@@ -22,8 +27,6 @@ from tillroll.store.tables import (
 )
 
 RC = ResponseCode
-UPLOAD_ITEM_DIGITS = 40
-UPLOAD_ITEMS_MAX = 8
 
 
 class Difference:
@@ -32,26 +35,7 @@ class Difference:
     AMOUNT_DIFFERS = "amount_differs"
 
 
-@dataclass(frozen=True)
-class Totals:
-    debit_minor: int
-    debit_count: int
-    credit_minor: int
-    credit_count: int
-
-    def encode(self, flag: str) -> str:
-        """31 digits: debit amount n12, count n3, credit amount n12, count n3, flag n1."""
-        debit = f"{self.debit_minor:012d}{self.debit_count:03d}"
-        return f"{debit}{self.credit_minor:012d}{self.credit_count:03d}{flag}"
-
-    @classmethod
-    def parse(cls, digits: str) -> Totals:
-        if len(digits) < 30 or not digits[:30].isdigit():
-            raise ValueError(f"settlement totals {digits!r} are not 30 digits")
-        return cls(int(digits[0:12]), int(digits[12:15]), int(digits[15:27]), int(digits[27:30]))
-
-
-def host_totals(ctx: RequestContext, batch: str) -> Totals:
+def host_totals(ctx: RequestContext, batch: str) -> SettlementTotals:
     """Debits: approved sales neither voided nor reversed; credits: approved refunds."""
     rows = ctx.conn.execute(
         select(transactions.c.kind, func.count(), func.coalesce(func.sum(transactions.c.amount_minor), 0))
@@ -66,7 +50,7 @@ def host_totals(ctx: RequestContext, batch: str) -> Totals:
     by_kind = {kind: (int(count), int(total)) for kind, count, total in rows}
     debit_count, debit = by_kind.get(TxnKind.SALE, (0, 0))
     credit_count, credit = by_kind.get(TxnKind.REFUND, (0, 0))
-    return Totals(debit, debit_count, credit, credit_count)
+    return SettlementTotals(debit, debit_count, credit, credit_count)
 
 
 def fee_minor(amount_minor: int, fee_rate_ppm: int) -> int:
@@ -75,10 +59,9 @@ def fee_minor(amount_minor: int, fee_rate_ppm: int) -> int:
 
 
 def settle(ctx: RequestContext) -> Message:
-    field48 = ctx.msg.get("48") or ""
     try:
-        theirs = Totals.parse(field48)
-    except ValueError:
+        theirs = SettlementTotals.parse(ctx.msg.get("48") or "")
+    except DecodeError:
         return ctx.respond(RC.FORMAT_ERROR)
     batch = ctx.f60.batch
     ours = host_totals(ctx, batch)
@@ -124,8 +107,8 @@ def settle(ctx: RequestContext) -> Message:
     ctx.conn.execute(
         update(terminals).where(terminals.c.tid == ctx.tid).values(batch=f"{int(batch) % 999_999 + 1:06d}")
     )
-    flag = "1" if balanced else "2"
-    return ctx.respond(RC.APPROVED, f48=ours.encode(flag) + Totals(0, 0, 0, 0).encode("0"))
+    flag = SettlementFlag.BALANCED if balanced else SettlementFlag.NOT_BALANCED
+    return ctx.respond(RC.APPROVED, f48=ours.field48(flag))
 
 
 def _record_difference(
@@ -162,16 +145,12 @@ def _settled(ctx: RequestContext) -> bool:
 def batch_upload(ctx: RequestContext) -> Message:
     if not _settled(ctx):
         return ctx.respond(RC.INVALID_TRANSACTION)
-    digits = ctx.msg.get("48") or ""
-    if len(digits) < 2 or not digits.isdigit():
+    try:
+        items = parse_upload_items(ctx.msg.get("48") or "")
+    except DecodeError:
         return ctx.respond(RC.FORMAT_ERROR)
-    count = int(digits[:2])
-    items = digits[2:]
-    if not 1 <= count <= UPLOAD_ITEMS_MAX or len(items) < count * UPLOAD_ITEM_DIGITS:
-        return ctx.respond(RC.FORMAT_ERROR)
-    for i in range(count):
-        item = items[i * UPLOAD_ITEM_DIGITS : (i + 1) * UPLOAD_ITEM_DIGITS]
-        stan, pan, amount = item[2:8], item[8:28].lstrip("0"), int(item[28:40])
+    for item in items:
+        stan, pan, amount = item.stan, item.pan, item.amount_minor
         seen = ctx.conn.execute(
             select(batch_uploads.c.id).where(
                 batch_uploads.c.tid == ctx.tid,
@@ -209,8 +188,9 @@ def batch_upload(ctx: RequestContext) -> Message:
 def batch_upload_end(ctx: RequestContext) -> Message:
     if not _settled(ctx):
         return ctx.respond(RC.INVALID_TRANSACTION)
-    digits = ctx.msg.get("48") or ""
-    if len(digits) < 4 or not digits[:4].isdigit():
+    try:
+        total_items = parse_upload_end(ctx.msg.get("48") or "")
+    except DecodeError:
         return ctx.respond(RC.FORMAT_ERROR)
     uploaded = {
         row[0]
@@ -234,6 +214,6 @@ def batch_upload_end(ctx: RequestContext) -> Message:
     ctx.conn.execute(
         update(settlements)
         .where(settlements.c.tid == ctx.tid, settlements.c.batch == ctx.f60.batch)
-        .values(upload_items=int(digits[:4]))
+        .values(upload_items=total_items)
     )
     return ctx.respond(RC.APPROVED)

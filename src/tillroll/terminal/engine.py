@@ -64,7 +64,16 @@ from tillroll.clock import Clock, SystemClock
 from tillroll.crypto.keys import KeyCheckError, unwrap_working_keys
 from tillroll.crypto.pin import encrypt_pin_block
 from tillroll.iso8583.codes import ResponseCode
-from tillroll.iso8583.errors import CodecError
+from tillroll.iso8583.errors import CodecError, DecodeError
+from tillroll.iso8583.field48 import (
+    UPLOAD_ITEMS_MAX,
+    SettlementFlag,
+    SettlementTotals,
+    UploadItem,
+    settlement_flag,
+    upload_end_field48,
+    upload_items_field48,
+)
 from tillroll.iso8583.messages import (
     CONDITION_NORMAL,
     CURRENCY_CNY,
@@ -84,7 +93,7 @@ from tillroll.money import AMOUNT_MAX_MINOR, format_yuan
 from tillroll.pan import mask_pan
 from tillroll.terminal.config import E_RECEIPT_DIR, JOURNAL_FILE, TerminalConfig, device_keystore, load_config
 from tillroll.terminal.hostlink import HostLink, LinkStatus, SocketFactory, TcpHostLink
-from tillroll.terminal.journal import Alert, Entry, Journal, Session, Settlement, Totals
+from tillroll.terminal.journal import Alert, Entry, Journal, Session, Settlement
 from tillroll.terminal.printer import Printer, PrintError, PrinterStatus, open_printer
 from tillroll.terminal.receipt import Copy, Slip, TransType
 from tillroll.terminal.states import (
@@ -123,7 +132,6 @@ _PIN = re.compile(r"^\d{4,12}$")
 _TRACE = re.compile(r"^\d{1,6}$")
 _RRN = re.compile(r"^[0-9A-Za-z]{12}$")
 _MMDD = re.compile(r"^(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
-UPLOAD_ITEMS_MAX = 8  # items per 0320 (PROFILE §3)
 NM_SETTLE = "201"
 NM_UPLOAD_END_NOT_BALANCED = "202"
 
@@ -365,7 +373,7 @@ def _refund_cause(verdict: Verdict) -> str:
 
 
 def _settlement_summary(
-    batch: str, totals: Totals, host48: str, balanced: bool, uploaded: int, next_batch: str
+    batch: str, totals: SettlementTotals, host48: str, balanced: bool, uploaded: int, next_batch: str
 ) -> str:
     ours = (
         f"借记 DEBITS {totals.debit_count} 笔 RMB {format_yuan(totals.debit_minor)}, "
@@ -373,8 +381,8 @@ def _settlement_summary(
     )
     text = f"批次 BATCH {batch}: 终端 TERMINAL {ours}"
     try:
-        host = Totals.parse(host48)
-    except ValueError:
+        host: SettlementTotals | None = SettlementTotals.parse(host48)
+    except DecodeError:
         host = None
     if host is not None and not balanced:
         text += (
@@ -878,7 +886,7 @@ class Terminal:
                         "11": stan,
                         "41": self.config.tid,
                         "42": self.config.mid,
-                        "48": totals.encode(),
+                        "48": totals.field48(),
                         "49": CURRENCY_CNY,
                         "60": Field60("00", batch, NM_SETTLE).encode(),
                         "63": self.config.operator,
@@ -913,7 +921,10 @@ class Terminal:
                 )
             return Result(Outcome.DECLINED, response_code(code), code, trace=msg["11"], batch=batch)
         host48 = resp.get("48") or ""
-        balanced = len(host48) > 30 and host48[30] == "1"
+        try:
+            balanced = settlement_flag(host48) is SettlementFlag.BALANCED
+        except DecodeError:
+            balanced = False
         with self.journal.begin() as conn:
             self.journal.move_settlement(
                 conn,
@@ -971,15 +982,17 @@ class Terminal:
         sent = 0
         for i in range(0, len(items), UPLOAD_ITEMS_MAX):
             chunk = items[i : i + UPLOAD_ITEMS_MAX]
-            body = "".join(f"00{e.stan}{(e.pan or '0'):0>20}{e.amount_minor or 0:012d}" for e in chunk)
-            if not self._upload(batch, f"{len(chunk):02d}{body}", NM_SETTLE):
+            field48 = upload_items_field48(
+                [UploadItem(stan=e.stan, pan=e.pan or "0", amount_minor=e.amount_minor or 0) for e in chunk]
+            )
+            if not self._upload(batch, field48, NM_SETTLE):
                 note = f"batch upload stopped after {sent} of {len(items)} items"
                 self.journal.set_settlement_values(sid, self.clock.now(), items_uploaded=sent, note=note)
                 self.journal.alert("batch_upload", f"batch {batch}: {note}", self.clock.now())
                 return sent, note
             sent += len(chunk)
         now = self.clock.now()
-        if not self._upload(batch, f"{len(items):04d}", NM_UPLOAD_END_NOT_BALANCED):
+        if not self._upload(batch, upload_end_field48(len(items)), NM_UPLOAD_END_NOT_BALANCED):
             note = f"end of batch upload not answered ({sent} items sent)"
             self.journal.set_settlement_values(sid, now, items_uploaded=sent, note=note)
             self.journal.alert("batch_upload", f"batch {batch}: {note}", now)

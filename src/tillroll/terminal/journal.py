@@ -57,6 +57,7 @@ from sqlalchemy import (
 
 from tillroll.crypto.keys import WorkingKeys
 from tillroll.crypto.keystore import KeyStore
+from tillroll.iso8583.field48 import SettlementTotals
 from tillroll.iso8583.messages import Message
 from tillroll.pan import mask_pan
 from tillroll.store.engine import inserted_id, make_engine
@@ -289,37 +290,13 @@ _ENTRY_SELECT = select(
 
 
 @dataclass(frozen=True)
-class Totals:
-    """Settlement totals (PROFILE §3): debits = approved sales neither voided nor reversed,
-    credits = approved refunds."""
-
-    debit_minor: int
-    debit_count: int
-    credit_minor: int
-    credit_count: int
-
-    def encode(self) -> str:
-        """Field 48 of a 0500: domestic 31 digits (flag 0), then 31 zero digits for foreign."""
-        domestic = (
-            f"{self.debit_minor:012d}{self.debit_count:03d}{self.credit_minor:012d}{self.credit_count:03d}0"
-        )
-        return domestic + "0" * 31
-
-    @classmethod
-    def parse(cls, digits: str) -> Totals:
-        if len(digits) < 30 or not digits[:30].isdigit():
-            raise ValueError(f"settlement totals {digits!r} are not 30 digits")
-        return cls(int(digits[0:12]), int(digits[12:15]), int(digits[15:27]), int(digits[27:30]))
-
-
-@dataclass(frozen=True)
 class Settlement:
     id: int
     batch: str
     stan: str
     state: SettlementState
     request: Message
-    totals: Totals
+    totals: SettlementTotals
     host_totals: str | None
     items_uploaded: int
     next_batch: str | None
@@ -334,7 +311,9 @@ def _settlement(row: RowMapping) -> Settlement:
         stan=row["stan"],
         state=SettlementState(row["state"]),
         request=Message("0500", json.loads(row["request"])),
-        totals=Totals(row["debit_minor"], row["debit_count"], row["credit_minor"], row["credit_count"]),
+        totals=SettlementTotals(
+            row["debit_minor"], row["debit_count"], row["credit_minor"], row["credit_count"]
+        ),
         host_totals=row["host_totals"],
         items_uploaded=row["items_uploaded"] or 0,
         next_batch=row["next_batch"],
@@ -566,13 +545,15 @@ class Journal:
             ).mappings()
             return [_entry(r) for r in rows]
 
-    def totals(self, batch: str) -> Totals:
+    def totals(self, batch: str) -> SettlementTotals:
         items = self.batch_items(batch)
         sales = [e.amount_minor or 0 for e in items if e.kind is TxnKind.SALE]
         refunds = [e.amount_minor or 0 for e in items if e.kind is TxnKind.REFUND]
-        return Totals(sum(sales), len(sales), sum(refunds), len(refunds))
+        return SettlementTotals(sum(sales), len(sales), sum(refunds), len(refunds))
 
-    def record_settlement(self, conn: Connection, request: Message, totals: Totals, now: datetime) -> int:
+    def record_settlement(
+        self, conn: Connection, request: Message, totals: SettlementTotals, now: datetime
+    ) -> int:
         return inserted_id(
             conn.execute(
                 insert(settlements_table).values(
