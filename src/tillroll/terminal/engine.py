@@ -63,6 +63,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tillroll.clock import Clock, SystemClock
 from tillroll.crypto.keys import KeyCheckError, unwrap_working_keys
 from tillroll.crypto.pin import encrypt_pin_block
+from tillroll.iso8583 import builders
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import CodecError, DecodeError
 from tillroll.iso8583.field48 import (
@@ -71,14 +72,9 @@ from tillroll.iso8583.field48 import (
     SettlementTotals,
     UploadItem,
     settlement_flag,
-    upload_end_field48,
-    upload_items_field48,
 )
 from tillroll.iso8583.messages import (
-    CONDITION_NORMAL,
     CURRENCY_CNY,
-    MAX_PIN_LEN,
-    SECURITY_CONTROL,
     Field60,
     Field61,
     Message,
@@ -113,10 +109,7 @@ log.addHandler(logging.NullHandler())  # the application decides where logs go
 P = ParamSpec("P")
 R = TypeVar("R")
 
-ENTRY_MODE_MANUAL_PIN = "011"
-ENTRY_MODE_MANUAL_NO_PIN = "012"
 SLIP_ENTRY_MODE = "M"
-REVERSAL_DROPPED_FIELDS = ("26", "35", "36", "52", "53", "64")
 # Answers from a host that stopped before checking the MAC (PROFILE §3): they carry none and
 # mean the host did nothing with the request.
 NOT_PROCESSED_CODES = frozenset({"30", "03", "97"})
@@ -132,8 +125,6 @@ _PIN = re.compile(r"^\d{4,12}$")
 _TRACE = re.compile(r"^\d{1,6}$")
 _RRN = re.compile(r"^[0-9A-Za-z]{12}$")
 _MMDD = re.compile(r"^(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
-NM_SETTLE = "201"
-NM_UPLOAD_END_NOT_BALANCED = "202"
 
 
 class InputError(ValueError):
@@ -239,13 +230,8 @@ class Result:
 
 
 def build_reversal(original: Message, reason: ReversalReason, auth_code: str | None = None) -> Message:
-    """PROFILE §3: the original with MTI 0400, 26/35/36/52/53 removed, 39 = reason, 38 when
-    known; the original's STAN (11) and 60 (its batch) stay."""
-    fields = {k: v for k, v in original.fields.items() if k not in REVERSAL_DROPPED_FIELDS}
-    fields["39"] = reason.value
-    if auth_code:
-        fields["38"] = auth_code
-    return Message(Mti.REVERSAL.value, fields)
+    """PROFILE §3 (see `builders.reversal`), with the terminal's typed reason."""
+    return builders.reversal(original, reason.value, auth_code)
 
 
 class VerdictKind:
@@ -512,6 +498,10 @@ class Terminal:
     # --- public operations ------------------------------------------------------------------
 
     @property
+    def _station(self) -> builders.Station:
+        return builders.Station(self.config.tid, self.config.mid)
+
+    @property
     def batch(self) -> str:
         return self._session.batch if self._session else self.journal.batch()
 
@@ -527,15 +517,7 @@ class Terminal:
     def sign_out(self) -> Result:
         with self.journal.begin() as conn:
             stan = self.journal.next_stan(conn)
-        msg = Message(
-            Mti.NETWORK.value,
-            {
-                "11": stan,
-                "41": self.config.tid,
-                "42": self.config.mid,
-                "60": Field60("00", self.batch, "002").encode(),
-            },
-        )
+        msg = builders.sign_out(self._station, stan, self.batch)
         reply = self._exchange(msg, mak=None)
         self._drop_session()
         if reply.status is LinkStatus.NOT_SENT:
@@ -555,23 +537,9 @@ class Terminal:
             return blocked
 
         def build(stan: str, session: Session) -> Message:
-            return Message(
-                Mti.FINANCIAL.value,
-                {
-                    "2": pan,
-                    "3": "310000",
-                    "11": stan,
-                    "14": expiry,
-                    "22": ENTRY_MODE_MANUAL_PIN,
-                    "25": CONDITION_NORMAL,
-                    "26": MAX_PIN_LEN,
-                    "41": self.config.tid,
-                    "42": self.config.mid,
-                    "49": CURRENCY_CNY,
-                    "52": encrypt_pin_block(session.keys.pik, pin, pan).hex().upper(),
-                    "53": SECURITY_CONTROL,
-                    "60": Field60("01", session.batch, "000").encode(),
-                },
+            pin_block = encrypt_pin_block(session.keys.pik, pin, pan)
+            return builders.balance_inquiry(
+                self._station, stan, session.batch, pan=pan, expiry=expiry, pin_block=pin_block
             )
 
         return self._financial(TxnKind.BALANCE, build)
@@ -586,24 +554,16 @@ class Terminal:
             return blocked
 
         def build(stan: str, session: Session) -> Message:
-            fields = {
-                "2": pan,
-                "3": "000000",
-                "4": f"{amount:012d}",
-                "11": stan,
-                "14": expiry,
-                "22": ENTRY_MODE_MANUAL_PIN if pin else ENTRY_MODE_MANUAL_NO_PIN,
-                "25": CONDITION_NORMAL,
-                "41": self.config.tid,
-                "42": self.config.mid,
-                "49": CURRENCY_CNY,
-                "53": SECURITY_CONTROL,
-                "60": Field60("22", session.batch, "000").encode(),
-            }
-            if pin:
-                fields["26"] = MAX_PIN_LEN
-                fields["52"] = encrypt_pin_block(session.keys.pik, pin, pan).hex().upper()
-            return Message(Mti.FINANCIAL.value, fields)
+            pin_block = encrypt_pin_block(session.keys.pik, pin, pan) if pin else None
+            return builders.sale(
+                self._station,
+                stan,
+                session.batch,
+                amount_minor=amount,
+                pan=pan,
+                expiry=expiry,
+                pin_block=pin_block,
+            )
 
         return self._financial(TxnKind.SALE, build)
 
@@ -622,22 +582,15 @@ class Terminal:
             return Result(Outcome.NOT_FOUND, trace=stan_orig, detail=why)
 
         def build(stan: str, session: Session) -> Message:
-            return Message(
-                Mti.FINANCIAL.value,
-                {
-                    "2": orig.pan,
-                    "3": "200000",
-                    "4": f"{orig.amount_minor or 0:012d}",
-                    "11": stan,
-                    "25": CONDITION_NORMAL,
-                    "37": orig.rrn or "",
-                    "38": orig.auth_code or "",
-                    "41": self.config.tid,
-                    "42": self.config.mid,
-                    "49": CURRENCY_CNY,
-                    "60": Field60("23", session.batch, "000").encode(),
-                    "61": Field61(orig.batch, orig.stan, orig.host_date or "0000").encode(),
-                },
+            return builders.void(
+                self._station,
+                stan,
+                session.batch,
+                pan=orig.pan,
+                amount_minor=orig.amount_minor or 0,
+                rrn=orig.rrn or "",
+                auth_code=orig.auth_code or "",
+                original=Field61(orig.batch, orig.stan, orig.host_date or "0000"),
             )
 
         return self._financial(TxnKind.VOID, build, orig=orig)
@@ -693,29 +646,22 @@ class Terminal:
         if blocked is not None:
             return blocked
         assert self._session is not None
-        f61 = Field61(batch_orig, stan_orig, orig_date).encode()
         now = self.clock.now()
         with self.journal.begin() as conn:
             stan = self.journal.next_stan(conn)
-            fields = {
-                "3": "200000",
-                "4": f"{amount:012d}",
-                "11": stan,
-                "25": CONDITION_NORMAL,
-                "37": orig_rrn,
-                "41": self.config.tid,
-                "42": self.config.mid,
-                "49": CURRENCY_CNY,
-                "60": Field60("25", self._session.batch, "000").encode(),
-                "61": f61,
-                "63": "000",
-            }
-            if card:
-                fields["2"] = card
+            request = builders.refund(
+                self._station,
+                stan,
+                self._session.batch,
+                amount_minor=amount,
+                rrn=orig_rrn,
+                original=Field61(batch_orig, stan_orig, orig_date),
+                pan=card,
+            )
             txn_id = self.journal.record_request(
                 conn,
                 kind=TxnKind.REFUND,
-                request=Message(Mti.ADVICE.value, fields),
+                request=request,
                 entry_mode=SLIP_ENTRY_MODE,
                 operator=self.config.operator,
                 now=now,
@@ -880,18 +826,7 @@ class Terminal:
             now = self.clock.now()
             with self.journal.begin() as conn:
                 stan = self.journal.next_stan(conn)
-                msg = Message(
-                    Mti.SETTLEMENT.value,
-                    {
-                        "11": stan,
-                        "41": self.config.tid,
-                        "42": self.config.mid,
-                        "48": totals.field48(),
-                        "49": CURRENCY_CNY,
-                        "60": Field60("00", batch, NM_SETTLE).encode(),
-                        "63": self.config.operator,
-                    },
-                )
+                msg = builders.settlement(self._station, stan, batch, totals, self.config.operator)
                 sid = self.journal.record_settlement(conn, msg, totals, now)
         resp, cause = self._send_settlement(msg, batch)
         now = self.clock.now()
@@ -982,17 +917,22 @@ class Terminal:
         sent = 0
         for i in range(0, len(items), UPLOAD_ITEMS_MAX):
             chunk = items[i : i + UPLOAD_ITEMS_MAX]
-            field48 = upload_items_field48(
-                [UploadItem(stan=e.stan, pan=e.pan or "0", amount_minor=e.amount_minor or 0) for e in chunk]
-            )
-            if not self._upload(batch, field48, NM_SETTLE):
+            upload = [
+                UploadItem(stan=e.stan, pan=e.pan or "0", amount_minor=e.amount_minor or 0) for e in chunk
+            ]
+            if not self._upload(
+                functools.partial(builders.batch_upload, self._station, batch=batch, items=upload)
+            ):
                 note = f"batch upload stopped after {sent} of {len(items)} items"
                 self.journal.set_settlement_values(sid, self.clock.now(), items_uploaded=sent, note=note)
                 self.journal.alert("batch_upload", f"batch {batch}: {note}", self.clock.now())
                 return sent, note
             sent += len(chunk)
         now = self.clock.now()
-        if not self._upload(batch, upload_end_field48(len(items)), NM_UPLOAD_END_NOT_BALANCED):
+        total = len(items)
+        if not self._upload(
+            lambda stan: builders.batch_upload_end(self._station, stan, batch, total, balanced=False)
+        ):
             note = f"end of batch upload not answered ({sent} items sent)"
             self.journal.set_settlement_values(sid, now, items_uploaded=sent, note=note)
             self.journal.alert("batch_upload", f"batch {batch}: {note}", now)
@@ -1001,22 +941,14 @@ class Terminal:
             self.journal.move_settlement(conn, sid, SettlementState.UPLOADED, now, items_uploaded=sent)
         return sent, ""
 
-    def _upload(self, batch: str, field48: str, network_code: str) -> bool:
+    def _upload(self, build: Callable[[str], Message]) -> bool:
+        """Send one 0320 (built for a new STAN) in the closed batch's session."""
         session = self._session
         if session is None:
             return False
         with self.journal.begin() as conn:
             stan = self.journal.next_stan(conn)
-        msg = Message(
-            Mti.BATCH_UPLOAD.value,
-            {
-                "11": stan,
-                "41": self.config.tid,
-                "42": self.config.mid,
-                "48": field48,
-                "60": Field60("00", batch, network_code).encode(),
-            },
-        )
+        msg = build(stan)
         for attempt in range(self.config.refund_retries_max + 1):
             if attempt:
                 time.sleep(self.config.retry_backoff_s * attempt)
@@ -1125,15 +1057,8 @@ class Terminal:
     def _sign_in(self) -> Result:
         with self.journal.begin() as conn:
             stan = self.journal.next_stan(conn)
-        msg = Message(
-            Mti.SIGN_IN.value,
-            {
-                "11": stan,
-                "41": self.config.tid,
-                "42": self.config.mid,
-                "60": Field60("00", self.journal.batch(), self.config.sign_in_mode).encode(),
-                "63": self.config.operator,
-            },
+        msg = builders.sign_in(
+            self._station, stan, self.journal.batch(), self.config.operator, mode=self.config.sign_in_mode
         )
         reply = Reply(LinkStatus.NOT_SENT)
         for _ in range(SIGN_IN_ATTEMPTS):  # a sign-in is safe to repeat: every one issues new keys
