@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select, update
 
 from tillroll import ledger
-from tillroll.host.card import TxnKind, TxnStatus
+from tillroll.host.card import TxnKind, TxnStatus, batch_settled
 from tillroll.host.context import RequestContext
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import DecodeError
@@ -135,15 +135,8 @@ def _record_difference(
         )
 
 
-def _settled(ctx: RequestContext) -> bool:
-    row = ctx.conn.execute(
-        select(settlements.c.id).where(settlements.c.tid == ctx.tid, settlements.c.batch == ctx.f60.batch)
-    ).first()
-    return row is not None
-
-
 def batch_upload(ctx: RequestContext) -> Message:
-    if not _settled(ctx):
+    if not batch_settled(ctx, ctx.f60.batch):
         return ctx.respond(RC.INVALID_TRANSACTION)
     try:
         items = parse_upload_items(ctx.msg.get("48") or "")
@@ -186,7 +179,7 @@ def batch_upload(ctx: RequestContext) -> Message:
 
 
 def batch_upload_end(ctx: RequestContext) -> Message:
-    if not _settled(ctx):
+    if not batch_settled(ctx, ctx.f60.batch):
         return ctx.respond(RC.INVALID_TRANSACTION)
     try:
         total_items = parse_upload_end(ctx.msg.get("48") or "")
