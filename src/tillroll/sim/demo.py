@@ -131,9 +131,7 @@ class Demo:
     # --- set-up and tear-down ------------------------------------------------------------------
 
     def start(self) -> None:
-        import os
-
-        os.environ.setdefault("TILLROLL_MASTER_KEY_FILE", str(self.work_dir / "host-master.key"))
+        # The host's master key lands beside its SQLite file, in the day's folder.
         self.store = open_store(f"sqlite:///{self.work_dir / 'host.db'}")
         add_merchant(self.store, MID, MERCHANT)
         for pan, (expiry, pin, opening) in CARDS.items():
