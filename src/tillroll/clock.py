@@ -16,6 +16,10 @@ class Clock(Protocol):
         """Seconds from an arbitrary origin, never going backwards."""
         ...
 
+    def sleep(self, seconds: float) -> None:
+        """Wait (a backoff between retries)."""
+        ...
+
 
 class SystemClock:
     def now(self) -> datetime:
@@ -23,6 +27,9 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
 
 
 class FakeClock:
@@ -37,6 +44,9 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return self._mono
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
 
     def advance(self, seconds: float) -> None:
         self._now += timedelta(seconds=seconds)

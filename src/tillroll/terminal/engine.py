@@ -689,7 +689,7 @@ class Terminal:
         tries = self.config.refund_retries_max + 1
         for attempt in range(tries):
             if attempt:
-                time.sleep(self.config.retry_backoff_s * attempt)
+                self.clock.sleep(self.config.retry_backoff_s * attempt)
             if not self._ensure_session():
                 cause = _CAUSE_SIGN_IN
                 self._refund_unknown(txn_id, cause)
@@ -891,7 +891,7 @@ class Terminal:
         tries = self.config.refund_retries_max + 1
         for attempt in range(tries):
             if attempt:
-                time.sleep(self.config.retry_backoff_s * attempt)
+                self.clock.sleep(self.config.retry_backoff_s * attempt)
             if not self._ensure_session():
                 cause = _CAUSE_SIGN_IN
                 continue
@@ -951,7 +951,7 @@ class Terminal:
         msg = build(stan)
         for attempt in range(self.config.refund_retries_max + 1):
             if attempt:
-                time.sleep(self.config.retry_backoff_s * attempt)
+                self.clock.sleep(self.config.retry_backoff_s * attempt)
             reply = self._exchange(msg, mak=session.keys.mak)  # the closed batch's session
             verdict = judge(msg, reply, session.keys.mak)
             if verdict.kind == VerdictKind.APPROVED:
