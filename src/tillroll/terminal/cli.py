@@ -29,12 +29,6 @@ from tillroll.terminal.engine import (
     Result,
     Terminal,
     TerminalError,
-    parse_batch,
-    parse_expiry,
-    parse_mmdd,
-    parse_pan,
-    parse_pin,
-    parse_rrn,
     parse_trace,
 )
 from tillroll.terminal.states import Outcome
@@ -121,6 +115,14 @@ def _finish(result: Result) -> None:
         raise typer.Exit(EXIT_DECLINED)
 
 
+def _fen(amount: str) -> int:
+    """Yuan as typed -> fen; the engine checks the range (`check_amount`)."""
+    try:
+        return parse_yuan(amount)
+    except AmountError as exc:
+        _bad_input(str(exc))
+
+
 def _run(ctx: typer.Context, op: str, *args: object, **kwargs: object) -> None:
     term = _open(ctx)
     try:
@@ -203,11 +205,7 @@ def balance(
     pin: Annotated[str, typer.Option("--pin", help="Cardholder PIN.")],
 ) -> None:
     """Balance inquiry (PIN required)."""
-    try:
-        pan, exp, p = parse_pan(card), parse_expiry(expiry), parse_pin(pin)
-    except InputError as exc:
-        _bad_input(str(exc))
-    _run(ctx, "balance", pan, exp, p)
+    _run(ctx, "balance", card, expiry, pin)
 
 
 @app.command()
@@ -219,15 +217,7 @@ def sale(
     pin: Annotated[str | None, typer.Option("--pin", help="Cardholder PIN (optional).")] = None,
 ) -> None:
     """Sale (消费)."""
-    try:
-        amount_minor = parse_yuan(amount)
-        if amount_minor <= 0:
-            raise AmountError(f"amount {amount!r} must be more than 0.00")
-        pan, exp = parse_pan(card), parse_expiry(expiry)
-        p = parse_pin(pin) if pin is not None else None
-    except (AmountError, InputError) as exc:
-        _bad_input(str(exc))
-    _run(ctx, "sale", amount_minor, pan, exp, p)
+    _run(ctx, "sale", _fen(amount), card, expiry, pin)
 
 
 @app.command()
@@ -236,11 +226,7 @@ def void(
     trace: Annotated[str, typer.Argument(help="Voucher (trace) number of a sale in this batch.")],
 ) -> None:
     """Void (消费撤销) a sale of the current batch."""
-    try:
-        t = parse_trace(trace)
-    except InputError as exc:
-        _bad_input(str(exc))
-    _run(ctx, "void", t)
+    _run(ctx, "void", trace)
 
 
 @app.command()
@@ -261,18 +247,7 @@ def refund(
     expiry: Annotated[str | None, typer.Option("--expiry", help="Card expiry YYMM, for the slip.")] = None,
 ) -> None:
     """Refund (退货) of a sale, of this batch or an earlier one; never more than is left."""
-    try:
-        amount_minor = parse_yuan(amount)
-        if amount_minor <= 0:
-            raise AmountError(f"amount {amount!r} must be more than 0.00")
-        r, d = parse_rrn(rrn), parse_mmdd(date)
-        t = parse_trace(trace) if trace is not None else None
-        b = parse_batch(batch) if batch is not None else None
-        pan = parse_pan(card) if card is not None else None
-        exp = parse_expiry(expiry) if expiry is not None else None
-    except (AmountError, InputError) as exc:
-        _bad_input(str(exc))
-    _run(ctx, "refund", amount_minor, r, d, trace=t, batch=b, pan=pan, expiry=exp)
+    _run(ctx, "refund", _fen(amount), rrn, date, trace=trace, batch=batch, pan=card, expiry=expiry)
 
 
 @app.command()
