@@ -23,13 +23,10 @@ if os.environ.get("CI"):
 
 
 def _vectors_path() -> Path:
-    for candidate in (
-        ROOT.parent / "shared" / "protocol" / "vectors.json",
-        ROOT / "tests" / "data" / "vectors.json",
-    ):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError("shared/protocol/vectors.json not found beside the checkout")
+    path = ROOT.parent / "shared" / "protocol" / "vectors.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the profile's examples live in shared/ beside the checkout")
+    return path
 
 
 @pytest.fixture(scope="session")
