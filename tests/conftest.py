@@ -25,7 +25,9 @@ if os.environ.get("CI"):
 def _vectors_path() -> Path:
     path = ROOT.parent / "shared" / "protocol" / "vectors.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: the profile's examples live in shared/ beside the checkout")
+        raise FileNotFoundError(
+            f"{path} not found: the profile's examples live in shared/ beside the checkout"
+        )
     return path
 
 
