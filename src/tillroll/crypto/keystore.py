@@ -1,7 +1,8 @@
 """Keys at rest: TMKs and working keys are stored encrypted under a local master key.
 
 The master key comes from `TILLROLL_MASTER_KEY` (64 hex digits) or a key file (created with
-mode 0600 on first run). It never reaches a log or an error message.
+mode 0600 on first run; refused when the group or others may read it). It never reaches a log
+or an error message.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tillroll.owner_only import others_can_read, write_private
 
 MASTER_KEY_ENV = "TILLROLL_MASTER_KEY"
 NONCE_LEN = 12
@@ -52,10 +55,23 @@ class KeyStore:
             except ValueError:
                 raise KeyStoreError(f"{MASTER_KEY_ENV} must be 64 hex digits") from None
         if key_file.exists():
-            return cls(bytes.fromhex(key_file.read_text().strip()))
-        key_file.parent.mkdir(parents=True, exist_ok=True)
+            return cls.read(key_file)
         key = os.urandom(32)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex())
+        try:
+            write_private(key_file, key.hex().encode())
+        except FileExistsError:  # another process created it first: use theirs
+            return cls.read(key_file)
         return cls(key)
+
+    @classmethod
+    def read(cls, key_file: Path) -> KeyStore:
+        """An existing key file, only when no one but its owner can read it."""
+        if others_can_read(key_file):
+            raise KeyStoreError(
+                f"key file {key_file} can be read by other users: a copy of it opens every stored "
+                f"key. Restrict it with `chmod 600 {key_file}` (and consider a new key)."
+            )
+        try:
+            return cls(bytes.fromhex(key_file.read_text().strip()))
+        except ValueError:
+            raise KeyStoreError(f"key file {key_file} does not hold 64 hex digits") from None

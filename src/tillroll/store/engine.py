@@ -10,6 +10,8 @@ from sqlalchemy import CursorResult, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from tillroll.owner_only import private_dir, private_file
+
 DEFAULT_DATA_DIR = Path("tillroll-data")
 
 
@@ -22,7 +24,7 @@ def default_db_url() -> str:
     env = os.environ.get("TILLROLL_DB")
     if env:
         return env
-    DEFAULT_DATA_DIR.mkdir(parents=True, exist_ok=True)
+    private_dir(DEFAULT_DATA_DIR)
     return f"sqlite:///{(DEFAULT_DATA_DIR / 'host.db').resolve()}"
 
 
@@ -47,12 +49,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str | None = None, *, pool_size: int = 8) -> Engine:
+    """An engine whose error texts never carry bound parameters (they hold card numbers).
+
+    A SQLite file is created 0600 before SQLite opens it: SQLite gives its -wal and -shm files
+    the database file's mode, so all three are owner-only from the start."""
     url = normalize_url(url or default_db_url())
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, poolclass=NullPool if not path else None)
+            private_file(Path(path))
+        engine = create_engine(url, poolclass=NullPool if not path else None, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; emit it ourselves.
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
@@ -62,7 +68,9 @@ def make_engine(url: str | None = None, *, pool_size: int = 8) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 def inserted_id(result: CursorResult[Any]) -> int:
