@@ -95,7 +95,7 @@ def _record(
             "auth_code": auth,
             "issuer_ref": issuer_ref,
             "original_id": original_id,
-            "local_date": ctx.now.strftime("%m%d"),
+            "local_date": ctx.local_now.strftime("%m%d"),
             "created_at": ctx.now,
             "updated_at": ctx.now,
         },

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone
 from tillroll.host.admin import AdminError, add_card, add_merchant, add_terminal, card_balance, card_messages
 from tillroll.host.config import ConfigError, HostConfig
 from tillroll.money import AmountError, format_yuan, parse_yuan
@@ -20,6 +21,14 @@ from tillroll.store import DatabaseUrlError
 
 app = typer.Typer(no_args_is_help=True, help="The acquirer host and its simulated issuer.")
 
+TzOption = Annotated[
+    str,
+    typer.Option(
+        "--tz",
+        envvar="TILLROLL_MERCHANT_TZ",
+        help="Merchant time zone of fields 12/13, settlement dates and report days (IANA name)",
+    ),
+]
 DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: $TILLROLL_DB, else ./tillroll-data/host.db)"),
@@ -33,7 +42,7 @@ def _fail(message: str) -> typer.Exit:
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
         raise typer.BadParameter(f"{text!r} is not HOST:PORT, e.g. 127.0.0.1:8583")
     return host, int(port)
 
@@ -115,6 +124,7 @@ def settlement_report_cmd(
         Path | None, typer.Option("--csv", help="CSV file to write (default: settlement-report-DAY.csv)")
     ] = None,
     db: DbOption = None,
+    tz: TzOption = DEFAULT_MERCHANT_TZ,
 ) -> None:
     """Per merchant and terminal: counts, gross, refunds, fees and net to pay, for one day."""
     from tillroll.host.report import report_table, settlement_report, write_csv
@@ -125,11 +135,12 @@ def settlement_report_cmd(
     except ValueError:
         raise _fail(f"--date {day!r} is not YYYY-MM-DD") from None
     try:
+        zone = merchant_zone(tz)
         store = open_store(db)
-    except DatabaseUrlError as exc:
+    except (DatabaseUrlError, TimeZoneError) as exc:
         raise _fail(str(exc)) from None
     with store.engine.connect() as conn:
-        rows = settlement_report(conn, when)
+        rows = settlement_report(conn, when, zone)
     table = report_table(rows, when)
     wide_console().print(table)
     path = csv_path or Path(f"settlement-report-{when}.csv")
@@ -160,6 +171,7 @@ def serve_cmd(
     key_lifetime_s: Annotated[
         int, typer.Option("--key-lifetime-s", help="Working-key session lifetime")
     ] = 86_400,
+    tz: TzOption = DEFAULT_MERCHANT_TZ,
 ) -> None:
     """Serve the card rail over TCP until interrupted."""
     from tillroll.host.server import serve
@@ -167,11 +179,12 @@ def serve_cmd(
 
     host, port = parse_listen(listen)
     try:
-        config = HostConfig(key_lifetime_s=key_lifetime_s)
+        config = HostConfig(key_lifetime_s=key_lifetime_s, merchant_tz=tz)
         store = open_store(db)
     except (ConfigError, DatabaseUrlError) as exc:
         raise _fail(str(exc)) from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # force: a library may have put a handler on the root logger first (then INFO was lost).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     typer.echo(f"tillroll host listening on {host}:{port} ({store.url.split('://')[0]})")
     try:
         asyncio.run(serve(store, config, host, port))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone
 
 
 class ConfigError(ValueError):
@@ -21,6 +24,7 @@ class HostConfig:
     queue_wait_s: float = 5.0
     acquirer_id: str = "00010000"
     issuer_name: str = "TILLROLL BANK"
+    merchant_tz: str = DEFAULT_MERCHANT_TZ  # IANA zone of fields 12/13, settlement dates, reports
 
     def __post_init__(self) -> None:
         if self.key_lifetime_s <= 0:
@@ -31,3 +35,12 @@ class HostConfig:
             raise ConfigError("frame limit must be within 13..2048 bytes (PROFILE §1)")
         if self.idle_timeout_s <= 0:
             raise ConfigError("idle timeout must be positive")
+        try:
+            merchant_zone(self.merchant_tz)
+        except TimeZoneError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The merchant's time zone (zoneinfo caches it: this is no lookup per request)."""
+        return merchant_zone(self.merchant_tz)

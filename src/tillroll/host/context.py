@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 
 from sqlalchemy import Connection
 
+from tillroll.clock import to_merchant_local
 from tillroll.host.config import HostConfig
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import Field60, Message, Mti
@@ -14,10 +15,12 @@ from tillroll.iso8583.messages import Field60, Message, Mti
 _ECHOED = ("2", "3", "4", "11", "25", "41", "42", "49", "60")
 
 
-def response_for(req: Message, code: ResponseCode, now: datetime, **extra: str) -> Message:
-    """A response echoing the request's identifying fields (PROFILE §3)."""
+def response_for(req: Message, code: ResponseCode, now: datetime, tz: tzinfo, **extra: str) -> Message:
+    """A response echoing the request's identifying fields (PROFILE §3); fields 12/13 are the
+    UTC instant `now` in the merchant's zone `tz` (PROFILE §7), whatever the process's TZ."""
+    local = to_merchant_local(now, tz)
     fields = {k: req.fields[k] for k in _ECHOED if k in req.fields}
-    fields.update({"12": now.strftime("%H%M%S"), "13": now.strftime("%m%d"), "39": code.value})
+    fields.update({"12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"), "39": code.value})
     fields.update({k.lstrip("f"): v for k, v in extra.items()})
     try:
         mti = Mti(req.mti).response.value
@@ -36,8 +39,13 @@ class RequestContext:
     mid: str
     merchant_name: str
     fee_rate_ppm: int
-    now: datetime
+    now: datetime  # the request's instant, naive UTC (what is stored)
     config: HostConfig
+
+    @property
+    def local_now(self) -> datetime:
+        """The merchant's wall-clock time of the request: fields 12/13/15, dates shown."""
+        return to_merchant_local(self.now, self.config.zone)
 
     @property
     def tid(self) -> str:
@@ -49,7 +57,7 @@ class RequestContext:
 
     def respond(self, code: ResponseCode, auth_code: str | None = None, **extra: str) -> Message:
         fields = {
-            "15": self.now.strftime("%m%d"),
+            "15": self.local_now.strftime("%m%d"),
             "37": self.rrn,
             "44": f"{'03080000':<11}{self.config.acquirer_id:<11}",
             "63": f"CUP{self.config.issuer_name}",
@@ -57,4 +65,4 @@ class RequestContext:
         if auth_code:
             fields["38"] = auth_code
         fields.update({k.lstrip("f"): v for k, v in extra.items()})
-        return response_for(self.msg, code, self.now, **fields)
+        return response_for(self.msg, code, self.now, self.config.zone, **fields)

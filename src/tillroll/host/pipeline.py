@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from tillroll.clock import Clock
+from tillroll.clock import Clock, to_merchant_local
 from tillroll.crypto.keys import WorkingKeys, wrap_working_keys
 from tillroll.crypto.keystore import KeyStore
 from tillroll.host import card, settlement
@@ -168,7 +168,8 @@ class HostPipeline:
                 now = self.clock.now()
                 for i, _, msg in work:
                     answers[i] = _Answer(
-                        response_for(msg, RC.SYSTEM_MALFUNCTION, now), verified[i].get("mak")
+                        response_for(msg, RC.SYSTEM_MALFUNCTION, now, self.config.zone),
+                        verified[i].get("mak"),
                     )
         for i, frame, msg in work:
             try:
@@ -222,7 +223,9 @@ class HostPipeline:
                 log.warning("request rolled back, answering 96: %s", exc)
                 break
         # Nothing of it was kept: 96 says "nothing was done, safe to retry the same request".
-        return _Answer(response_for(msg, RC.SYSTEM_MALFUNCTION, self.clock.now()), verified.get("mak"))
+        return _Answer(
+            response_for(msg, RC.SYSTEM_MALFUNCTION, self.clock.now(), self.config.zone), verified.get("mak")
+        )
 
     def _fault(self, point: str, msg: Message) -> None:
         if self.fault_hook is not None:
@@ -235,16 +238,16 @@ class HostPipeline:
         kind = msg.kind
         tid, mid = msg.get("41"), msg.get("42")
         if not tid:
-            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), None)
         row = conn.execute(_TERMINAL, {"b_tid": tid}).mappings().first()
         if row is None or row["status"] != "active":
-            return _Answer(response_for(msg, RC.TERMINAL_NOT_REGISTERED, now), None)
+            return _Answer(response_for(msg, RC.TERMINAL_NOT_REGISTERED, now, self.config.zone), None)
         if mid != row["mid"]:
-            return _Answer(response_for(msg, RC.INVALID_MERCHANT, now), None)
+            return _Answer(response_for(msg, RC.INVALID_MERCHANT, now, self.config.zone), None)
         try:
             f60 = msg.field60
         except DecodeError:
-            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), None)
 
         if kind is Kind.SIGN_IN:
             return self._sign_in(conn, msg, row, f60)
@@ -257,17 +260,19 @@ class HostPipeline:
             or now >= session["expires_at"]
             or session["state"] not in (SessionState.ACTIVE, SessionState.SETTLED)
         ):
-            return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
+            return _Answer(
+                response_for(msg, RC.SIGN_IN_AGAIN, now, self.config.zone), None, must_sign_in=True
+            )
         mak = self.keystore.open(session["mak_enc"], label=key_label(tid, "mak"))
         if not mac_matches(raw, mak):
-            return _Answer(response_for(msg, RC.MAC_FAILED, now), None, must_sign_in=True)
+            return _Answer(response_for(msg, RC.MAC_FAILED, now, self.config.zone), None, must_sign_in=True)
         verified["mak"] = mak
         handler = HANDLERS.get(kind)
         if handler is None:
-            return _Answer(response_for(msg, RC.NOT_SUPPORTED, now), mak)
+            return _Answer(response_for(msg, RC.NOT_SUPPORTED, now, self.config.zone), mak)
         stan = msg.get("11")
         if not stan or not stan.isdigit():
-            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), mak)
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), mak)
 
         content_hash = hashlib.sha256(json.dumps(msg.content_key()).encode()).hexdigest()
         key = {"b_tid": tid, "b_batch": f60.batch, "b_stan": stan, "b_mti": msg.mti}
@@ -276,10 +281,12 @@ class HostPipeline:
             # Reversals are exempt from 94: every repeat answers as the first did (PROFILE §6).
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
                 raise _Replay(_Answer(_load(stored["response"]), mak))
-            raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now), mak))
+            raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now, self.config.zone), mak))
         # Replays above may answer in a closed (settled) session: a lost 0510 can be asked again.
         if not self._session_admits(session, kind, f60):
-            return _Answer(response_for(msg, RC.SIGN_IN_AGAIN, now), None, must_sign_in=True)
+            return _Answer(
+                response_for(msg, RC.SIGN_IN_AGAIN, now, self.config.zone), None, must_sign_in=True
+            )
         request_id = inserted_id(
             conn.execute(
                 _INSERT_REQUEST,
@@ -326,7 +333,7 @@ class HostPipeline:
     def _sign_in(self, conn: Connection, msg: Message, term: Any, f60: Field60) -> _Answer:
         now = self.clock.now()
         if f60.network_code not in ("003", "004") or "11" not in msg:
-            return _Answer(response_for(msg, RC.FORMAT_ERROR, now), None)
+            return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), None)
         tid = str(term["tid"])
         tmk = self.keystore.open(term["tmk_enc"], label=key_label(tid, "tmk"))
         keys = WorkingKeys.generate(with_tdk=f60.network_code == "004")
@@ -347,12 +354,13 @@ class HostPipeline:
         request_id = inserted_id(
             conn.execute(insert(requests).values(content_hash="sign-in", created_at=now))
         )
+        local = to_merchant_local(now, self.config.zone)
         resp = Message(
             Mti.SIGN_IN_RESPONSE.value,
             {
                 "11": msg["11"],
-                "12": now.strftime("%H%M%S"),
-                "13": now.strftime("%m%d"),
+                "12": local.strftime("%H%M%S"),
+                "13": local.strftime("%m%d"),
                 "32": self.config.acquirer_id,
                 "37": f"{request_id:012d}",
                 "39": RC.APPROVED.value,
@@ -371,7 +379,7 @@ class HostPipeline:
                 .where(sessions.c.tid == tid, sessions.c.state == SessionState.ACTIVE)
                 .values(state=SessionState.SIGNED_OUT)
             )
-        return _Answer(response_for(msg, RC.APPROVED, self.clock.now()), None)
+        return _Answer(response_for(msg, RC.APPROVED, self.clock.now(), self.config.zone), None)
 
 
 def _dump(msg: Message) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 from dataclasses import asdict, dataclass, fields
-from datetime import date, datetime, timedelta
+from datetime import date, tzinfo
 from pathlib import Path
 
 from rich.table import Table
 from sqlalchemy import Connection, func, select
 
 from tillroll import ledger
+from tillroll.clock import DEFAULT_MERCHANT_TZ, local_day_bounds, merchant_zone
 from tillroll.host.card import TxnKind, TxnStatus
 from tillroll.money import format_yuan
 from tillroll.store.tables import issuer_cards, merchants, settlements, transactions
@@ -32,11 +33,11 @@ class ReportRow:
     net_minor: int  # what the acquirer pays the merchant for the day
 
 
-def settlement_report(conn: Connection, day: date) -> list[ReportRow]:
+def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> list[ReportRow]:
     """Per merchant and terminal: the batches settled on `day`, and the automatic refunds
-    booked that day (they belong to no terminal's totals, but reduce what the merchant is paid)."""
-    start = datetime(day.year, day.month, day.day)
-    end = start + timedelta(days=1)
+    booked that day (they belong to no terminal's totals, but reduce what the merchant is paid).
+    `day` is a calendar day of the merchant's zone `tz` (default Asia/Shanghai)."""
+    start, end = local_day_bounds(day, tz or merchant_zone(DEFAULT_MERCHANT_TZ))
     names = {str(mid): str(name) for mid, name in conn.execute(select(merchants.c.mid, merchants.c.name))}
     acc: dict[tuple[str, str], dict[str, int]] = {}
 

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from tillroll.clock import SystemClock
+from tillroll.clock import DEFAULT_MERCHANT_TZ, SystemClock, merchant_now, merchant_zone
 from tillroll.host import HostServer, InjectedStoreFailure
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
 from tillroll.host.report import ledger_problems, report_table, settlement_report
@@ -364,8 +364,9 @@ class Demo:
             self.console.print(f"[bold]{c.tid}[/] 结算 settlement: {res.text}")
         assert self.store is not None
         with self.store.engine.connect() as conn:
-            rows = settlement_report(conn, self.host_clock.now().date())
-        self.console.print(report_table(rows, self.host_clock.now().date()))
+            day = merchant_now(self.host_clock, merchant_zone(DEFAULT_MERCHANT_TZ)).date()
+            rows = settlement_report(conn, day)
+        self.console.print(report_table(rows, day))
 
     def run_day(self) -> None:
         faults = self.fault_steps()
