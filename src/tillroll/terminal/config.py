@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +134,6 @@ class TerminalConfig:
         return f"TerminalConfig(tid={self.tid!r}, mid={self.mid!r}, host={self.host}, tmk=<hidden>)"
 
 
-def data_dir_default() -> Path:
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-
-
 def device_keystore(data_dir: Path) -> KeyStore:
     """The device's local master key (generated on first use, mode 0600)."""
     path = data_dir / DEVICE_KEY_FILE
@@ -191,7 +187,3 @@ def load_config(data_dir: Path) -> TerminalConfig:
     doc["backup_host"] = HostAddress.parse(doc["backup_host"]) if doc.get("backup_host") else None
     known = set(TerminalConfig.__dataclass_fields__)
     return TerminalConfig(tmk=tmk, **{k: v for k, v in doc.items() if k in known})
-
-
-def with_changes(config: TerminalConfig, **changes: Any) -> TerminalConfig:
-    return replace(config, **changes)

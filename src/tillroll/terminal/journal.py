@@ -373,10 +373,6 @@ class Journal:
         self._set_counter(conn, "stan", stan)
         return f"{stan:06d}"
 
-    def last_stan(self) -> str:
-        with self.begin() as conn:
-            return f"{self._counter(conn, 'stan', 0):06d}"
-
     def batch(self) -> str:
         with self.begin() as conn:
             return f"{self._counter(conn, 'batch', 1):06d}"
@@ -633,14 +629,6 @@ class Journal:
             raise RuntimeError(f"reversal of entry {txn_id} is not pending")
         conn.execute(
             update(reversals).where(reversals.c.txn_id == txn_id).values(reason=reason.value, updated_at=now)
-        )
-
-    def reopen_reversal(self, conn: Connection, txn_id: int, reason: ReversalReason, now: datetime) -> None:
-        """An approval that could not be completed (96): its cancelled reversal is due again."""
-        conn.execute(
-            update(reversals)
-            .where(reversals.c.txn_id == txn_id)
-            .values(state=ReversalState.PENDING.value, reason=reason.value, updated_at=now)
         )
 
     def end_reversal(self, conn: Connection, txn_id: int, new: ReversalState, now: datetime) -> None:

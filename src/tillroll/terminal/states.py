@@ -152,7 +152,6 @@ RECEIPT_TRANSITIONS: Mapping[ReceiptState, frozenset[ReceiptState]] = {
 
 # States in which a sale/void may still have moved money the terminal does not know about.
 IN_FLIGHT = frozenset({TxnState.PENDING, TxnState.SENT})
-FINAL = frozenset(s for s, nxt in TXN_TRANSITIONS.items() if not nxt)
 
 
 S = TypeVar("S", bound=enum.Enum)
