@@ -270,7 +270,7 @@ def test_refund_interrupted_after_the_host_answered_is_finished_by_recover(
     def journal_fails(*args: object, **kwargs: object) -> Result:
         raise OperationalError("UPDATE txns", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(term, "_approve_refund", journal_fails)
+    monkeypatch.setattr(term.refunds, "_approve", journal_fails)
     with pytest.raises(TerminalError, match="journal"):
         term.refund(1_000, s.rrn, date)
     assert refund_entries(term) == [RefundState.SUBMITTED]

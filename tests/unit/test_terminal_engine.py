@@ -17,6 +17,7 @@ from tillroll.terminal import (
     HostAddress,
     IllegalTransition,
     InputError,
+    LinkResult,
     Outcome,
     ReceiptState,
     ReversalReason,
@@ -303,17 +304,22 @@ def test_interrupted_sale_is_reversed_06_on_recover(
         pass
 
     class CrashingLink:
-        def exchange(self, message: bytes) -> object:
-            host.exchange(message)  # the host processes it; the device dies before the answer
-            raise Crash
+        crash = False
+
+        def exchange(self, message: bytes) -> LinkResult:
+            answer = host.exchange(message)
+            if self.crash:  # the host processes it; the device dies before the answer
+                raise Crash
+            return answer
 
         def close(self) -> None:
             pass
 
     data = tmp_path / "pos"
-    t1 = Terminal(config(), data, clock=clock, printer=printer, link=host, e_receipt_writer=ereceipts)
+    link = CrashingLink()
+    t1 = Terminal(config(), data, clock=clock, printer=printer, link=link, e_receipt_writer=ereceipts)
     t1.sign_in()
-    t1.link = CrashingLink()  # type: ignore[assignment]
+    link.crash = True
     with pytest.raises(Crash):
         t1.sale(1250, PAN, EXPIRY, PIN)
     t1.close()
@@ -499,7 +505,7 @@ def test_one_terminal_per_data_dir_at_a_time(
     term: Terminal, host: FakeHost, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tillroll.terminal import TerminalError
-    from tillroll.terminal import engine as engine_module
+    from tillroll.terminal import device as engine_module
 
     monkeypatch.setattr(engine_module, "LOCK_WAIT_S", 0.1)
     with pytest.raises(TerminalError, match="another `tillroll pos` command"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tillroll.crypto.keystore import KeyStore, KeyStoreError
+from tillroll.terminal.retry import Backoff
 
 CONFIG_FILE = "terminal.json"
 DEVICE_KEY_FILE = "device.key"
@@ -83,7 +84,9 @@ class TerminalConfig:
     resend_max: int = 1  # sends of a new STAN after 77
     retry_96_max: int = 2  # identical repeats after a verified 96
     refund_retries_max: int = 3  # repeats of the same refund/settlement while its outcome is unknown
-    retry_backoff_s: float = 0.5  # wait before repeat n: n * retry_backoff_s
+    retry_backoff_s: float = 0.5  # ceiling of the first wait; doubles per failure (retry.py)
+    retry_backoff_cap_s: float = 8.0  # no single wait between repeats is longer
+    retry_wait_total_s: float = 20.0  # a cashier's command waits at most this in all between repeats
     key_lifetime_s: int = 86_400  # the host's session lifetime
     sign_in_margin_s: int = 600  # sign in again this long before the lifetime runs out
     printer_timeout_s: float = 3.0
@@ -113,6 +116,10 @@ class TerminalConfig:
             raise ConfigError("refund_retries_max must be within 0..10")
         if not 0 <= self.retry_backoff_s <= 10:
             raise ConfigError("retry_backoff_s must be within 0..10 seconds")
+        if not self.retry_backoff_s <= self.retry_backoff_cap_s <= 600:
+            raise ConfigError("retry_backoff_cap_s must be within retry_backoff_s..600 seconds")
+        if not 0 <= self.retry_wait_total_s <= 600:
+            raise ConfigError("retry_wait_total_s must be within 0..600 seconds")
         if self.key_lifetime_s <= 0 or not 0 <= self.sign_in_margin_s < self.key_lifetime_s:
             raise ConfigError("key_lifetime_s must be positive and sign_in_margin_s below it")
         if self.sign_in_mode not in ("003", "004"):
@@ -129,6 +136,11 @@ class TerminalConfig:
     def refresh_after_s(self) -> int:
         """Seconds after a sign-in at which the terminal signs in again by itself."""
         return self.key_lifetime_s - self.sign_in_margin_s
+
+    @property
+    def backoff(self) -> Backoff:
+        """The waits between repeats of one request (refund, settlement, upload, reversal)."""
+        return Backoff(self.retry_backoff_s, self.retry_backoff_cap_s, self.retry_wait_total_s)
 
     def __repr__(self) -> str:
         return f"TerminalConfig(tid={self.tid!r}, mid={self.mid!r}, host={self.host}, tmk=<hidden>)"
