@@ -93,6 +93,7 @@ def add_card(
                 balance_minor=balance_minor,
                 limit_minor=limit_minor,
                 now=(clock or SystemClock()).now(),
+                keystore=store.keystore,
             )
     except bank.CardError as exc:
         raise AdminError(str(exc)) from None

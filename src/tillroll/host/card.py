@@ -181,6 +181,7 @@ def sale(ctx: RequestContext) -> Message:
         reference=ctx.rrn,
         merchant_name=ctx.merchant_name,
         now=ctx.now,
+        keystore=ctx.keystore,
     )
     auth = auth_code(outcome.authorization_id) if outcome.approved else None
     if outcome.approved and outcome.card_id is not None:
@@ -214,7 +215,7 @@ def balance(ctx: RequestContext) -> Message:
         pin = _pin(ctx, pan)
     except PinBlockError:
         return ctx.respond(RC.INCORRECT_PIN)
-    outcome = bank.balance(ctx.conn, pan=pan, expiry_yymm=expiry, pin=pin, now=ctx.now)
+    outcome = bank.balance(ctx.conn, pan=pan, expiry_yymm=expiry, pin=pin, now=ctx.now, keystore=ctx.keystore)
     extra: dict[str, str] = {}
     if outcome.approved and outcome.balance_minor is not None:
         sign_char = "C" if outcome.balance_minor >= 0 else "D"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +35,16 @@ DbOption = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: $TILLROLL_DB, else ./tillroll-data/host.db)"),
 ]
+
+
+def read_secret(value: str, what: str) -> str:
+    """`-` means: read it from a hidden prompt (a terminal) or one line of standard input, so
+    that it need not sit in the shell history."""
+    if value != "-":
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass(f"{what}: ").strip()
+    return sys.stdin.readline().strip()
 
 
 def _fail(message: str) -> typer.Exit:
@@ -65,12 +77,16 @@ def add_merchant_cmd(
 def add_terminal_cmd(
     tid: Annotated[str, typer.Argument(help="Terminal id, 8 characters")],
     merchant: Annotated[str, typer.Option("--merchant", help="Merchant id the terminal belongs to")],
-    tmk: Annotated[str | None, typer.Option("--tmk", help="Terminal master key, 32 hex digits")] = None,
+    tmk: Annotated[
+        str | None,
+        typer.Option("--tmk", help="Terminal master key, 32 hex digits; - to read it from a prompt/stdin"),
+    ] = None,
     db: DbOption = None,
 ) -> None:
     """Register a terminal; prints JSON {"tid","mid","tmk"} (TMK random when not given)."""
     key: bytes | None = None
     if tmk is not None:
+        tmk = read_secret(tmk, "TMK (32 hex digits)")
         try:
             key = bytes.fromhex(tmk)
         except ValueError:
@@ -88,7 +104,12 @@ def add_terminal_cmd(
 def add_card_cmd(
     pan: Annotated[str, typer.Argument(help="Card number")],
     expiry: Annotated[str, typer.Option("--expiry", help="YYMM")],
-    pin: Annotated[str, typer.Option("--pin", help="4-12 digits; stored only as a salted hash")],
+    pin: Annotated[
+        str,
+        typer.Option(
+            "--pin", help="4-12 digits, stored only as an IBM 3624 offset; - to read it from a prompt/stdin"
+        ),
+    ],
     balance: Annotated[str, typer.Option("--balance", help="Opening balance in yuan, e.g. 1000.00")],
     limit: Annotated[str | None, typer.Option("--limit", help="Per-transaction limit in yuan")] = None,
     db: DbOption = None,
@@ -97,7 +118,7 @@ def add_card_cmd(
     try:
         balance_minor = parse_yuan(balance)
         limit_minor = parse_yuan(limit) if limit is not None else None
-        add_card(db, pan, expiry, pin, balance_minor, limit_minor=limit_minor)
+        add_card(db, pan, expiry, read_secret(pin, "PIN"), balance_minor, limit_minor=limit_minor)
     except (AdminError, AmountError, DatabaseUrlError) as exc:
         raise _fail(str(exc)) from None
     typer.echo(json.dumps({"card": mask_pan(pan), "balance": format_yuan(balance_minor)}))

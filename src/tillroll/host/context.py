@@ -8,6 +8,7 @@ from datetime import datetime, tzinfo
 from sqlalchemy import Connection
 
 from tillroll.clock import to_merchant_local
+from tillroll.crypto.keystore import KeyStore
 from tillroll.host.config import HostConfig
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import Field60, Message, Mti
@@ -41,6 +42,7 @@ class RequestContext:
     fee_rate_ppm: int
     now: datetime  # the request's instant, naive UTC (what is stored)
     config: HostConfig
+    keystore: KeyStore  # the issuer's PIN verification key is sealed under it
 
     @property
     def local_now(self) -> datetime:

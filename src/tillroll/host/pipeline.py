@@ -311,6 +311,7 @@ class HostPipeline:
             fee_rate_ppm=int(row["fee_rate_ppm"]),
             now=now,
             config=self.config,
+            keystore=self.keystore,
         )
         response = handler(ctx)
         conn.execute(_STORE_RESPONSE, {"b_id": request_id, "b_response": _dump(response)})

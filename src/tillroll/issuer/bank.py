@@ -1,5 +1,5 @@
-"""The simulated issuing bank: cards, PINs (salted hashes), balances, limits, statuses,
-and the cardholder's own message stream.
+"""The simulated issuing bank: cards, PINs (IBM 3624 offsets under a PIN verification key),
+balances, limits, statuses, and the cardholder's own message stream.
 
 Every function works inside the caller's database transaction (the host's one transaction per
 request), so a debit, its message and the host's booking commit or roll back together.
@@ -8,23 +8,27 @@ request), so a debit, its message and the host's booking commit or roll back tog
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import os
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from tillroll import ledger
+from tillroll.clock import merchant_zone, to_merchant_local
+from tillroll.crypto.keystore import KeyStore
+from tillroll.crypto.pin_offset import pin_matches, pin_offset, validation_data
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.money import format_yuan
 from tillroll.store import inserted_id
-from tillroll.store.tables import issuer_authorizations, issuer_cards, issuer_messages
+from tillroll.store.tables import issuer_authorizations, issuer_cards, issuer_keys, issuer_messages
 
-PIN_HASH_ITERATIONS = 2_000
 PIN_TRIES_MAX = 3
 BANK_NAME = "模拟银行"
+BANK_TIME_ZONE = "Asia/Shanghai"  # the cardholder's messages and card expiry: the bank's day
+PVK_NAME = "pvk"
+_PVK_LABEL = b"issuer:pvk"
 
 
 class CardStatus(enum.StrEnum):
@@ -80,8 +84,28 @@ _INSERT_AUTHORIZATION = insert(issuer_authorizations)
 _INSERT_MESSAGE = insert(issuer_messages)
 
 
-def _hash_pin(pin: str, salt: bytes) -> bytes:
-    return hashlib.pbkdf2_hmac("sha256", pin.encode(), salt, PIN_HASH_ITERATIONS)
+def _bank_time(now: datetime) -> datetime:
+    return to_merchant_local(now, merchant_zone(BANK_TIME_ZONE))
+
+
+def pin_verification_key(
+    conn: Connection, keystore: KeyStore, *, now: datetime | None = None
+) -> bytes | None:
+    """The bank's PVK, sealed under the master key in `issuer_keys`; made on first use when
+    `now` is given (a concurrent first use keeps the key that won the insert)."""
+    sealed = conn.execute(select(issuer_keys.c.key_enc).where(issuer_keys.c.name == PVK_NAME)).scalar()
+    if sealed is None and now is not None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    insert(issuer_keys).values(
+                        name=PVK_NAME, key_enc=keystore.seal(os.urandom(16), label=_PVK_LABEL), created_at=now
+                    )
+                )
+        except IntegrityError:
+            pass
+        sealed = conn.execute(select(issuer_keys.c.key_enc).where(issuer_keys.c.name == PVK_NAME)).scalar()
+    return keystore.open(sealed, label=_PVK_LABEL) if sealed is not None else None
 
 
 def add_card(
@@ -92,6 +116,7 @@ def add_card(
     pin: str,
     balance_minor: int,
     now: datetime,
+    keystore: KeyStore,
     limit_minor: int | None = None,
 ) -> int:
     # No Luhn check: test cards of the profile's examples (e.g. 6222021234567890123) fail it.
@@ -103,14 +128,14 @@ def add_card(
         raise CardError("PIN must be 4 to 12 digits")
     if balance_minor < 0:
         raise CardError("opening balance cannot be negative")
-    salt = os.urandom(16)
+    pvk = pin_verification_key(conn, keystore, now=now)
+    assert pvk is not None  # made above when missing
     card_id = inserted_id(
         conn.execute(
             insert(issuer_cards).values(
                 pan=pan,
                 expiry=expiry_yymm,
-                pin_salt=salt,
-                pin_hash=_hash_pin(pin, salt),
+                pin_offset=pin_offset(pvk, validation_data(pan), pin),
                 balance_minor=balance_minor,
                 limit_minor=limit_minor,
                 status=CardStatus.ACTIVE,
@@ -137,8 +162,21 @@ def _card(conn: Connection, pan: str, *, for_update: bool = True) -> dict[str, o
     return dict(row) if row else None
 
 
+def _pin_ok(conn: Connection, card: dict[str, object], pin: str, keystore: KeyStore) -> bool:
+    offset = card["pin_offset"]
+    pvk = pin_verification_key(conn, keystore)
+    if offset is None or pvk is None:  # a card issued before PIN offsets: re-issue it
+        return False
+    return pin_matches(pvk, validation_data(str(card["pan"])), str(offset), pin)
+
+
 def _check_card(
-    conn: Connection, card: dict[str, object] | None, expiry_yymm: str | None, pin: str | None, now: datetime
+    conn: Connection,
+    card: dict[str, object] | None,
+    expiry_yymm: str | None,
+    pin: str | None,
+    now: datetime,
+    keystore: KeyStore,
 ) -> ResponseCode | None:
     """Card-level checks a bank makes before looking at money; None when they pass."""
     if card is None:
@@ -148,12 +186,12 @@ def _check_card(
     if card["status"] != CardStatus.ACTIVE:
         return ResponseCode.DO_NOT_HONOUR
     card_expiry = str(card["expiry"])
-    if card_expiry < now.strftime("%y%m") or (expiry_yymm is not None and expiry_yymm != card_expiry):
+    if card_expiry < _bank_time(now).strftime("%y%m") or (
+        expiry_yymm is not None and expiry_yymm != card_expiry
+    ):
         return ResponseCode.EXPIRED_CARD
     if pin is not None:
-        salt, stored = card["pin_salt"], card["pin_hash"]
-        assert isinstance(salt, bytes) and isinstance(stored, bytes)
-        if not hmac.compare_digest(_hash_pin(pin, salt), stored):
+        if not _pin_ok(conn, card, pin, keystore):
             tries = int(str(card["pin_tries"])) + 1
             locked = tries >= PIN_TRIES_MAX
             conn.execute(
@@ -180,7 +218,7 @@ def _message(
 ) -> None:
     pan = str(card["pan"])
     text = (
-        f"您尾号{pan[-4:]}的卡于{now:%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
+        f"您尾号{pan[-4:]}的卡于{_bank_time(now):%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
         f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
     )
     conn.execute(
@@ -240,10 +278,11 @@ def debit(
     reference: str,
     merchant_name: str,
     now: datetime,
+    keystore: KeyStore,
 ) -> Outcome:
     """Authorise and book a purchase, as a bank would."""
     card = _card(conn, pan)
-    refusal = _check_card(conn, card, expiry_yymm, pin, now)
+    refusal = _check_card(conn, card, expiry_yymm, pin, now, keystore)
     if refusal is not None or card is None:
         return Outcome(refusal or ResponseCode.INVALID_CARD)
     if amount_minor <= 0:
@@ -309,10 +348,16 @@ def post_against(
 
 
 def balance(
-    conn: Connection, *, pan: str, expiry_yymm: str | None, pin: str | None, now: datetime
+    conn: Connection,
+    *,
+    pan: str,
+    expiry_yymm: str | None,
+    pin: str | None,
+    now: datetime,
+    keystore: KeyStore,
 ) -> Outcome:
     card = _card(conn, pan)
-    refusal = _check_card(conn, card, expiry_yymm, pin, now)
+    refusal = _check_card(conn, card, expiry_yymm, pin, now, keystore)
     if refusal is not None or card is None:
         return Outcome(refusal or ResponseCode.INVALID_CARD)
     return Outcome(ResponseCode.APPROVED, None, int(str(card["balance_minor"])), int(str(card["id"])))

@@ -118,13 +118,22 @@ issuer_cards = Table(
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("pan", String(19), nullable=False, unique=True),
     Column("expiry", String(4), nullable=False),  # YYMM
-    Column("pin_salt", LargeBinary, nullable=False),
-    Column("pin_hash", LargeBinary, nullable=False),
+    # IBM 3624 offset under the PVK (issuer_keys); NULL for a card issued before offsets.
+    Column("pin_offset", String(12), nullable=True),
     Column("pin_tries", Integer, nullable=False, server_default="0"),
     Column("status", String(12), nullable=False, server_default="active"),
     Column("balance_minor", BigInteger, nullable=False),
     Column("limit_minor", BigInteger, nullable=True),  # per-transaction limit
     Column("currency", String(3), nullable=False, server_default="156"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# The bank's own keys (the PIN verification key), sealed under the host's master key.
+issuer_keys = Table(
+    "issuer_keys",
+    metadata,
+    Column("name", String(16), primary_key=True),
+    Column("key_enc", LargeBinary, nullable=False),
     Column("created_at", DateTime, nullable=False),
 )
 
