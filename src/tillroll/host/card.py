@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from tillroll import ledger
 from tillroll.crypto.pin import PinBlockError, decrypt_pin
@@ -40,6 +40,12 @@ class TxnKind(enum.StrEnum):
     VOID = "void"
     REFUND = "refund"
     AUTO_REFUND = "auto_refund"
+    REVERSAL = "reversal"  # what a reversal in the open batch gave back against its sale
+
+
+# Every kind of row that gives money back against a sale (its original_id). Together they never
+# exceed the sale's amount (PROFILE §6); `still_charged_minor` is the one place that adds them up.
+GIVING_BACK = (TxnKind.REFUND, TxnKind.AUTO_REFUND, TxnKind.VOID, TxnKind.REVERSAL)
 
 
 def auth_code(authorization_id: int | None) -> str | None:
@@ -143,20 +149,57 @@ def _move(
     return outcome
 
 
-def _credit_original(
-    ctx: RequestContext, orig: Any, amount_minor: int, kind: TxnKind, reason: Reason, source: str
+def returned_minor(conn: Connection, sale_id: int) -> int:
+    """Everything given back against a sale, by every path: refunds, automatic refunds, a void
+    that stands (a reversed void is no longer approved), a reversal in the open batch."""
+    total = conn.execute(
+        select(func.coalesce(func.sum(transactions.c.amount_minor), 0)).where(
+            transactions.c.original_id == sale_id,
+            transactions.c.kind.in_(GIVING_BACK),
+            transactions.c.status == TxnStatus.APPROVED,
+        )
+    ).scalar_one()
+    return int(total)
+
+
+def still_charged_minor(conn: Connection, sale: Any) -> int:
+    """What the cardholder still pays for a sale: nothing for a declined one, else its amount
+    less everything given back against it."""
+    if sale["kind"] != TxnKind.SALE or sale["status"] == TxnStatus.DECLINED:
+        return 0
+    return int(sale["amount_minor"]) - returned_minor(conn, int(sale["id"]))
+
+
+def give_back(
+    ctx: RequestContext,
+    sale: Any,
+    kind: TxnKind,
+    reason: Reason,
+    source: str,
+    amount_minor: int | None = None,
 ) -> bank.Outcome:
-    """Give money back against an original sale and record it as a new host transaction."""
-    outcome = _move(ctx, orig, amount_minor, reason, to_cardholder_from=source)
+    """The only way money goes back to a cardholder against a sale: `amount_minor`, or (None)
+    whatever is still charged. Refused (61) beyond what is still charged, so that all paths
+    together never return more than the sale's amount. Records the giving back as a host
+    transaction linked to the sale; the sale's row must be locked by the caller (FOR UPDATE),
+    so that two concurrent undos of one sale see each other."""
+    still = still_charged_minor(ctx.conn, sale)
+    amount = still if amount_minor is None else amount_minor
+    if amount > still or amount < 0:
+        return bank.Outcome(RC.AMOUNT_LIMIT)
+    # Nothing left to return (a fully refunded sale, undone): approved, and no money moves.
+    outcome = bank.Outcome(RC.APPROVED)
+    if amount:
+        outcome = _move(ctx, sale, amount, reason, to_cardholder_from=source)
     _record(
         ctx,
         kind=kind,
         code=outcome.code,
-        amount_minor=amount_minor,
-        pan_masked=orig["pan_masked"],
+        amount_minor=amount,
+        pan_masked=sale["pan_masked"],
         auth=auth_code(outcome.authorization_id) if outcome.approved else None,
         issuer_ref=outcome.authorization_id,
-        original_id=int(orig["id"]),
+        original_id=int(sale["id"]),
     )
     return outcome
 
@@ -254,32 +297,23 @@ def _field61(ctx: RequestContext) -> Field61 | None:
 
 
 def void(ctx: RequestContext) -> Message:
+    """Cancels a sale of the open batch; gives back what is still charged (a partly refunded
+    sale gives back the remainder, PROFILE §6)."""
     f61 = _field61(ctx)
     if f61 is None:
         return ctx.respond(RC.FORMAT_ERROR)
     orig = _original_by_rrn(ctx, f61)
     if orig is None or orig["tid"] != ctx.tid or orig["batch"] != ctx.f60.batch:
         return ctx.respond(RC.ORIGINAL_NOT_FOUND)
-    if orig["status"] != TxnStatus.APPROVED or _refunded_minor(ctx, int(orig["id"])):
+    # A fully refunded sale has nothing left to void (and no authorization to answer with).
+    if orig["status"] != TxnStatus.APPROVED or still_charged_minor(ctx.conn, orig) == 0:
         return ctx.respond(RC.INVALID_TRANSACTION)
     if int(ctx.msg.get("4") or -1) != orig["amount_minor"]:
         return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
-    amount = int(orig["amount_minor"])
-    outcome = _credit_original(ctx, orig, amount, TxnKind.VOID, Reason.VOID, ledger.CLEARING)
+    outcome = give_back(ctx, orig, TxnKind.VOID, Reason.VOID, ledger.CLEARING)
     if outcome.approved:
         _set_status(ctx, int(orig["id"]), TxnStatus.VOIDED)
     return ctx.respond(outcome.code, auth_code(outcome.authorization_id) if outcome.approved else None)
-
-
-def _refunded_minor(ctx: RequestContext, original_id: int) -> int:
-    total = ctx.conn.execute(
-        select(func.coalesce(func.sum(transactions.c.amount_minor), 0)).where(
-            transactions.c.original_id == original_id,
-            transactions.c.kind.in_((TxnKind.REFUND, TxnKind.AUTO_REFUND)),
-            transactions.c.status == TxnStatus.APPROVED,
-        )
-    ).scalar_one()
-    return int(total)
 
 
 def refund(ctx: RequestContext) -> Message:
@@ -299,9 +333,7 @@ def refund(ctx: RequestContext) -> Message:
     original_amount = int(orig["amount_minor"])
     if amount > original_amount:
         return ctx.respond(RC.ORIGINAL_AMOUNT_INCORRECT)
-    if amount > original_amount - _refunded_minor(ctx, int(orig["id"])):
-        return ctx.respond(RC.AMOUNT_LIMIT)
-    outcome = _credit_original(ctx, orig, amount, TxnKind.REFUND, Reason.REFUND, ledger.CLEARING)
+    outcome = give_back(ctx, orig, TxnKind.REFUND, Reason.REFUND, ledger.CLEARING, amount)
     return ctx.respond(outcome.code, auth_code(outcome.authorization_id) if outcome.approved else None)
 
 
@@ -354,19 +386,18 @@ def reversal(ctx: RequestContext) -> Message:
         return ctx.respond(RC.APPROVED)
     if orig["status"] != TxnStatus.APPROVED:
         return ctx.respond(RC.APPROVED)
-    amount = int(orig["amount_minor"])
     if batch_settled(ctx, ctx.f60.batch):
-        if orig["kind"] == TxnKind.SALE:
-            left = amount - _refunded_minor(ctx, int(orig["id"]))
-            if left > 0:
-                _credit_original(
-                    ctx, orig, left, TxnKind.AUTO_REFUND, Reason.AUTO_REFUND, ledger.merchant(ctx.mid)
-                )
+        # The batch reached the merchant: what is still charged comes back from the merchant.
+        if orig["kind"] == TxnKind.SALE and still_charged_minor(ctx.conn, orig) > 0:
+            give_back(ctx, orig, TxnKind.AUTO_REFUND, Reason.AUTO_REFUND, ledger.merchant(ctx.mid))
         return ctx.respond(RC.APPROVED)
     if orig["kind"] == TxnKind.SALE:
-        _move(ctx, orig, amount, Reason.REVERSAL, to_cardholder_from=ledger.CLEARING)
-    else:  # a reversed void puts the sale back on the card
-        _move(ctx, orig, amount, Reason.VOID_REVERSAL, from_cardholder_to=ledger.CLEARING)
+        give_back(ctx, orig, TxnKind.REVERSAL, Reason.REVERSAL, ledger.CLEARING)
+    else:  # a reversed void charges again what the void gave back: the sale stands again
+        if int(orig["amount_minor"]):
+            _move(
+                ctx, orig, int(orig["amount_minor"]), Reason.VOID_REVERSAL, from_cardholder_to=ledger.CLEARING
+            )
         _set_status(ctx, int(orig["original_id"]), TxnStatus.APPROVED)
     _set_status(ctx, int(orig["id"]), TxnStatus.REVERSED)
     return ctx.respond(RC.APPROVED)

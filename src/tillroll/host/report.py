@@ -8,11 +8,12 @@ from datetime import date, tzinfo
 from pathlib import Path
 
 from rich.table import Table
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, case, func, select
 
 from tillroll import ledger
 from tillroll.clock import DEFAULT_MERCHANT_TZ, local_day_bounds, merchant_zone
 from tillroll.host.card import TxnKind, TxnStatus
+from tillroll.host.settlement import ClosedBy
 from tillroll.money import format_yuan
 from tillroll.store.tables import issuer_cards, merchants, settlements, transactions
 
@@ -30,6 +31,8 @@ class ReportRow:
     auto_refund_count: int
     auto_refunds_minor: int
     fees_minor: int
+    retained_minor: int  # refunded part of undone sales, paid back to the merchant (PROFILE §6)
+    host_closed: int  # batches the host closed itself: lost journal or cut-over
     net_minor: int  # what the acquirer pays the merchant for the day
 
 
@@ -54,11 +57,13 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
             func.sum(settlements.c.host_credit_count),
             func.sum(settlements.c.host_credit_minor),
             func.sum(settlements.c.fee_minor),
+            func.sum(settlements.c.retained_minor),
+            func.sum(case((settlements.c.closed_by == ClosedBy.HOST, 1), else_=0)),
         )
         .where(settlements.c.settled_at >= start, settlements.c.settled_at < end)
         .group_by(settlements.c.mid, settlements.c.tid)
     )
-    for mid, tid, batches, sales, gross, refunds, refunded, fees in settled:
+    for mid, tid, batches, sales, gross, refunds, refunded, fees, kept, by_host in settled:
         s = slot(mid, tid)
         s.update(
             batches=int(batches),
@@ -67,6 +72,8 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
             refund_count=int(refunds),
             refunds_minor=int(refunded),
             fees_minor=int(fees),
+            retained_minor=int(kept),
+            host_closed=int(by_host),
         )
     autos = conn.execute(
         select(transactions.c.mid, transactions.c.tid, func.count(), func.sum(transactions.c.amount_minor))
@@ -83,7 +90,13 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
         s.update(auto_refund_count=int(count), auto_refunds_minor=int(total))
     rows = []
     for (mid, tid), s in sorted(acc.items()):
-        s["net_minor"] = s["gross_minor"] - s["refunds_minor"] - s["fees_minor"] - s["auto_refunds_minor"]
+        s["net_minor"] = (
+            s["gross_minor"]
+            + s["retained_minor"]
+            - s["refunds_minor"]
+            - s["fees_minor"]
+            - s["auto_refunds_minor"]
+        )
         rows.append(ReportRow(mid=mid, merchant_name=names.get(mid, ""), tid=tid, **s))
     return rows
 
@@ -92,14 +105,15 @@ def report_table(rows: list[ReportRow], day: date) -> Table:
     table = Table(title=f"结算报表 Settlement report {day}")
     for col in ("MID", "商户 Merchant", "TID"):
         table.add_column(col)
-    for col in ("批次 Batches", "消费 Sales", "金额 Gross", "退货 Refunds", "退款额 Refunded",
-                "自动退款 Auto", "手续费 Fees", "应付 Net"):  # fmt: skip
+    for col in ("批次 Batches", "主机关闭 Host-closed", "消费 Sales", "金额 Gross", "退货 Refunds",
+                "退款额 Refunded", "自动退款 Auto", "撤销留存 Kept", "手续费 Fees", "应付 Net"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(
-            r.mid, r.merchant_name, r.tid, str(r.batches), str(r.sale_count), format_yuan(r.gross_minor),
-            str(r.refund_count), format_yuan(r.refunds_minor), format_yuan(r.auto_refunds_minor),
-            format_yuan(r.fees_minor), format_yuan(r.net_minor),
+            r.mid, r.merchant_name, r.tid, str(r.batches), str(r.host_closed), str(r.sale_count),
+            format_yuan(r.gross_minor), str(r.refund_count), format_yuan(r.refunds_minor),
+            format_yuan(r.auto_refunds_minor), format_yuan(r.retained_minor), format_yuan(r.fees_minor),
+            format_yuan(r.net_minor),
         )  # fmt: skip
     return table
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, insert, select, update
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, func, insert, select, update
 
 from tillroll import ledger
 from tillroll.host.card import TxnKind, TxnStatus, batch_settled
@@ -35,12 +39,20 @@ class Difference:
     AMOUNT_DIFFERS = "amount_differs"
 
 
-def host_totals(ctx: RequestContext, batch: str) -> SettlementTotals:
+class ClosedBy(enum.StrEnum):
+    """Who closed a batch: the terminal's 0500, or the host itself (PROFILE §6: a sign-in after
+    a lost journal, or a cut-over)."""
+
+    TERMINAL = "terminal"
+    HOST = "host"
+
+
+def host_totals(conn: Connection, tid: str, batch: str) -> SettlementTotals:
     """Debits: approved sales neither voided nor reversed; credits: approved refunds."""
-    rows = ctx.conn.execute(
+    rows = conn.execute(
         select(transactions.c.kind, func.count(), func.coalesce(func.sum(transactions.c.amount_minor), 0))
         .where(
-            transactions.c.tid == ctx.tid,
+            transactions.c.tid == tid,
             transactions.c.batch == batch,
             transactions.c.status == TxnStatus.APPROVED,
             transactions.c.kind.in_((TxnKind.SALE, TxnKind.REFUND)),
@@ -53,9 +65,110 @@ def host_totals(ctx: RequestContext, batch: str) -> SettlementTotals:
     return SettlementTotals(debit, debit_count, credit, credit_count)
 
 
+def retained_minor(conn: Connection, tid: str, batch: str) -> int:
+    """The part of this batch's voided or reversed sales that was refunded before the undo.
+
+    The undo gave back only the remainder (PROFILE §6), and each refund is charged to the
+    merchant in its own batch's credits, so the merchant is paid that part here: a sale that
+    was undone nets to zero for the merchant, as it does for the cardholder."""
+    sale = transactions.alias("sale")
+    total = conn.execute(
+        select(func.coalesce(func.sum(transactions.c.amount_minor), 0))
+        .select_from(transactions.join(sale, sale.c.id == transactions.c.original_id))
+        .where(
+            sale.c.tid == tid,
+            sale.c.batch == batch,
+            sale.c.kind == TxnKind.SALE,
+            sale.c.status.in_((TxnStatus.VOIDED, TxnStatus.REVERSED)),
+            transactions.c.kind == TxnKind.REFUND,
+            transactions.c.status == TxnStatus.APPROVED,
+        )
+    ).scalar_one()
+    return int(total)
+
+
 def fee_minor(amount_minor: int, fee_rate_ppm: int) -> int:
     """Merchant fee on gross sales, rounded half up to the fen."""
     return (amount_minor * fee_rate_ppm + 500_000) // 1_000_000
+
+
+@dataclass(frozen=True)
+class ClosedBatch:
+    tid: str
+    mid: str
+    batch: str
+    totals: SettlementTotals
+    fee_minor: int
+    net_minor: int  # what the merchant is paid for the batch
+    balanced: bool | None  # None: closed by the host, no terminal figures to compare
+
+
+def close_batch(
+    conn: Connection,
+    *,
+    tid: str,
+    mid: str,
+    batch: str,
+    fee_rate_ppm: int,
+    now: datetime,
+    theirs: SettlementTotals | None,
+    closed_by: ClosedBy,
+) -> ClosedBatch:
+    """Settle one batch: record the figures, pay the merchant, open the terminal's next batch.
+
+    The same for a 0500 and for a batch the host closes itself (then `theirs` is None); the
+    terminal's session then serves only this batch's upload, and its next sign-in gets the
+    next batch (PROFILE §3, §6)."""
+    ours = host_totals(conn, tid, batch)
+    kept = retained_minor(conn, tid, batch)
+    balanced = None if theirs is None else ours == theirs
+    fee = fee_minor(ours.debit_minor, fee_rate_ppm)
+    conn.execute(
+        insert(settlements).values(
+            tid=tid,
+            mid=mid,
+            batch=batch,
+            terminal_debit_minor=None if theirs is None else theirs.debit_minor,
+            terminal_debit_count=None if theirs is None else theirs.debit_count,
+            terminal_credit_minor=None if theirs is None else theirs.credit_minor,
+            terminal_credit_count=None if theirs is None else theirs.credit_count,
+            host_debit_minor=ours.debit_minor,
+            host_debit_count=ours.debit_count,
+            host_credit_minor=ours.credit_minor,
+            host_credit_count=ours.credit_count,
+            retained_minor=kept,
+            fee_minor=fee,
+            balanced=None if balanced is None else int(balanced),
+            closed_by=closed_by,
+            settled_at=now,
+        )
+    )
+    gross = ours.debit_minor + kept - ours.credit_minor
+    if gross or fee:
+        ledger.post(
+            conn,
+            ledger.EntryKind.SETTLEMENT,
+            f"{tid}:{batch}",
+            [
+                ledger.Leg(ledger.CLEARING, -gross),
+                ledger.Leg(ledger.merchant(mid), gross - fee),
+                ledger.Leg(ledger.FEES, fee),
+            ],
+            now,
+        )
+    conn.execute(
+        update(sessions).where(sessions.c.tid == tid, sessions.c.state == "active").values(state="settled")
+    )
+    conn.execute(
+        update(terminals)
+        .where(terminals.c.tid == tid, terminals.c.batch == batch)
+        .values(batch=next_batch(batch))
+    )
+    return ClosedBatch(tid, mid, batch, ours, fee, gross - fee, balanced)
+
+
+def next_batch(batch: str) -> str:
+    return f"{int(batch) % 999_999 + 1:06d}"
 
 
 def settle(ctx: RequestContext) -> Message:
@@ -63,52 +176,18 @@ def settle(ctx: RequestContext) -> Message:
         theirs = SettlementTotals.parse(ctx.msg.get("48") or "")
     except DecodeError:
         return ctx.respond(RC.FORMAT_ERROR)
-    batch = ctx.f60.batch
-    ours = host_totals(ctx, batch)
-    balanced = ours == theirs
-    fee = fee_minor(ours.debit_minor, ctx.fee_rate_ppm)
-    ctx.conn.execute(
-        insert(settlements).values(
-            tid=ctx.tid,
-            mid=ctx.mid,
-            batch=batch,
-            terminal_debit_minor=theirs.debit_minor,
-            terminal_debit_count=theirs.debit_count,
-            terminal_credit_minor=theirs.credit_minor,
-            terminal_credit_count=theirs.credit_count,
-            host_debit_minor=ours.debit_minor,
-            host_debit_count=ours.debit_count,
-            host_credit_minor=ours.credit_minor,
-            host_credit_count=ours.credit_count,
-            fee_minor=fee,
-            balanced=1 if balanced else 0,
-            settled_at=ctx.now,
-        )
+    closed = close_batch(
+        ctx.conn,
+        tid=ctx.tid,
+        mid=ctx.mid,
+        batch=ctx.f60.batch,
+        fee_rate_ppm=ctx.fee_rate_ppm,
+        now=ctx.now,
+        theirs=theirs,
+        closed_by=ClosedBy.TERMINAL,
     )
-    gross = ours.debit_minor - ours.credit_minor
-    if gross or fee:
-        ledger.post(
-            ctx.conn,
-            ledger.EntryKind.SETTLEMENT,
-            f"{ctx.tid}:{batch}",
-            [
-                ledger.Leg(ledger.CLEARING, -gross),
-                ledger.Leg(ledger.merchant(ctx.mid), gross - fee),
-                ledger.Leg(ledger.FEES, fee),
-            ],
-            ctx.now,
-        )
-    # Close the batch: the session now serves only this batch's upload; the next batch follows.
-    ctx.conn.execute(
-        update(sessions)
-        .where(sessions.c.tid == ctx.tid, sessions.c.state == "active")
-        .values(state="settled")
-    )
-    ctx.conn.execute(
-        update(terminals).where(terminals.c.tid == ctx.tid).values(batch=f"{int(batch) % 999_999 + 1:06d}")
-    )
-    flag = SettlementFlag.BALANCED if balanced else SettlementFlag.NOT_BALANCED
-    return ctx.respond(RC.APPROVED, f48=ours.field48(flag))
+    flag = SettlementFlag.BALANCED if closed.balanced else SettlementFlag.NOT_BALANCED
+    return ctx.respond(RC.APPROVED, f48=closed.totals.field48(flag))
 
 
 def _record_difference(

@@ -172,16 +172,21 @@ settlements = Table(
     Column("tid", String(8), nullable=False),
     Column("mid", String(15), nullable=False),
     Column("batch", String(6), nullable=False),
-    Column("terminal_debit_minor", BigInteger, nullable=False),
-    Column("terminal_debit_count", Integer, nullable=False),
-    Column("terminal_credit_minor", BigInteger, nullable=False),
-    Column("terminal_credit_count", Integer, nullable=False),
+    # The terminal's figures; NULL when the host closed the batch itself (PROFILE §6).
+    Column("terminal_debit_minor", BigInteger, nullable=True),
+    Column("terminal_debit_count", Integer, nullable=True),
+    Column("terminal_credit_minor", BigInteger, nullable=True),
+    Column("terminal_credit_count", Integer, nullable=True),
     Column("host_debit_minor", BigInteger, nullable=False),
     Column("host_debit_count", Integer, nullable=False),
     Column("host_credit_minor", BigInteger, nullable=False),
     Column("host_credit_count", Integer, nullable=False),
+    # Refunded part of the batch's voided or reversed sales: paid to the merchant, who pays
+    # those refunds in their own batch's credits.
+    Column("retained_minor", BigInteger, nullable=False, server_default="0"),
     Column("fee_minor", BigInteger, nullable=False),
-    Column("balanced", Integer, nullable=False),  # 1 balanced, 0 not
+    Column("balanced", Integer, nullable=True),  # 1 balanced, 0 not, NULL: closed by the host
+    Column("closed_by", String(12), nullable=False, server_default="terminal"),  # terminal | host
     Column("upload_items", Integer, nullable=True),  # set when the batch upload ended
     Column("settled_at", DateTime, nullable=False),
     UniqueConstraint("tid", "batch", name="uq_settlements_tid_batch"),
