@@ -42,4 +42,10 @@ def version() -> None:
 
 
 def main() -> None:
-    app()
+    from tillroll.crypto.keystore import KeyStoreError
+
+    try:
+        app()
+    except KeyStoreError as exc:  # the master key is missing, refused or not the database's
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tillroll.owner_only import others_can_read, write_private
 
@@ -28,6 +30,9 @@ class KeyStore:
         if len(master_key) != 32:
             raise KeyStoreError("the master key must be 32 bytes (64 hex digits)")
         self._aead = AESGCM(master_key)
+        self._digest_key = HKDF(hashes.SHA256(), 32, salt=None, info=b"tillroll content digest").derive(
+            master_key
+        )
 
     def __repr__(self) -> str:
         return "KeyStore(<hidden>)"
@@ -35,6 +40,14 @@ class KeyStore:
     def seal(self, clear: bytes, *, label: bytes) -> bytes:
         nonce = os.urandom(NONCE_LEN)
         return nonce + self._aead.encrypt(nonce, clear, label)
+
+    def digest(self, data: bytes) -> str:
+        """A keyed digest (HMAC-SHA256, 64 hex digits) for telling contents apart: a plain hash
+        of a request holding a card number could be brute-forced back to it from a copy of the
+        database; this one cannot without the master key."""
+        mac = hmac.HMAC(self._digest_key, hashes.SHA256())
+        mac.update(data)
+        return mac.finalize().hex()
 
     def open(self, sealed: bytes, *, label: bytes) -> bytes:
         try:
@@ -46,14 +59,22 @@ class KeyStore:
             ) from None
 
     @classmethod
+    def from_env(cls) -> KeyStore | None:
+        """From `TILLROLL_MASTER_KEY`, or None when it is not set."""
+        env = os.environ.get(MASTER_KEY_ENV)
+        if not env:
+            return None
+        try:
+            return cls(bytes.fromhex(env))
+        except ValueError:
+            raise KeyStoreError(f"{MASTER_KEY_ENV} must be 64 hex digits") from None
+
+    @classmethod
     def load(cls, key_file: Path) -> KeyStore:
         """From the environment, else from `key_file`, generating it on first run."""
-        env = os.environ.get(MASTER_KEY_ENV)
-        if env:
-            try:
-                return cls(bytes.fromhex(env))
-            except ValueError:
-                raise KeyStoreError(f"{MASTER_KEY_ENV} must be 64 hex digits") from None
+        env = cls.from_env()
+        if env is not None:
+            return env
         if key_file.exists():
             return cls.read(key_file)
         key = os.urandom(32)

@@ -8,7 +8,6 @@ anywhere rolls the whole request back and answers 96 ("nothing was done, retry")
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -40,6 +39,7 @@ from tillroll.iso8583.messages import (
     sign,
     unpack,
 )
+from tillroll.pan import mask_pan
 from tillroll.store import inserted_id
 from tillroll.store.tables import merchants, requests, sessions, terminals
 
@@ -274,13 +274,13 @@ class HostPipeline:
         if not stan or not stan.isdigit():
             return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), mak)
 
-        content_hash = hashlib.sha256(json.dumps(msg.content_key()).encode()).hexdigest()
+        content_hash = self.keystore.digest(json.dumps(msg.content_key()).encode())
         key = {"b_tid": tid, "b_batch": f60.batch, "b_stan": stan, "b_mti": msg.mti}
         stored = conn.execute(_STORED_REQUEST, key).mappings().first()
         if stored is not None:
             # Reversals are exempt from 94: every repeat answers as the first did (PROFILE §6).
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
-                raise _Replay(_Answer(_load(stored["response"]), mak))
+                raise _Replay(_Answer(_load(stored["response"], msg), mak))
             raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now, self.config.zone), mak))
         # Replays above may answer in a closed (settled) session: a lost 0510 can be asked again.
         if not self._session_admits(session, kind, f60):
@@ -384,9 +384,22 @@ class HostPipeline:
 
 
 def _dump(msg: Message) -> str:
-    return json.dumps({"mti": msg.mti, "fields": dict(msg.fields)})
+    """The stored response, with the card number masked (PROFILE §7)."""
+    fields = dict(msg.fields)
+    if "2" in fields:
+        fields["2"] = mask_pan(fields["2"])
+    return json.dumps({"mti": msg.mti, "fields": fields})
 
 
-def _load(text: str) -> Message:
+def _load(text: str, req: Message) -> Message:
+    """A stored response for a replay: field 2 is echoed again from the retried request, which
+    carries the full card number (when it is the masked one stored)."""
     data = json.loads(text)
-    return Message(data["mti"], data["fields"])
+    fields = data["fields"]
+    if "2" in fields:
+        pan = req.get("2")
+        if pan is not None and mask_pan(pan) == fields["2"]:
+            fields["2"] = pan
+        else:
+            del fields["2"]
+    return Message(data["mti"], fields)
