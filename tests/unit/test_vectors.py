@@ -1,4 +1,4 @@
-"""Every worked example in shared/protocol/vectors.json is reproduced."""
+"""Every worked example in tests/data/vectors.json (the profile's, see docs/protocol.md) is reproduced."""
 
 from __future__ import annotations
 
