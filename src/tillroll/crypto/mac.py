@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from tillroll.crypto import des
 
 
@@ -18,3 +20,8 @@ def mac_ecb(mak: bytes, mac_block: bytes) -> bytes:
     x = bytes(a ^ b for a, b in zip(e1, right, strict=True))
     e2 = des.encrypt(mak, x)
     return e2.hex().upper()[:8].encode("ascii")
+
+
+def mac_equal(computed: bytes, received: bytes) -> bool:
+    """Compare MACs in constant time: timing must not tell how many leading bytes matched."""
+    return hmac.compare_digest(computed, received)

@@ -1,7 +1,8 @@
 """The acquirer host: asyncio TCP server, request pipeline, sessions."""
 
+from tillroll.host.boundary import InjectedCrashAfterCommit, InjectedStoreFailure, Reply
 from tillroll.host.config import HostConfig
-from tillroll.host.pipeline import HostPipeline, InjectedCrashAfterCommit, InjectedStoreFailure, Reply
+from tillroll.host.pipeline import HostPipeline
 from tillroll.host.server import HostServer, HostService
 from tillroll.host.store import HostStore, open_store
 

@@ -195,7 +195,7 @@ def serve_cmd(
     tz: TzOption = DEFAULT_MERCHANT_TZ,
 ) -> None:
     """Serve the card rail over TCP until interrupted."""
-    from tillroll.host.server import serve
+    from tillroll.host.server import HostFailed, serve
     from tillroll.host.store import open_store
 
     host, port = parse_listen(listen)
@@ -211,3 +211,5 @@ def serve_cmd(
         asyncio.run(serve(store, config, host, port))
     except KeyboardInterrupt:
         typer.echo("stopped")
+    except HostFailed as exc:
+        raise _fail(f"host stopped: {exc}") from None

@@ -22,6 +22,13 @@ class HostConfig:
     batch_max: int = 64  # requests answered by one group commit
     queue_max: int = 4096
     queue_wait_s: float = 5.0
+    # A request not answered by then closes its connection (the terminal reverses); below the
+    # terminal's own response timeout (30 s) so the host gives up first.
+    request_timeout_s: float = 25.0
+    # A database worker that dies is restarted; more deaths than this within a minute stop the
+    # host (exit non-zero) rather than leave a port open that answers nothing.
+    worker_restarts_max: int = 5
+    bad_input_log_interval_s: float = 60.0  # one warning line per offender per interval
     acquirer_id: str = "00010000"
     issuer_name: str = "TILLROLL BANK"
     merchant_tz: str = DEFAULT_MERCHANT_TZ  # IANA zone of fields 12/13, settlement dates, reports
@@ -33,8 +40,10 @@ class HostConfig:
             raise ConfigError("connection and worker limits must be positive")
         if not 13 <= self.frame_max_len <= 2048:
             raise ConfigError("frame limit must be within 13..2048 bytes (PROFILE §1)")
-        if self.idle_timeout_s <= 0:
-            raise ConfigError("idle timeout must be positive")
+        if min(self.idle_timeout_s, self.request_timeout_s, self.bad_input_log_interval_s) <= 0:
+            raise ConfigError("idle timeout, request timeout and log interval must be positive")
+        if self.worker_restarts_max < 0:
+            raise ConfigError("worker restarts must be zero or more")
         try:
             merchant_zone(self.merchant_tz)
         except TimeZoneError as exc:

@@ -2,8 +2,8 @@
 
 Steps, in order (PROFILE §1, §3-§6): framing -> decode (30) -> terminal (97) -> merchant (03)
 -> session and batch (77) -> MAC (A0) -> idempotency (replay / 94) -> the transaction itself.
-Everything a request changes commits together, before the response is written; a failure
-anywhere rolls the whole request back and answers 96 ("nothing was done, retry").
+Everything a request changes commits together, before the response is written. Decoding, the
+group commit and the containment of failures (PROFILE §7) are `boundary`'s; the steps are here.
 """
 
 from __future__ import annotations
@@ -11,41 +11,30 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tillroll.clock import Clock, to_merchant_local
 from tillroll.crypto.keys import WorkingKeys, wrap_working_keys
 from tillroll.crypto.keystore import KeyStore
 from tillroll.host import card, settlement
+from tillroll.host.boundary import Answer as _Answer
+from tillroll.host.boundary import FaultHook, RequestBoundary
+from tillroll.host.boundary import Replay as _Replay
 from tillroll.host.config import HostConfig
 from tillroll.host.context import RequestContext, response_for
 from tillroll.host.store import key_label
-from tillroll.iso8583 import framing
 from tillroll.iso8583.codes import ResponseCode
-from tillroll.iso8583.errors import DecodeError, EncodeError, FramingError
-from tillroll.iso8583.messages import (
-    Field60,
-    Kind,
-    Message,
-    Mti,
-    mac_matches,
-    pack,
-    read_mti_and_tid,
-    sign,
-    unpack,
-)
+from tillroll.iso8583.errors import DecodeError
+from tillroll.iso8583.messages import Field60, Kind, Message, Mti, mac_matches
 from tillroll.pan import mask_pan
 from tillroll.store import inserted_id
 from tillroll.store.tables import merchants, requests, sessions, terminals
 
 log = logging.getLogger("tillroll.host")
 RC = ResponseCode
-_MTIS = frozenset(m.value for m in Mti)
 UPLOAD_KINDS = frozenset({Kind.BATCH_UPLOAD, Kind.BATCH_UPLOAD_END})
 
 # Prebuilt statements for the per-request path (built once, executed with parameters).
@@ -87,40 +76,7 @@ class SessionState:
     SETTLED = "settled"
 
 
-class InjectedStoreFailure(Exception):
-    """Raised by a fault hook to make the store fail mid-request (tests and the demo)."""
-
-
-class InjectedCrashAfterCommit(Exception):
-    """Raised by a fault hook after commit: the response is lost, as if the host died."""
-
-
-FaultHook = Callable[[str, Message], None]
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What goes back on the connection: a frame, and whether to close afterwards."""
-
-    frame: bytes | None
-    close: bool = False
-
-
-@dataclass
-class _Answer:
-    message: Message
-    mak: bytes | None  # sign with it when set
-    must_sign_in: bool = False
-
-
-class _Replay(Exception):
-    """Abandons the transaction (nothing to write) and answers from the stored response."""
-
-    def __init__(self, answer: _Answer) -> None:
-        self.answer = answer
-
-
-class HostPipeline:
+class HostPipeline(RequestBoundary):
     def __init__(
         self,
         engine: Engine,
@@ -130,106 +86,9 @@ class HostPipeline:
         *,
         fault_hook: FaultHook | None = None,
     ) -> None:
-        self.engine = engine
+        super().__init__(engine, clock, config.zone, fault_hook=fault_hook)
         self.keystore = keystore
-        self.clock = clock
         self.config = config
-        # Called at "before_commit" and "after_commit"; may raise an Injected* exception.
-        self.fault_hook = fault_hook
-
-    # --- the boundary: bytes in, bytes out, every exception translated here ----------------
-
-    def handle(self, payload: bytes) -> Reply:
-        return self.handle_batch([payload])[0]
-
-    def handle_batch(self, payloads: list[bytes]) -> list[Reply]:
-        """Answer several requests with one commit (group commit).
-
-        Each request runs in its own savepoint, so it commits or rolls back as a whole, and
-        none of the replies leaves before the commit that makes its request durable.
-        """
-        replies: list[Reply | None] = [None] * len(payloads)
-        work: list[tuple[int, framing.Frame, Message]] = []
-        for i, payload in enumerate(payloads):
-            parsed = self._decode(payload)
-            if isinstance(parsed, Reply):
-                replies[i] = parsed
-            else:
-                work.append((i, *parsed))
-        answers: dict[int, _Answer] = {}
-        verified: dict[int, dict[str, bytes]] = {i: {} for i, _, _ in work}
-        if work:
-            try:
-                with self.engine.begin() as conn:
-                    for i, frame, msg in work:
-                        answers[i] = self._run(conn, msg, frame.message, verified[i])
-            except DBAPIError as exc:
-                log.warning("commit failed, answering 96 to %d requests: %s", len(work), exc)
-                now = self.clock.now()
-                for i, _, msg in work:
-                    answers[i] = _Answer(
-                        response_for(msg, RC.SYSTEM_MALFUNCTION, now, self.config.zone),
-                        verified[i].get("mak"),
-                    )
-        for i, frame, msg in work:
-            try:
-                self._fault("after_commit", msg)
-            except InjectedCrashAfterCommit:
-                replies[i] = Reply(None, close=True)
-                continue
-            replies[i] = self._frame(frame, answers[i])
-        return [r if r is not None else Reply(None, close=True) for r in replies]
-
-    def _decode(self, payload: bytes) -> Reply | tuple[framing.Frame, Message]:
-        try:
-            frame = framing.parse_payload(payload)
-        except FramingError:
-            return Reply(None, close=True)
-        try:
-            return frame, unpack(frame.message)
-        except DecodeError as exc:
-            mti, tid = read_mti_and_tid(frame.message)
-            if mti not in _MTIS or tid is None:
-                log.warning("closing: undecodable message (%s)", exc)
-                return Reply(None, close=True)
-            assert mti is not None
-            resp_mti = Mti(mti).response.value if int(mti[2]) % 2 == 0 else mti
-            resp = Message(resp_mti, {"39": RC.FORMAT_ERROR.value, "41": tid})
-            return self._frame(frame, _Answer(resp, None))
-
-    def _frame(self, frame: framing.Frame, answer: _Answer) -> Reply:
-        try:
-            body = sign(answer.message, answer.mak) if answer.mak else pack(answer.message)
-        except EncodeError:
-            log.exception("response does not encode")
-            return Reply(None, close=True)
-        header = framing.reply_header(frame.header, must_sign_in=answer.must_sign_in)
-        return Reply(framing.Frame(framing.reply_tpdu(frame.tpdu), header, body).encode())
-
-    def _run(self, conn: Connection, msg: Message, raw: bytes, verified: dict[str, bytes]) -> _Answer:
-        for attempt in range(2):
-            try:
-                with conn.begin_nested():
-                    answer = self._process(conn, msg, raw, verified)
-                    self._fault("before_commit", msg)
-                return answer
-            except _Replay as replay:
-                return replay.answer
-            except IntegrityError:
-                # A concurrent identical request took the unique key first: retrying replays it.
-                if attempt == 1:
-                    log.exception("request %s kept conflicting", msg.get("11"))
-            except (DBAPIError, InjectedStoreFailure) as exc:
-                log.warning("request rolled back, answering 96: %s", exc)
-                break
-        # Nothing of it was kept: 96 says "nothing was done, safe to retry the same request".
-        return _Answer(
-            response_for(msg, RC.SYSTEM_MALFUNCTION, self.clock.now(), self.config.zone), verified.get("mak")
-        )
-
-    def _fault(self, point: str, msg: Message) -> None:
-        if self.fault_hook is not None:
-            self.fault_hook(point, msg)
 
     # --- steps ---------------------------------------------------------------------------
 

@@ -13,9 +13,12 @@ from tillroll.iso8583.messages import (
     pack,
     sign,
     unpack,
+    unpack_request,
 )
+from tillroll.iso8583.strict import REQUEST_MTIS
 
 __all__ = [
+    "REQUEST_MTIS",
     "Action",
     "CodecError",
     "DecodeError",
@@ -33,4 +36,5 @@ __all__ = [
     "parse_payload",
     "sign",
     "unpack",
+    "unpack_request",
 ]

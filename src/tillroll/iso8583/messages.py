@@ -13,7 +13,8 @@ from typing import Any
 
 import iso8583
 
-from tillroll.crypto.mac import mac_ecb
+from tillroll.crypto.mac import mac_ecb, mac_equal
+from tillroll.iso8583 import strict
 from tillroll.iso8583.errors import DecodeError, EncodeError
 from tillroll.iso8583.spec import SPEC, SUPPORTED_FIELDS, TRACK_FIELDS
 
@@ -174,7 +175,10 @@ def _to_wire(msg: Message) -> dict[str, Any]:
     for key, value in msg.fields.items():
         if key not in SUPPORTED_FIELDS:
             raise EncodeError("field not in the profile", field=key)
-        doc[key] = value.replace("=", "D") if key in TRACK_FIELDS else value
+        wire = value.replace("=", "D") if key in TRACK_FIELDS else value
+        if not strict.value_ok(key, wire):
+            raise EncodeError("numeric field holds more than digits", field=key)
+        doc[key] = wire
     return doc
 
 
@@ -186,17 +190,28 @@ def pack(msg: Message) -> bytes:
     return bytes(raw)
 
 
-def unpack(raw: bytes) -> Message:
+def unpack(raw: bytes, *, mtis: frozenset[str] = strict.PROFILE_MTIS) -> Message:
+    """Decode strictly (PROFILE §2, §7): an MTI among `mtis`, only the profile's fields, BCD
+    fields of digits (tracks: digits and D). Anything else is a `DecodeError` with field and
+    offset; no other exception leaves this function for any input bytes."""
+    strict.check_mti(raw, mtis)
+    strict.check_bitmap(raw)
     try:
-        doc, _ = iso8583.decode(bytearray(raw), SPEC)
+        doc, encoded = iso8583.decode(bytearray(raw), SPEC)
     except iso8583.DecodeError as exc:
         raise DecodeError(exc.msg, field=exc.field, offset=exc.pos) from None
+    strict.check_nibbles(encoded)
     mti = doc.pop("t")
     doc.pop("p", None)
     doc.pop("h", None)
     for key in TRACK_FIELDS & doc.keys():
         doc[key] = doc[key].replace("D", "=")
     return Message(mti=mti, fields=doc)
+
+
+def unpack_request(raw: bytes) -> Message:
+    """`unpack` for the host: only request MTIs (a response MTI sent as a request is an error)."""
+    return unpack(raw, mtis=strict.REQUEST_MTIS)
 
 
 def sign(msg: Message, mak: bytes) -> bytes:
@@ -211,16 +226,34 @@ def has_mac(raw: bytes) -> bool:
 
 def mac_matches(raw: bytes, mak: bytes) -> bool:
     """True when the packed message carries field 64 and it verifies under the MAK."""
-    return has_mac(raw) and mac_ecb(mak, raw[:-MAC_LEN]) == raw[-MAC_LEN:]
+    return has_mac(raw) and mac_equal(mac_ecb(mak, raw[:-MAC_LEN]), raw[-MAC_LEN:])
 
 
 def read_mti_and_tid(raw: bytes) -> tuple[str | None, str | None]:
-    """Best effort for a message that does not parse: enough to answer 30."""
-    mti = raw[:2].hex() if len(raw) >= 2 else None
-    if mti is None or not mti.isdigit():
+    """Best effort for a message that does not parse: enough to answer 30 (PROFILE §1, §7).
+
+    The MTI must be four decimal digits; the TID is read when every field before 41 is one the
+    profile defines (their lengths are then known), whatever follows it: the bitmap is cut
+    after bit 41 and a secondary bitmap skipped, and pyiso8583 decodes up to there.
+    """
+    if len(raw) < strict.BODY_OFFSET:
         return None, None
+    mti = raw[: strict.MTI_LEN].hex()
+    if not mti.isdigit():
+        return None, None
+    bits = strict.bitmap_bits(raw[strict.MTI_LEN : strict.BODY_OFFSET])
+    body_at = strict.BODY_OFFSET + (strict.BITMAP_LEN if strict.SECONDARY_BITMAP_BIT in bits else 0)
+    wanted = [b for b in bits if 1 < b <= TID_BIT]
+    if TID_BIT not in wanted or any(str(b) not in SUPPORTED_FIELDS for b in wanted):
+        return mti, None
+    bitmap = sum(1 << (64 - b) for b in wanted).to_bytes(strict.BITMAP_LEN, "big")
+    head = raw[: strict.MTI_LEN] + bitmap + raw[body_at:]
     try:
-        doc, _ = iso8583.decode(bytearray(raw), SPEC)
-        return mti, doc.get("41")
+        doc, _ = iso8583.decode(bytearray(head), SPEC)
     except iso8583.DecodeError as exc:
-        return mti, exc.doc_dec.get("41")
+        doc = exc.doc_dec
+    tid = doc.get(str(TID_BIT))
+    return mti, tid if tid and len(tid) == 8 else None
+
+
+TID_BIT = 41

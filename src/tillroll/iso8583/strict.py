@@ -1,0 +1,90 @@
+"""Strict reading of the profile (PROFILE §2, §7): what pyiso8583 does not check. Pure.
+
+pyiso8583 decodes by the spec but trusts the bytes: a bitmap bit for a field the spec lacks (any
+other ISO 8583 dialect, a secondary bitmap) raises KeyError from its spec lookup, and a BCD field
+is returned as whatever hex nibbles it holds ('0000000010AB'). Here the bitmap is checked before
+decoding and every BCD field's nibbles after it, so each of these is a `DecodeError` that names
+the field and the byte offset (counted from the first byte of the MTI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tillroll.iso8583.errors import DecodeError
+from tillroll.iso8583.spec import BINARY_FIELDS, SPEC, SUPPORTED_FIELDS, TRACK_FIELDS
+
+MTI_LEN = 2
+BITMAP_LEN = 8
+BODY_OFFSET = MTI_LEN + BITMAP_LEN  # first byte of field 2..64
+SECONDARY_BITMAP_BIT = 1
+# The request MTIs the host processes (PROFILE §7); everything else is answered 30 or closed.
+REQUEST_MTIS = frozenset({"0200", "0220", "0320", "0400", "0500", "0800", "0820"})
+# Every MTI of the profile, requests and their responses.
+PROFILE_MTIS = REQUEST_MTIS | frozenset(m[:2] + str(int(m[2]) + 1) + m[3] for m in REQUEST_MTIS)
+
+# BCD fields: packed digits (n), or digits and nibble D for the track separator (z).
+BCD_FIELDS = frozenset(k for k in SUPPORTED_FIELDS if SPEC[k]["data_enc"] == "b") - BINARY_FIELDS
+_DIGITS = frozenset("0123456789")
+_TRACK_NIBBLES = _DIGITS | {"D"}
+_DEFINED_BITS = frozenset(int(k) for k in SUPPORTED_FIELDS)
+
+
+def bitmap_bits(bitmap: bytes) -> list[int]:
+    """The field numbers whose bits are set, in order (bit 1 is the first bit of byte 0)."""
+    return [i * 8 + b + 1 for i, byte in enumerate(bitmap) for b in range(8) if byte & (0x80 >> b)]
+
+
+def check_mti(raw: bytes, allowed: frozenset[str] = PROFILE_MTIS) -> str:
+    if len(raw) < MTI_LEN:
+        raise DecodeError(f"message of {len(raw)} bytes has no MTI", field="t", offset=0)
+    mti = raw[:MTI_LEN].hex().upper()
+    if mti not in allowed:
+        raise DecodeError(f"MTI {mti} is not one the profile accepts here", field="t", offset=0)
+    return mti
+
+
+def check_bitmap(raw: bytes) -> list[int]:
+    """The primary bitmap names only fields the profile defines, and no secondary bitmap."""
+    bitmap = raw[MTI_LEN:BODY_OFFSET]
+    if len(bitmap) != BITMAP_LEN:
+        raise DecodeError("message ends inside the bitmap", field="p", offset=MTI_LEN)
+    bits = bitmap_bits(bitmap)
+    for bit in bits:
+        if bit == SECONDARY_BITMAP_BIT:
+            raise DecodeError("secondary bitmap: the profile uses none", field="1", offset=MTI_LEN)
+        if bit not in _DEFINED_BITS:
+            raise DecodeError(
+                "bitmap names a field the profile does not define",
+                field=str(bit),
+                offset=MTI_LEN + (bit - 1) // 8,
+            )
+    return bits
+
+
+def check_nibbles(encoded: Mapping[str, Mapping[str, bytes]]) -> None:
+    """Every BCD field holds digits (tracks: digits and D), pad nibbles included.
+
+    `encoded` is pyiso8583's encoded document: per field its length prefix and data bytes, in
+    wire order after MTI and bitmap, which gives each field's offset.
+    """
+    offset = BODY_OFFSET
+    for key in sorted((k for k in encoded if k.isdigit()), key=int):
+        prefix, data = encoded[key]["len"], encoded[key]["data"]
+        start = offset + len(prefix)
+        offset = start + len(data)
+        if key not in BCD_FIELDS:
+            continue
+        allowed = _TRACK_NIBBLES if key in TRACK_FIELDS else _DIGITS
+        nibbles = data.hex().upper()
+        for i, nibble in enumerate(nibbles):
+            if nibble not in allowed:
+                kind = "digits and D" if key in TRACK_FIELDS else "digits"
+                raise DecodeError(f"nibble {nibble} in a field of {kind}", field=key, offset=start + i // 2)
+
+
+def value_ok(key: str, wire_value: str) -> bool:
+    """The same rule for a value about to be packed (tracks already with D for '=')."""
+    if key not in BCD_FIELDS:
+        return True
+    return set(wire_value) <= (_TRACK_NIBBLES if key in TRACK_FIELDS else _DIGITS)
