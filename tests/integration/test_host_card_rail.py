@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -221,12 +220,14 @@ def test_garbage_and_bad_frames_do_not_disturb_other_connections(
 
 def test_connection_and_idle_bounds(store: HostStore) -> None:
     with HostServer(store, config=HostConfig(connections_max=2, idle_timeout_s=0.5)) as host:
-        first, second = (socket.create_connection(host.address, timeout=5) for _ in range(2))
-        time.sleep(0.1)
+        # A round trip on each: both are served, so both count against the bound.
+        first, second = WireClient(host.address), WireClient(host.address)
+        assert first.sign_in().code == "00" and second.sign_in().code == "00"
+        assert first.sock is not None and second.sock is not None
         third = socket.create_connection(host.address, timeout=5)
         assert third.recv(10) == b""  # over the bound: closed at once
         third.close()
-        assert first.recv(10) == b""  # idle past 0.5 s: closed
+        assert first.sock.recv(10) == b""  # idle past 0.5 s: closed
         second.close()
         first.close()
         # The bound freed up: a new terminal is served.

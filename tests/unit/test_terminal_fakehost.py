@@ -3,6 +3,11 @@
 It speaks the real codec with real keys and MACs, so the engine under test is exercised end to
 end except for TCP. Faults are scripted per request: ``host.script.append(Act.DROP_RESPONSE)``.
 Imported by the other terminal unit tests; it holds one self-test of its own.
+
+It is NOT the host's rules (tests/integration/test_terminal_host.py runs the engine against the
+real HostServer): it is kept for what the real host never does — an approval without field 38,
+wrong key check values, a batch number set by hand — and for tests that count tries on a fake
+clock, where a dead line must fail at once rather than after a connect timeout.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +34,7 @@ class EchoHost:
         self.listener.settimeout(0.05)
         self.connections = 0
         self.frames = 0
+        self.closed = threading.Event()  # set each time the host has closed a connection
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -70,6 +70,7 @@ class EchoHost:
                             break
                 except (OSError, ConnectionError):
                     pass
+            self.closed.set()
 
     def close(self) -> None:
         self._stop.set()
@@ -104,7 +105,7 @@ def test_a_connection_the_host_closed_is_replaced_before_use() -> None:
     try:
         link = TcpHostLink(h.address, response_timeout_s=2)
         assert link.exchange(BODY).status is LinkStatus.ANSWERED
-        time.sleep(0.1)  # let the host's close arrive
+        assert h.closed.wait(timeout=5)  # the host's close has gone out
         assert link.exchange(BODY).status is LinkStatus.ANSWERED
         assert h.connections == 2
         link.close()

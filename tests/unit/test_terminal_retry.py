@@ -96,6 +96,8 @@ def test_schedule_is_due_at_once_then_after_its_wait_and_forgets_what_finished()
 
 
 # --- reversals on the backoff ----------------------------------------------------------------
+# On the scripted fake (no TCP): the tries are timed on the fake clock, and a dead line fails at
+# once instead of after a connect timeout, so a night of backoff runs in milliseconds.
 
 
 class TimedLink:

@@ -7,6 +7,7 @@ from tillroll.terminal.config import ConfigError, HostAddress, TerminalConfig, l
 from tillroll.terminal.engine import InputError, Result, Terminal, TerminalError, build_reversal
 from tillroll.terminal.hostlink import HostLink, LinkResult, LinkStatus, TcpHostLink
 from tillroll.terminal.journal import Alert, Entry, Journal
+from tillroll.terminal.reversals import ReversalStep
 from tillroll.terminal.states import (
     IllegalTransition,
     Outcome,
@@ -36,6 +37,7 @@ __all__ = [
     "Result",
     "ReversalReason",
     "ReversalState",
+    "ReversalStep",
     "SettlementState",
     "TcpHostLink",
     "Terminal",
