@@ -217,7 +217,7 @@ def test_card_rail_stateful(db_url: str) -> None:
         make_machine(lambda: empty_database(db_url)),
         settings=settings(
             max_examples=50,
-            stateful_step_count=10,
+            stateful_step_count=8,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         ),

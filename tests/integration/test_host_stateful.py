@@ -1,12 +1,14 @@
 """Stateful property test of the host's money trail (issues 3 and 6), at the wire level.
 
 Random sales, lost responses, voids (and their reversal), reversals (also overtaking their
-original), refunds and settlements. The model follows the contract (PROFILE §3, §6), not the
-host's code: a sale is charged its amount; everything given back against it — refunds, a void,
-a reversal in its open batch, an automatic refund after its batch was settled — never exceeds
-it, and an undo gives back only what is still charged. After every step: each card's bank
-balance is the model's, the ledger balances, each sale's money back at the host is the model's
-and never above its amount, and each settlement balances against the model's totals.
+original), refunds, settlements and a replaced terminal (journal lost: its STAN starts again).
+The model follows the contract (PROFILE §3, §6), not the host's code: a sale is charged its
+amount; everything given back against it — refunds, a void, a reversal in its open batch, an
+automatic refund after its batch was settled — never exceeds it, and an undo gives back only
+what is still charged; a sign-in whose STAN is not above one the host stored in the open batch
+gets a new batch. After every step: each card's bank balance is the model's, the ledger
+balances, each sale's money back at the host is the model's and never above its amount, and
+each settlement balances against the model's totals.
 """
 
 from __future__ import annotations
@@ -179,6 +181,22 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
             assert self.client.sign_in().code == "00"
             assert self.client.batch != batch
 
+        @rule()
+        def replace_terminal(self) -> None:
+            """The device is replaced (journal lost): same TID and TMK, its STAN starts again.
+            If the host stored anything in the open batch, it closes and settles that batch
+            and names a new one (PROFILE §6); nothing the old device did is replayed."""
+            batch = self.client.batch
+            self.client.close()
+            self.client = WireClient(self.host.address)
+            assert self.client.sign_in().code == "00"
+            if self.batch_used:
+                assert self.client.batch != batch
+                self.settled.add(batch)
+            else:
+                assert self.client.batch == batch
+            self.batch_used = False
+
         @invariant()
         def money_trail_is_sound(self) -> None:
             with self.store.engine.connect() as conn:
@@ -205,7 +223,7 @@ def test_host_money_trail_stateful(db_url: str) -> None:
         make_machine(fresh_url),
         settings=settings(
             max_examples=50,
-            stateful_step_count=15,
+            stateful_step_count=12,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
         ),

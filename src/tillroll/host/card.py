@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from tillroll import ledger
 from tillroll.crypto.pin import PinBlockError, decrypt_pin
@@ -19,7 +19,7 @@ from tillroll.iso8583.messages import CURRENCY_CNY, Field61, Message, Mti
 from tillroll.issuer import bank
 from tillroll.issuer.bank import Reason
 from tillroll.pan import mask_pan
-from tillroll.store.tables import requests, settlements, transactions
+from tillroll.store.tables import requests, settlements, terminals, transactions
 
 RC = ResponseCode
 # A reversal that overtakes its original leaves this in the original's idempotency slot: the
@@ -204,12 +204,30 @@ def give_back(
     return outcome
 
 
+_TERMINAL_BATCH_SHARED = (
+    select(terminals.c.batch).where(terminals.c.tid == bindparam("b_tid")).with_for_update(read=True)
+)
+
+
+def open_batch_locked(ctx: RequestContext) -> str | None:
+    """The terminal's open batch (the one a new request must be in).
+
+    Takes a shared lock on the terminal's row for the rest of the transaction: a host-side
+    close (cut-over, lost journal) locks it for update, so it either waits for this request to
+    commit (and then counts it) or commits first (and this request sees the new batch). Without
+    it, on PostgreSQL a sale could land in a batch that was settled without it."""
+    batch = ctx.conn.execute(_TERMINAL_BATCH_SHARED, {"b_tid": ctx.tid}).scalar()
+    return None if batch is None else str(batch)
+
+
 def sale(ctx: RequestContext) -> Message:
     msg = ctx.msg
     card = card_of(msg)
     amount = msg.get("4")
     if card is None or amount is None or msg.get("49", CURRENCY_CNY) != CURRENCY_CNY:
         return ctx.respond(RC.FORMAT_ERROR)
+    if open_batch_locked(ctx) != ctx.f60.batch:  # closed by the host since the session check
+        return ctx.respond(RC.SIGN_IN_AGAIN)
     pan, expiry = card
     try:
         pin = _pin(ctx, pan)
@@ -302,6 +320,8 @@ def void(ctx: RequestContext) -> Message:
     f61 = _field61(ctx)
     if f61 is None:
         return ctx.respond(RC.FORMAT_ERROR)
+    if open_batch_locked(ctx) != ctx.f60.batch:
+        return ctx.respond(RC.SIGN_IN_AGAIN)
     orig = _original_by_rrn(ctx, f61)
     if orig is None or orig["tid"] != ctx.tid or orig["batch"] != ctx.f60.batch:
         return ctx.respond(RC.ORIGINAL_NOT_FOUND)
@@ -325,6 +345,8 @@ def refund(ctx: RequestContext) -> Message:
     amount = int(amount_text)
     if amount <= 0:
         return ctx.respond(RC.INVALID_AMOUNT)
+    if open_batch_locked(ctx) != ctx.f60.batch:
+        return ctx.respond(RC.SIGN_IN_AGAIN)
     orig = _original_by_rrn(ctx, f61)
     if orig is None:
         return ctx.respond(RC.ORIGINAL_NOT_FOUND)
@@ -349,6 +371,7 @@ def batch_settled(ctx: RequestContext, batch: str) -> bool:
 def reversal(ctx: RequestContext) -> Message:
     """Undo an approved original; a no-op for a declined or reversed one; a tombstone for one
     never seen; an automatic refund when the original's batch is already settled."""
+    open_batch_locked(ctx)  # so that "is its batch settled?" cannot change under us
     orig = (
         ctx.conn.execute(
             select(transactions)

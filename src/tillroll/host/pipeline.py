@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from tillroll.clock import Clock, to_merchant_local
 from tillroll.crypto.keys import WorkingKeys, wrap_working_keys
 from tillroll.crypto.keystore import KeyStore
-from tillroll.host import card, settlement
+from tillroll.host import card, closing, settlement
 from tillroll.host.boundary import Answer as _Answer
 from tillroll.host.boundary import FaultHook, RequestBoundary
 from tillroll.host.boundary import Replay as _Replay
@@ -197,7 +197,8 @@ class HostPipeline(RequestBoundary):
         tid = str(term["tid"])
         tmk = self.keystore.open(term["tmk_enc"], label=key_label(tid, "tmk"))
         keys = WorkingKeys.generate(with_tdk=f60.network_code == "004")
-        batch = str(term["batch"])
+        # A STAN that went backwards (a lost journal) gets a new batch; the host closes the old.
+        batch = closing.batch_for_sign_in(conn, term, msg["11"], now)
         conn.execute(
             insert(sessions).values(
                 tid=tid,

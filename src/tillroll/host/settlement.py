@@ -119,6 +119,9 @@ def close_batch(
     The same for a 0500 and for a batch the host closes itself (then `theirs` is None); the
     terminal's session then serves only this batch's upload, and its next sign-in gets the
     next batch (PROFILE §3, §6)."""
+    # Waits for requests in flight in this batch (they hold the row shared, host/card.py), so
+    # the totals below count every one of them.
+    conn.execute(select(terminals.c.batch).where(terminals.c.tid == tid).with_for_update())
     ours = host_totals(conn, tid, batch)
     kept = retained_minor(conn, tid, batch)
     balanced = None if theirs is None else ours == theirs
