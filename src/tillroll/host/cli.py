@@ -7,11 +7,12 @@ import getpass
 import json
 import logging
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone
 from tillroll.host.admin import AdminError, add_card, add_merchant, add_terminal, card_balance, card_messages
@@ -167,6 +168,59 @@ def settlement_report_cmd(
     path = csv_path or Path(f"settlement-report-{when}.csv")
     write_csv(rows, path)
     typer.echo(f"written {path} ({len(rows)} rows)")
+
+
+def parse_before(text: str | None) -> datetime | None:
+    """`--before` as the merchant's naive local time; None means now."""
+    if text is None:
+        return None
+    try:
+        return datetime.strptime(text, "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not YYYY-MM-DD HH:MM, e.g. 2026-12-01 23:00") from None
+
+
+@app.command("cutover")
+def cutover_cmd(
+    before: Annotated[
+        str | None,
+        typer.Option(
+            "--before", help='Close batches opened before "YYYY-MM-DD HH:MM", merchant time (default now)'
+        ),
+    ] = None,
+    db: DbOption = None,
+    tz: TzOption = DEFAULT_MERCHANT_TZ,
+) -> None:
+    """Close and settle every batch still open from before a time (a terminal that died still
+    gets its merchant paid); its terminal gets a new batch at its next sign-in."""
+    from tillroll.clock import SystemClock, to_merchant_local, utc_naive
+    from tillroll.host.closing import cutover
+    from tillroll.host.store import open_store
+
+    local = parse_before(before)
+    try:
+        zone = merchant_zone(tz)
+        store = open_store(db)
+    except (DatabaseUrlError, TimeZoneError) as exc:
+        raise _fail(str(exc)) from None
+    now = SystemClock().now()
+    # Instants are stored as naive UTC: the merchant's wall-clock time is converted once, here.
+    cut = now if local is None else utc_naive(local.replace(tzinfo=zone))
+    closed = cutover(store.engine, before=cut, now=now)
+    shown = to_merchant_local(cut, zone)
+    table = Table(title=f"日切 Cut-over: batches opened before {shown:%Y-%m-%d %H:%M} ({tz})")
+    for col in ("TID", "MID", "批次 Batch"):
+        table.add_column(col)
+    for col in ("消费 Sales", "金额 Gross", "退货 Refunds", "退款额 Refunded", "手续费 Fees", "应付 Net"):
+        table.add_column(col, justify="right")
+    for c in closed:
+        t = c.totals
+        table.add_row(
+            c.tid, c.mid, c.batch, str(t.debit_count), format_yuan(t.debit_minor), str(t.credit_count),
+            format_yuan(t.credit_minor), format_yuan(c.fee_minor), format_yuan(c.net_minor),
+        )  # fmt: skip
+    wide_console().print(table)
+    typer.echo(f"closed {len(closed)} batch(es); their terminals get a new batch at the next sign-in")
 
 
 @app.command("ledger-check")
