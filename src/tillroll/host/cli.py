@@ -206,7 +206,10 @@ def cutover_cmd(
     now = SystemClock().now()
     # Instants are stored as naive UTC: the merchant's wall-clock time is converted once, here.
     cut = now if local is None else utc_naive(local.replace(tzinfo=zone))
-    closed = cutover(store.engine, before=cut, now=now)
+    try:
+        closed = cutover(store.engine, before=cut, now=now)
+    finally:
+        store.engine.dispose()  # a CLI run leaves no pooled connection behind
     shown = to_merchant_local(cut, zone)
     table = Table(title=f"日切 Cut-over: batches opened before {shown:%Y-%m-%d %H:%M} ({tz})")
     for col in ("TID", "MID", "批次 Batch"):
