@@ -64,7 +64,8 @@ def make_machine(url_factory: Any) -> type[RuleBasedStateMachine]:
                 tmk=TMK,
                 host=HostAddress(*self.primary.address),
                 backup_host=HostAddress(*self.backup.address),
-                response_timeout_s=0.4,
+                # Room for a loaded CI machine: a slow commit must not pass for a lost answer.
+                response_timeout_s=0.8,
                 connect_timeout_s=0.5,
             )
             self.terminal = Terminal(config, self.dir / "pos")
