@@ -154,7 +154,7 @@ def test_a_version_1_journal_is_upgraded_by_opening_it(tmp_path: Path) -> None:
     engine.dispose()
     j = Journal(path, KeyStore(bytes(32)))
     try:
-        assert j.schema_version() == SCHEMA_VERSION == 2
+        assert j.schema_version() == SCHEMA_VERSION == 3
         assert "settlements" in inspect(j.engine).get_table_names()
     finally:
         j.close()

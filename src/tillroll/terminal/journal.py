@@ -3,8 +3,16 @@
 What it keeps, and what it never keeps:
 
 - every sale, void and balance inquiry with its STAN, batch and the request's fields **minus the
-  PIN block** (field 52); the PIN itself never reaches the terminal's storage at all. The PAN is
-  kept (field 2) because a void and a reversal must repeat it; it is shown only masked;
+  PIN block** (field 52) **and minus the card number** (field 2); the PIN itself never reaches
+  the terminal's storage at all;
+- the card number of a sale, void or refund **sealed** under the device key (AES-GCM, bound to
+  the entry's batch, trace and MTI), because a reversal, a void, a refund repeated as the same
+  request and the batch upload must send it again (PROFILE §7). It is kept only while the batch
+  may need it: once its batch is closed — settled, or closed by the host — and nothing pending
+  refers to the entry (a reversal, an open refund), the sealed number is erased and only the
+  masked one (first 6, last 4) remains. A balance inquiry's number is never kept. Erased content
+  is overwritten (``secure_delete``) and the WAL is truncated after an erasure, so the file keeps
+  no copy, not even a sealed one;
 - one reversal row per sale/void, written in the same transaction as the request, before the
   first byte is sent;
 - the response's references (RRN, authorization code, host date/time, issuer, acquirer) of an
@@ -19,15 +27,20 @@ What it keeps, and what it never keeps:
 
 Every state change is checked against the tables in :mod:`tillroll.terminal.states`.
 
+- every closed batch (``batches``): settled by this terminal, or **closed by the host** (the
+  sign-in answer named another batch: the host lost our journal's batch, or cut it over, PROFILE
+  §6). A host-closed batch is never settled or uploaded by the terminal.
+
 Schema: the tables are created by the journal itself (``metadata.create_all``), which adds any
-table a journal file lacks. Version 2 (refunds and settlement) only *adds* a table
-(``settlements``), so a version-1 journal is upgraded by opening it; the version is kept in
-``counters`` under ``schema``. A change to an existing table would need a migration step in
-:meth:`Journal._upgrade`.
+table a journal file lacks; the version is kept in ``counters`` under ``schema``. Version 2
+(refunds and settlement) only added ``settlements``. Version 3 adds ``txns.pan_sealed`` and
+``batches``: :meth:`Journal._upgrade` seals the clear card numbers an older journal kept in
+``request``, records the batches it had already left, and erases what those no longer need.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -49,9 +63,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
+    exists,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 
@@ -81,8 +99,11 @@ from tillroll.terminal.states import (
 
 STAN_MAX = 999_999
 ALERTS_KEPT_MAX = 10_000
-SECRET_FIELDS = frozenset({"52"})  # never journalled
-SCHEMA_VERSION = 2
+PAN_FIELD = "2"  # kept sealed in its own column (pan_sealed), never in ``request``
+SECRET_FIELDS = frozenset({"52", PAN_FIELD})  # never journalled in clear
+# The entries whose card number may be sent again: reversal, void, refund repeat, batch upload.
+KEEPS_PAN = frozenset({TxnKind.SALE, TxnKind.VOID, TxnKind.REFUND})
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -135,6 +156,7 @@ txns = Table(
     Column("e_receipt_path", Text),
     Column("prints", Integer, nullable=False, default=0),
     Column("note", Text),
+    Column("pan_sealed", Text),  # hex of the sealed field 2 while the batch may need it
     Index("ix_txns_batch_stan", "batch", "stan"),
 )
 
@@ -172,6 +194,16 @@ settlements_table = Table(
     Index("ix_settlements_batch", "batch"),
 )
 
+batches_table = Table(
+    "batches",
+    metadata,
+    Column("batch", String(6), primary_key=True),
+    Column("state", String(16), nullable=False),  # a BatchState
+    Column("closed_at", DateTime),
+    Column("next_batch", String(6)),
+    Column("pans_erased", Boolean, nullable=False, default=False),
+)
+
 alerts = Table(
     "alerts",
     metadata,
@@ -181,6 +213,29 @@ alerts = Table(
     Column("txn_id", Integer),
     Column("text", Text, nullable=False),
 )
+
+
+class BatchState(enum.StrEnum):
+    """How a batch this terminal has left was closed."""
+
+    SETTLED = "settled"  # by this terminal's 0500 (and upload)
+    CLOSED_BY_HOST = "closed_by_host"  # the host named another batch at sign-in (PROFILE §6)
+
+
+# Settlement states in which the terminal's own 0500 was answered 00.
+_ANSWERED_SETTLEMENT = (
+    SettlementState.BALANCED.value,
+    SettlementState.NOT_BALANCED.value,
+    SettlementState.UPLOADED.value,
+)
+
+
+@dataclass(frozen=True)
+class ClosedBatch:
+    batch: str
+    state: BatchState
+    closed_at: datetime | None
+    next_batch: str | None
 
 
 @dataclass(frozen=True)
@@ -246,8 +301,15 @@ def _dump(fields: Mapping[str, str]) -> str:
     return json.dumps({k: v for k, v in fields.items() if k not in SECRET_FIELDS}, sort_keys=True)
 
 
-def _entry(row: RowMapping) -> Entry:
+def _pan_label(batch: str, stan: str, mti: str) -> bytes:
+    """The sealed PAN is bound to its entry: moved to another row, it does not open."""
+    return f"terminal:pan:{batch}:{stan}:{mti}".encode()
+
+
+def _entry(row: RowMapping, pan: str | None) -> Entry:
     req = json.loads(row["request"])
+    if pan:
+        req[PAN_FIELD] = pan
     return Entry(
         id=row["id"],
         kind=TxnKind(row["kind"]),
@@ -322,21 +384,74 @@ def _settlement(row: RowMapping) -> Settlement:
     )
 
 
+def _secure_delete(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA secure_delete=ON")
+    cur.close()
+
+
 class Journal:
     def __init__(self, path: Path, keystore: KeyStore) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.engine: Engine = make_engine(f"sqlite:///{path}")
+        # Deleted content (an erased sealed PAN, the clear PAN of an upgraded journal) is
+        # overwritten with zeros instead of lingering in free space.
+        event.listen(self.engine, "connect", _secure_delete)
         self._keystore = keystore
+        self._scrub_due = False
         metadata.create_all(self.engine)  # adds any table an older journal lacks
         self._upgrade()
 
     def _upgrade(self) -> None:
-        """Bring an older journal to :data:`SCHEMA_VERSION`. Version 1 -> 2 only added the
-        ``settlements`` table (done by ``create_all``); the version is recorded."""
+        """Bring an older journal to :data:`SCHEMA_VERSION`. 1 -> 2 only added ``settlements``
+        (done by ``create_all``). 2 -> 3: add ``txns.pan_sealed``, seal every clear card number
+        kept in ``request`` (a balance inquiry's is dropped), record the batches already left
+        (settled when their 0500 was answered, else closed by the host), and erase the sealed
+        numbers those batches no longer need; then no page and no WAL frame holds a clear PAN."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("txns")}
         with self.begin() as conn:
+            if "pan_sealed" not in columns:
+                conn.execute(text("ALTER TABLE txns ADD COLUMN pan_sealed TEXT"))
+            if self._counter(conn, "schema", 1) < 3:
+                self._seal_clear_pans(conn)
+                self._record_left_batches(conn)
+                self._erase_spent_pans(conn)
+                self._scrub_due = True
             if self._counter(conn, "schema", 1) < SCHEMA_VERSION:
                 self._set_counter(conn, "schema", SCHEMA_VERSION)
+        self._scrub()
+
+    def _seal_clear_pans(self, conn: Connection) -> None:
+        rows = conn.execute(
+            select(txns.c.id, txns.c.kind, txns.c.batch, txns.c.stan, txns.c.mti, txns.c.request)
+        )
+        for row in rows.all():
+            fields = json.loads(row.request)
+            pan = fields.pop(PAN_FIELD, None)
+            if pan is None:
+                continue
+            sealed = self._seal_pan(pan, row.batch, row.stan, row.mti) if row.kind in KEEPS_PAN else None
+            conn.execute(
+                update(txns).where(txns.c.id == row.id).values(request=_dump(fields), pan_sealed=sealed)
+            )
+
+    def _record_left_batches(self, conn: Connection) -> None:
+        current = f"{self._counter(conn, 'batch', 1):06d}"
+        known = set(conn.execute(select(batches_table.c.batch)).scalars())
+        for batch in conn.execute(select(txns.c.batch).distinct()).scalars().all():
+            if batch != current and batch not in known:
+                self._close_batch(conn, batch, None, None)
+
+    def _seal_pan(self, pan: str, batch: str, stan: str, mti: str) -> str:
+        return self._keystore.seal(pan.encode(), label=_pan_label(batch, stan, mti)).hex()
+
+    def _entry(self, row: RowMapping) -> Entry:
+        sealed = row["pan_sealed"]
+        pan = None
+        if sealed:
+            label = _pan_label(row["batch"], row["stan"], row["mti"])
+            pan = self._keystore.open(bytes.fromhex(sealed), label=label).decode()
+        return _entry(row, pan)
 
     def schema_version(self) -> int:
         with self.begin() as conn:
@@ -352,6 +467,21 @@ class Journal:
     def begin(self) -> Iterator[Connection]:
         with self.engine.begin() as conn:
             yield conn
+        self._scrub()
+
+    def _scrub(self) -> None:
+        """After an erasure is committed: copy the WAL into the database and truncate it, so no
+        frame keeps the erased value (secure_delete has zeroed it in the pages)."""
+        if not self._scrub_due:
+            return
+        self._scrub_due = False
+        raw = self.engine.raw_connection()  # outside any transaction: a checkpoint cannot run in one
+        try:
+            cur = raw.cursor()
+            cur.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            cur.close()
+        finally:
+            raw.close()
 
     # --- counters ---------------------------------------------------------------------------
 
@@ -377,8 +507,92 @@ class Journal:
         with self.begin() as conn:
             return f"{self._counter(conn, 'batch', 1):06d}"
 
-    def set_batch(self, conn: Connection, batch: str) -> None:
+    def set_batch(self, conn: Connection, batch: str, now: datetime | None = None) -> None:
+        """Move to ``batch``. The batch left behind, if it holds entries, is closed: settled
+        when its 0500 was answered 00, else closed by the host (PROFILE §6: the sign-in answer
+        named another batch); its card numbers are erased once nothing pending needs them."""
+        current = f"{self._counter(conn, 'batch', 1):06d}"
         self._set_counter(conn, "batch", int(batch))
+        if batch == current:
+            return
+        has_entries = conn.execute(select(exists().where(txns.c.batch == current))).scalar()
+        known = conn.execute(select(batches_table.c.batch).where(batches_table.c.batch == current)).first()
+        if has_entries and known is None:
+            self._close_batch(conn, current, batch, now)
+        self._erase_spent_pans(conn)
+
+    def _close_batch(
+        self, conn: Connection, batch: str, next_batch: str | None, now: datetime | None
+    ) -> None:
+        answered = conn.execute(
+            select(
+                exists().where(
+                    settlements_table.c.batch == batch, settlements_table.c.state.in_(_ANSWERED_SETTLEMENT)
+                )
+            )
+        ).scalar()
+        state = BatchState.SETTLED if answered else BatchState.CLOSED_BY_HOST
+        conn.execute(
+            insert(batches_table).values(
+                batch=batch, state=state.value, closed_at=now, next_batch=next_batch, pans_erased=False
+            )
+        )
+
+    def closed_batches(self, limit: int = 100) -> list[ClosedBatch]:
+        """Batches this terminal has left, newest first."""
+        with self.begin() as conn:
+            rows = conn.execute(
+                select(batches_table)
+                .order_by(batches_table.c.closed_at.desc(), batches_table.c.batch.desc())
+                .limit(limit)
+            ).mappings()
+            return [
+                ClosedBatch(r["batch"], BatchState(r["state"]), r["closed_at"], r["next_batch"]) for r in rows
+            ]
+
+    def batch_state(self, batch: str) -> BatchState | None:
+        """How ``batch`` was closed; None while it is open (or was never used)."""
+        with self.begin() as conn:
+            value = conn.execute(select(batches_table.c.state).where(batches_table.c.batch == batch)).scalar()
+        return BatchState(value) if value else None
+
+    # --- card numbers -----------------------------------------------------------------------
+
+    def _erase_spent_pans(self, conn: Connection) -> int:
+        """Erase the sealed card number of every entry of a closed batch that nothing pending
+        refers to (no pending reversal, not an open refund); returns how many were erased."""
+        pending_reversal = exists().where(
+            reversals.c.txn_id == txns.c.id, reversals.c.state == ReversalState.PENDING.value
+        )
+        open_refund = (txns.c.kind == TxnKind.REFUND.value) & txns.c.state.in_([s.value for s in REFUND_OPEN])
+        closed = select(batches_table.c.batch).scalar_subquery()
+        erased = conn.execute(
+            update(txns)
+            .where(
+                txns.c.pan_sealed.is_not(None),
+                txns.c.batch.in_(closed),
+                ~pending_reversal,
+                ~open_refund,
+            )
+            .values(pan_sealed=None)
+        ).rowcount
+        if erased:
+            self._scrub_due = True
+        still = select(txns.c.batch).where(txns.c.pan_sealed.is_not(None)).distinct().scalar_subquery()
+        conn.execute(
+            update(batches_table)
+            .where(batches_table.c.pans_erased.is_(False), batches_table.c.batch.not_in(still))
+            .values(pans_erased=True)
+        )
+        return erased
+
+    def sealed_pan_count(self, batch: str | None = None) -> int:
+        """Entries that still keep a sealed card number (of ``batch``, or of all)."""
+        q = select(func.count()).select_from(txns).where(txns.c.pan_sealed.is_not(None))
+        if batch is not None:
+            q = q.where(txns.c.batch == batch)
+        with self.begin() as conn:
+            return int(conn.execute(q).scalar_one())
 
     # --- session ----------------------------------------------------------------------------
 
@@ -396,7 +610,7 @@ class Journal:
                     signed_in_at=now,
                 )
             )
-            self.set_batch(conn, batch)
+            self.set_batch(conn, batch, now)
 
     def load_session(self) -> Session | None:
         with self.begin() as conn:
@@ -433,16 +647,21 @@ class Journal:
         """Journal a request (and, for a sale or void, its pending reversal 06) in ``conn``'s
         transaction: the caller commits before sending."""
         amount = request.get("4")
+        pan = request.get(PAN_FIELD)
+        batch = request.field60.batch
         txn_id = inserted_id(
             conn.execute(
                 insert(txns).values(
                     kind=kind.value,
                     state=(RefundState.REQUESTED if kind is TxnKind.REFUND else TxnState.PENDING).value,
                     stan=request["11"],
-                    batch=request.field60.batch,
+                    batch=batch,
                     mti=request.mti,
                     request=_dump(request.fields),
-                    pan_masked=mask_pan(request.get("2") or ""),
+                    pan_masked=mask_pan(pan or ""),
+                    pan_sealed=self._seal_pan(pan, batch, request["11"], request.mti)
+                    if pan and kind in KEEPS_PAN
+                    else None,
                     expiry=request.get("14"),
                     entry_mode=entry_mode,
                     amount_minor=int(amount) if amount else None,
@@ -473,7 +692,7 @@ class Journal:
             with self.begin() as c:
                 return self.get(txn_id, c)
         row = conn.execute(_ENTRY_SELECT.where(txns.c.id == txn_id)).mappings().one()
-        return _entry(row)
+        return self._entry(row)
 
     def move(self, conn: Connection, txn_id: int, new: TxnState, now: datetime, **values: Any) -> None:
         """Change an entry's state (checked against the transition table) and set columns."""
@@ -499,6 +718,8 @@ class Journal:
         conn.execute(
             update(txns).where(txns.c.id == txn_id).values(state=new.value, updated_at=now, **values)
         )
+        if new not in REFUND_OPEN:
+            self._erase_spent_pans(conn)  # a refund finished in a closed batch
 
     def open_refunds(self, orig_rrn: str | None = None) -> list[Entry]:
         """Refunds not yet approved or declined (oldest first), optionally of one original."""
@@ -507,7 +728,7 @@ class Journal:
         )
         with self.begin() as conn:
             rows = conn.execute(q.order_by(txns.c.id)).mappings()
-            found = [_entry(r) for r in rows]
+            found = [self._entry(r) for r in rows]
         if orig_rrn is not None:
             found = [e for e in found if e.request.get("37") == orig_rrn]
         return found
@@ -524,7 +745,7 @@ class Journal:
                 .mappings()
                 .first()
             )
-        return _entry(row) if row else None
+        return self._entry(row) if row else None
 
     # --- settlement ---------------------------------------------------------------------------
 
@@ -539,7 +760,7 @@ class Journal:
                     txns.c.state == TxnState.APPROVED.value,  # == RefundState.APPROVED
                 ).order_by(txns.c.id)
             ).mappings()
-            return [_entry(r) for r in rows]
+            return [self._entry(r) for r in rows]
 
     def totals(self, batch: str) -> SettlementTotals:
         items = self.batch_items(batch)
@@ -636,6 +857,7 @@ class Journal:
         conn.execute(
             update(reversals).where(reversals.c.txn_id == txn_id).values(state=new.value, updated_at=now)
         )
+        self._erase_spent_pans(conn)  # a reversal of a closed batch's entry answered at last
 
     def note_reversal_attempt(self, txn_id: int, code: str | None, now: datetime) -> None:
         with self.begin() as conn:
@@ -650,7 +872,7 @@ class Journal:
             rows = conn.execute(
                 _ENTRY_SELECT.where(reversals.c.state == ReversalState.PENDING.value).order_by(txns.c.id)
             ).mappings()
-            return [_entry(r) for r in rows]
+            return [self._entry(r) for r in rows]
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -659,7 +881,7 @@ class Journal:
             rows = conn.execute(
                 _ENTRY_SELECT.where(txns.c.state.in_([s.value for s in IN_FLIGHT])).order_by(txns.c.id)
             ).mappings()
-            return [_entry(r) for r in rows]
+            return [self._entry(r) for r in rows]
 
     def find(self, *, kind: TxnKind, stan: str, batch: str) -> Entry | None:
         with self.begin() as conn:
@@ -672,7 +894,7 @@ class Journal:
                 .mappings()
                 .first()
             )
-        return _entry(row) if row else None
+        return self._entry(row) if row else None
 
     def find_receipted(self, stan: str | None) -> Entry | None:
         """The newest approval (sale or void) with that trace, or the newest approval of all."""
@@ -681,7 +903,7 @@ class Journal:
             q = q.where(txns.c.stan == stan)
         with self.begin() as conn:
             row = conn.execute(q.order_by(txns.c.id.desc()).limit(1)).mappings().first()
-        return _entry(row) if row else None
+        return self._entry(row) if row else None
 
     def approved_without_receipt(self) -> list[Entry]:
         with self.begin() as conn:
@@ -692,12 +914,12 @@ class Journal:
                     txns.c.receipt == ReceiptState.NONE.value,
                 )
             ).mappings()
-            return [_entry(r) for r in rows]
+            return [self._entry(r) for r in rows]
 
     def entries(self, limit: int = 200) -> list[Entry]:
         with self.begin() as conn:
             rows = conn.execute(_ENTRY_SELECT.order_by(txns.c.id.desc()).limit(limit)).mappings()
-            return [_entry(r) for r in rows]
+            return [self._entry(r) for r in rows]
 
     # --- receipts ---------------------------------------------------------------------------
 
