@@ -5,15 +5,19 @@ batch may need it, and reversal, void, refund and batch upload still work while 
 from __future__ import annotations
 
 import json
+import stat
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text, update
+from typer.testing import CliRunner
 
 from tillroll.clock import FakeClock
 from tillroll.crypto.keystore import KeyStore
-from tillroll.host import HostServer
+from tillroll.host import HostServer, InjectedStoreFailure
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583.messages import Message
@@ -21,15 +25,20 @@ from tillroll.pan import mask_pan
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.store.tables import batch_uploads
 from tillroll.terminal import (
+    ConfigError,
     HostAddress,
+    InputError,
     Outcome,
     SettlementState,
     Terminal,
     TerminalConfig,
     TxnKind,
     TxnState,
+    save_config,
 )
+from tillroll.terminal.cli import app
 from tillroll.terminal.journal import SCHEMA_VERSION, BatchState, Journal, txns
+from tillroll.terminal.receipt import Copy, slip_text
 from tillroll.terminal.states import ReversalState
 
 MID = "898310048990001"
@@ -53,9 +62,28 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostStore
     s.engine.dispose()
 
 
+class HostFails:
+    """Fails the host's store before commit for every request of one MTI (the host then knows
+    nothing was done) while ``mti`` is set."""
+
+    def __init__(self) -> None:
+        self.mti: str | None = None
+
+    def __call__(self, point: str, msg: Message) -> None:
+        if point == "before_commit" and msg.mti == self.mti:
+            raise InjectedStoreFailure("injected store failure")
+
+
 @pytest.fixture
-def host(store: HostStore) -> Iterator[HostServer]:
+def host_fails() -> HostFails:
+    return HostFails()
+
+
+@pytest.fixture
+def host(store: HostStore, host_fails: HostFails) -> Iterator[HostServer]:
     with HostServer(store, clock=FakeClock(), key_lifetime_s=3600) as server:
+        assert server._service is not None
+        server._service.pipeline.fault_hook = host_fails
         yield server
 
 
@@ -245,3 +273,139 @@ def test_a_version_2_journal_with_clear_card_numbers_is_sealed_on_upgrade(tmp_pa
         assert j.batch_state("000001") is BatchState.CLOSED_BY_HOST
     finally:
         j.close()
+
+
+# --- batches the host closed (PROFILE §6) ------------------------------------------------------
+
+
+def test_a_batch_the_host_closed_is_marked_so_never_settled_and_its_reversal_still_goes(
+    term: Terminal, tmp_path: Path, proxy: FaultProxy, store: HostStore, host_fails: HostFails
+) -> None:
+    kept = term.sale(1_000, PANS[0], EXPIRY)
+    assert kept.approved
+    proxy.inject(Fault.DROP_RESPONSE)  # the sale is charged, its answer lost ...
+    host_fails.mti = "0400"  # ... and every reversal fails at the host (nothing done): pending
+    stuck = term.sale(700, PANS[1], EXPIRY)
+    assert stuck.outcome is Outcome.REVERSAL_PENDING and stuck.txn_id is not None
+    old_batch = term.batch
+    # The host closes the batch without this terminal: a spare device with the same TID settles
+    # it (what a cut-over does host-side). Its sign-in also replaces this terminal's keys.
+    with make_terminal(tmp_path / "spare", proxy.address) as spare:
+        assert spare.sign_in().outcome is Outcome.DONE
+        assert spare.settle().outcome in (Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED)
+    assert card_balance(store, PANS[1]) == START_MINOR - 700  # charged, its reversal still owed
+    host_fails.mti = None
+
+    res = term.recover()  # signs in again: the host names a new batch
+    assert res.outcome is Outcome.DONE, res.text
+    assert term.batch != old_batch
+    assert term.journal.batch_state(old_batch) is BatchState.CLOSED_BY_HOST
+    assert any(a.kind == "batch_closed_by_host" for a in term.alerts())
+    assert card_balance(store, PANS[1]) == START_MINOR  # the reversal went, naming the old batch
+    assert term.pending_reversals() == [] and term.journal.sealed_pan_count() == 0
+    assert clear_pans_in(journal_bytes(term.data_dir)) == []
+
+    settled = term.settle()  # settles the new batch only; the old one is never settled or uploaded
+    assert settled.outcome is Outcome.SETTLED and settled.batch != old_batch
+    assert [s.batch for s in term.settlements()] == [settled.batch]
+    assert card_balance(store, PANS[0]) == START_MINOR - 1_000  # the old batch's sale stands
+
+    # A refund of the old batch's sale: its card number is gone, the RRN finds the sale.
+    assert kept.rrn and kept.txn_id is not None
+    date = term.journal.get(kept.txn_id).host_date
+    assert date is not None
+    with pytest.raises(InputError):
+        term.refund(100, kept.rrn, date, pan=PANS[1])  # not the card of that sale (masked check)
+    assert term.refund(400, kept.rrn, date, pan=PANS[0]).approved
+    assert card_balance(store, PANS[0]) == START_MINOR - 600
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def utc_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's TZ is UTC (as in a container) for the test, then restored."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_in_a_utc_process_the_slip_shows_beijing_time_and_the_journal_keeps_utc(
+    tmp_path: Path, store: HostStore, utc_process: None
+) -> None:
+    instant = datetime(2026, 11, 29, 17, 5, 9)  # UTC: 2026-11-30 01:05:09 in Beijing
+    clock = FakeClock(instant)
+    with HostServer(store, clock=clock, key_lifetime_s=3600) as host:
+        config = TerminalConfig(tid=TID, mid=MID, tmk=TMK, host=HostAddress(*host.address))
+        with Terminal(config, tmp_path / "pos", clock=clock) as t:
+            res = t.sale(1_250, PANS[0], EXPIRY)
+            assert res.approved and res.txn_id is not None
+            entry = t.journal.get(res.txn_id)
+            assert (entry.host_date, entry.host_time) == ("1130", "010509")  # fields 13/12
+            assert entry.approved_at == instant and entry.created_at == instant  # stored in UTC
+            text = slip_text(t.slip_for(entry), Copy.CARDHOLDER)
+    assert "2026/11/30 01:05:09" in text
+    assert "2026/11/29" not in text
+
+
+def test_merchant_time_zone_is_validated_at_start_up() -> None:
+    with pytest.raises(ConfigError, match="merchant_tz"):
+        TerminalConfig(tid=TID, mid=MID, tmk=TMK, host=HostAddress("127.0.0.1", 1), merchant_tz="Mars/Base")
+    assert TerminalConfig(tid=TID, mid=MID, tmk=TMK, host=HostAddress("127.0.0.1", 1)).merchant_tz == (
+        "Asia/Shanghai"
+    )
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+def test_the_data_dir_is_0700_and_its_files_0600_from_creation(term: Terminal) -> None:
+    res = term.sale(100, PANS[0], EXPIRY)  # no printer: the receipt is owed, an e-receipt written
+    assert res.approved and res.e_receipt is not None
+    save_config(term.data_dir, term.config)
+    assert stat.S_IMODE(term.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(res.e_receipt.parent.stat().st_mode) == 0o700
+    files = [p for p in term.data_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"journal.db", "device.key", "terminal.lock", "terminal.json"}
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
+
+
+# --- secrets from a prompt or standard input ----------------------------------------------------
+
+
+def test_pos_reads_the_tmk_and_the_pin_from_standard_input_when_given_as_dash(
+    tmp_path: Path, host: HostServer, store: HostStore
+) -> None:
+    runner = CliRunner()
+    base = ["--dir", str(tmp_path / "pos")]
+    address = "{}:{}".format(*host.address)
+    tmk_hex = TMK.hex().upper()
+    init = runner.invoke(
+        app,
+        [*base, "init", "--tid", TID, "--mid", MID, "--tmk", "-", "--host", address],
+        input=tmk_hex + "\n",
+    )
+    assert init.exit_code == 0, init.output
+    assert tmk_hex not in init.output
+    sale = runner.invoke(
+        app, [*base, "sale", "12.50", "--card", PANS[0], "--expiry", EXPIRY, "--pin", "-"], input=PIN + "\n"
+    )
+    assert sale.exit_code == 0, sale.output
+    assert card_balance(store, PANS[0]) == START_MINOR - 1_250
+    wrong = runner.invoke(
+        app, [*base, "balance", "--card", PANS[0], "--expiry", EXPIRY, "--pin", "-"], input="999999\n"
+    )
+    assert wrong.exit_code == 1  # the PIN read was used: a wrong one is declined by the issuer
+    balance = runner.invoke(
+        app, [*base, "balance", "--card", PANS[0], "--expiry", EXPIRY, "--pin", "-"], input=PIN + "\n"
+    )
+    assert balance.exit_code == 0, balance.output
+    assert "987.50" in balance.output
+    empty = runner.invoke(app, [*base, "sale", "1.00", "--card", PANS[0], "--expiry", EXPIRY, "--pin", "-"])
+    assert empty.exit_code == 2 and "PIN" in empty.output
+    journal = runner.invoke(app, [*base, "journal"], env={"COLUMNS": "200"})
+    assert journal.exit_code == 0 and PANS[0] not in journal.output and mask_pan(PANS[0]) in journal.output
+    assert PIN not in sale.output + balance.output

@@ -6,6 +6,8 @@ Exit codes: 0 approved / done, 1 declined or not completed (the message says wha
 
 from __future__ import annotations
 
+import getpass
+import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -13,6 +15,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from tillroll.clock import DEFAULT_MERCHANT_TZ, to_merchant_local
 from tillroll.money import AmountError, format_yuan, parse_yuan
 from tillroll.screen import wide_console
 from tillroll.terminal.config import (
@@ -31,6 +34,7 @@ from tillroll.terminal.engine import (
     TerminalError,
     parse_trace,
 )
+from tillroll.terminal.journal import BatchState
 from tillroll.terminal.states import Outcome
 
 app = typer.Typer(
@@ -60,6 +64,20 @@ SUCCESS = frozenset({Outcome.APPROVED, Outcome.DONE, Outcome.SETTLED, Outcome.SE
 def _bad_input(message: str) -> NoReturn:
     err_console.print(f"[bold red]输入错误 / bad input:[/] {message}")
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+SECRET_FROM_INPUT = "-"
+
+
+def _secret(value: str, what: str) -> str:
+    """``-`` means: read it from a hidden prompt on a terminal, else one line of standard input,
+    so that a PIN or a TMK need not sit in the shell history or the process list."""
+    if value != SECRET_FROM_INPUT:
+        return value
+    read = (getpass.getpass(f"{what}: ") if sys.stdin.isatty() else sys.stdin.readline()).strip()
+    if not read:
+        _bad_input(f"no {what} was given on the prompt or standard input")
+    return read
 
 
 def _data_dir(ctx: typer.Context) -> Path:
@@ -153,7 +171,10 @@ def init(
     ctx: typer.Context,
     tid: Annotated[str, typer.Option("--tid", help="Terminal id, 8 characters.")],
     mid: Annotated[str, typer.Option("--mid", help="Merchant id, 15 characters.")],
-    tmk: Annotated[str, typer.Option("--tmk", help="Terminal master key, 32 hex digits.")],
+    tmk: Annotated[
+        str,
+        typer.Option("--tmk", help="Terminal master key, 32 hex digits; - to read it from a prompt/stdin."),
+    ],
     host: Annotated[str, typer.Option("--host", help="Acquirer host HOST:PORT.")],
     backup_host: Annotated[str | None, typer.Option("--backup-host", help="Second line HOST:PORT.")] = None,
     printer: Annotated[str | None, typer.Option("--printer", help="tcp://HOST:PORT or file:PATH.")] = None,
@@ -161,13 +182,16 @@ def init(
     operator: Annotated[str, typer.Option("--operator", help="Cashier code, 3 characters.")] = "001",
     response_timeout_s: Annotated[float, typer.Option("--response-timeout-s")] = 30.0,
     connect_timeout_s: Annotated[float, typer.Option("--connect-timeout-s")] = 5.0,
+    merchant_tz: Annotated[
+        str, typer.Option("--merchant-tz", help="Merchant time zone (IANA) for slips and the journal.")
+    ] = DEFAULT_MERCHANT_TZ,
 ) -> None:
     """Set up this terminal (settings and TMK, sealed, in the data dir)."""
     try:
         config = TerminalConfig(
             tid=tid,
             mid=mid,
-            tmk=parse_tmk(tmk),
+            tmk=parse_tmk(_secret(tmk, "TMK (32 hex digits)")),
             host=HostAddress.parse(host),
             backup_host=HostAddress.parse(backup_host) if backup_host else None,
             printer_url=printer,
@@ -175,6 +199,7 @@ def init(
             operator=operator,
             response_timeout_s=response_timeout_s,
             connect_timeout_s=connect_timeout_s,
+            merchant_tz=merchant_tz,
         )
         path = save_config(_data_dir(ctx), config)
     except ConfigError as exc:
@@ -202,10 +227,10 @@ def balance(
     ctx: typer.Context,
     card: Annotated[str, typer.Option("--card", help="Card number (PAN).")],
     expiry: Annotated[str, typer.Option("--expiry", help="Card expiry YYMM.")],
-    pin: Annotated[str, typer.Option("--pin", help="Cardholder PIN.")],
+    pin: Annotated[str, typer.Option("--pin", help="Cardholder PIN; - to read it from a prompt/stdin.")],
 ) -> None:
     """Balance inquiry (PIN required)."""
-    _run(ctx, "balance", card, expiry, pin)
+    _run(ctx, "balance", card, expiry, _secret(pin, "PIN"))
 
 
 @app.command()
@@ -214,10 +239,12 @@ def sale(
     amount: Annotated[str, typer.Argument(help="Amount in yuan, e.g. 12.50.")],
     card: Annotated[str, typer.Option("--card", help="Card number (PAN).")],
     expiry: Annotated[str, typer.Option("--expiry", help="Card expiry YYMM.")],
-    pin: Annotated[str | None, typer.Option("--pin", help="Cardholder PIN (optional).")] = None,
+    pin: Annotated[
+        str | None, typer.Option("--pin", help="Cardholder PIN (optional); - to read it from a prompt/stdin.")
+    ] = None,
 ) -> None:
     """Sale (消费)."""
-    _run(ctx, "sale", _fen(amount), card, expiry, pin)
+    _run(ctx, "sale", _fen(amount), card, expiry, _secret(pin, "PIN") if pin is not None else None)
 
 
 @app.command()
@@ -287,6 +314,7 @@ def journal(
         pending = len(term.pending_reversals())
         open_refunds = len(term.open_refunds())
         settled = term.settlements(5)
+        closed = term.journal.closed_batches(10)
         alerts = term.alerts(10)
     except TerminalError as exc:
         err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
@@ -298,7 +326,19 @@ def journal(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    for col in ("BATCH-TRACE", "TYPE", "STATE", "AMOUNT", "CARD", "RRN", "AUTH", "RECEIPT", "REVERSAL"):
+    zone = term.config.zone  # the journal keeps UTC instants; people read merchant-local time
+    for col in (
+        "BATCH-TRACE",
+        "TIME",
+        "TYPE",
+        "STATE",
+        "AMOUNT",
+        "CARD",
+        "RRN",
+        "AUTH",
+        "RECEIPT",
+        "REVERSAL",
+    ):
         # a masked card number is never cut or wrapped; the rest folds on a narrow screen
         table.add_column(col, no_wrap=col == "CARD", min_width=19 if col == "CARD" else None, overflow="fold")
     for e in reversed(entries):
@@ -308,6 +348,7 @@ def journal(
             reversal = f"{e.reversal_state.value} {reason}"
         table.add_row(
             f"{e.batch}-{e.stan}",
+            f"{to_merchant_local(e.approved_at or e.created_at, zone):%m-%d %H:%M:%S}",
             e.kind.value,
             f"{e.state.value} {e.response_code or ''}".strip(),
             format_yuan(e.amount_minor) if e.amount_minor is not None else "",
@@ -336,5 +377,15 @@ def journal(
             + (f", uploaded {st.items_uploaded}" if st.items_uploaded else "")
             + (f", next batch {st.next_batch}" if st.next_batch else "")
         )
+    for b in reversed(closed):
+        if b.state is BatchState.CLOSED_BY_HOST:
+            when = f" {to_merchant_local(b.closed_at, zone):%Y-%m-%d %H:%M}" if b.closed_at else ""
+            console.print(
+                f"[yellow]批次 batch {b.batch} 已由主机关闭 closed by the host{when}[/]"
+                + (f", next batch {b.next_batch}" if b.next_batch else "")
+                + ": not settled or uploaded by this terminal; the acquirer settled it"
+            )
     for a in alerts:
-        console.print(f"[yellow]alert[/] {a.at:%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}")
+        console.print(
+            f"[yellow]alert[/] {to_merchant_local(a.at, zone):%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}"
+        )

@@ -19,8 +19,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone
 from tillroll.crypto.keystore import KeyStore, KeyStoreError
+from tillroll.owner_only import FILE_MODE, private_dir
 from tillroll.terminal.retry import Backoff
 
 CONFIG_FILE = "terminal.json"
@@ -92,8 +95,13 @@ class TerminalConfig:
     printer_timeout_s: float = 3.0
     printer_width_cols: int = 32
     sign_in_mode: str = "003"
+    merchant_tz: str = DEFAULT_MERCHANT_TZ  # slips and `pos journal` show this zone's local time
 
     def __post_init__(self) -> None:
+        try:
+            merchant_zone(self.merchant_tz)
+        except TimeZoneError as exc:
+            raise ConfigError(f"merchant_tz: {exc}") from None
         if not _TID.match(self.tid):
             raise ConfigError(f"terminal id {self.tid!r} must be 8 letters or digits")
         if not _MID.match(self.mid):
@@ -138,6 +146,11 @@ class TerminalConfig:
         return self.key_lifetime_s - self.sign_in_margin_s
 
     @property
+    def zone(self) -> ZoneInfo:
+        """The merchant's time zone: instants are kept in UTC and shown in this zone."""
+        return merchant_zone(self.merchant_tz)
+
+    @property
     def backoff(self) -> Backoff:
         """The waits between repeats of one request (refund, settlement, upload, reversal)."""
         return Backoff(self.retry_backoff_s, self.retry_backoff_cap_s, self.retry_wait_total_s)
@@ -156,9 +169,9 @@ def device_keystore(data_dir: Path) -> KeyStore:
             raise ConfigError(
                 f"{path} is damaged: restore it from a backup or run `pos init` again"
             ) from None
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     key = os.urandom(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w") as fh:
         fh.write(key.hex())
     return KeyStore(key)
@@ -168,7 +181,7 @@ _TMK_LABEL = b"terminal:tmk"
 
 
 def save_config(data_dir: Path, config: TerminalConfig) -> Path:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     ks = device_keystore(data_dir)
     doc: dict[str, Any] = asdict(config)
     doc.pop("tmk")
@@ -177,7 +190,10 @@ def save_config(data_dir: Path, config: TerminalConfig) -> Path:
     doc["tmk_sealed"] = ks.seal(config.tmk, label=_TMK_LABEL).hex()
     path = data_dir / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
+    tmp.unlink(missing_ok=True)  # a leftover of an interrupted write; created anew 0600 below
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(doc, indent=2, ensure_ascii=False))
     os.replace(tmp, path)
     return path
 

@@ -13,6 +13,8 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from tillroll.owner_only import FILE_MODE, private_dir
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -48,8 +50,8 @@ class DeviceLock:
     other's in-flight entry for an interrupted one). Waits at most ``wait_s``."""
 
     def __init__(self, path: Path, wait_s: float | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        private_dir(path.parent)  # the data dir: 0700 from its creation
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         deadline = time.monotonic() + (LOCK_WAIT_S if wait_s is None else wait_s)
         while True:
             try:

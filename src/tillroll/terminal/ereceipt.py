@@ -18,6 +18,7 @@ import re
 import tempfile
 from pathlib import Path
 
+from tillroll.owner_only import private_dir
 from tillroll.terminal.receipt import (
     TITLE_EN,
     TITLE_ZH,
@@ -101,14 +102,14 @@ def write_e_receipt(slip: Slip, directory: Path) -> Path:
     """Write the e-receipt into ``directory`` (created if missing); returns the file's path."""
     target = directory / e_receipt_filename(slip)
     page = render_e_receipt(slip).encode("utf-8")
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
+    # mkstemp creates the file 0600 and it stays so: a receipt is the merchant's data, not public
     fd, tmp_name = tempfile.mkstemp(prefix=".ereceipt-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(page)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -265,7 +265,7 @@ class Transactions:
                 self.journal.move(conn, txn_id, TxnState.REVERSAL_PENDING, now, note="approval unusable")
                 self.journal.set_reversal_reason(conn, txn_id, ReversalReason.CANNOT_COMPLETE, now)
             return self.reversals.reverse_now(txn_id, stan, ReversalReason.CANNOT_COMPLETE)
-        values["approved_at"] = host_time(now, resp.get("13"), resp.get("12"))
+        values["approved_at"] = host_time(now, resp.get("13"), resp.get("12"), self.config.zone)
         try:
             with self.journal.begin() as conn:
                 self.journal.move(conn, txn_id, TxnState.APPROVED, now, **values)

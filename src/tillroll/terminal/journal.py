@@ -537,6 +537,15 @@ class Journal:
                 batch=batch, state=state.value, closed_at=now, next_batch=next_batch, pans_erased=False
             )
         )
+        if state is BatchState.CLOSED_BY_HOST and now is not None:
+            conn.execute(
+                insert(alerts).values(
+                    at=now,
+                    kind="batch_closed_by_host",
+                    text=f"batch {batch} was closed by the host (the sign-in named batch {next_batch}): "
+                    "it is not settled or uploaded by this terminal; its pending reversals are still sent",
+                )
+            )
 
     def closed_batches(self, limit: int = 100) -> list[ClosedBatch]:
         """Batches this terminal has left, newest first."""

@@ -107,7 +107,7 @@ class Slip:
     trace: str  # n6
     auth_code: str  # an6
     rrn: str  # an12
-    when: datetime
+    when: datetime  # the merchant's local wall-clock time (naive); the journal keeps UTC instants
     amount_minor: int  # positive fen; VOID/REFUND print with a minus sign
     currency: str = "156"
     reference: str | None = None  # e.g. "原凭证号 ORIG VOUCHER 000123 RRN ..." for voids/refunds

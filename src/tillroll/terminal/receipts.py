@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from tillroll.clock import Clock
+from tillroll.clock import Clock, to_merchant_local
 from tillroll.iso8583.messages import CURRENCY_CNY
 from tillroll.money import format_yuan
 from tillroll.pan import mask_pan
@@ -83,7 +83,7 @@ class Receipts:
             trace=entry.stan,
             auth_code=entry.auth_code or "",
             rrn=entry.rrn or "",
-            when=entry.approved_at or entry.created_at,
+            when=to_merchant_local(entry.approved_at or entry.created_at, self.config.zone),
             amount_minor=entry.amount_minor or 0,
             currency=entry.request.get("49") or CURRENCY_CNY,
             reference=reference,

@@ -18,6 +18,7 @@ from tillroll.iso8583 import builders
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import Field61, Message
 from tillroll.money import format_yuan
+from tillroll.pan import mask_pan
 from tillroll.terminal.config import TerminalConfig
 from tillroll.terminal.inputs import (
     SLIP_ENTRY_MODE,
@@ -105,14 +106,16 @@ class Refunds:
                 (stan_orig, orig.stan, "trace"),
                 (batch_orig, orig.batch, "batch"),
                 (orig_date, orig.host_date or orig_date, "date"),
-                (card, orig.pan, "card"),
+                # the full number may be erased already (its batch is closed): compare masked
+                (mask_pan(card) if card else None, orig.pan_masked, "card"),
             ):
                 if given is not None and given != ours:
                     raise InputError(
                         f"the sale with RRN {orig_rrn} in this terminal's journal has another {what}: "
                         "check the slip and type it again"
                     )
-            stan_orig, batch_orig, card, exp = orig.stan, orig.batch, orig.pan, orig.expiry
+            stan_orig, batch_orig, exp = orig.stan, orig.batch, orig.expiry
+            card = orig.pan or card  # none kept and none given: the host finds the sale by its RRN
         elif stan_orig is None or batch_orig is None:
             raise InputError(
                 f"the sale with RRN {orig_rrn} is not in this terminal's journal: give its trace and "
@@ -268,7 +271,7 @@ class Refunds:
                 host_time=resp.get("12"),
                 issuer=f63[3:].strip()[:40] or None,
                 acquirer=f44[11:].strip()[:40] or None,
-                approved_at=host_time(now, resp.get("13"), resp.get("12")),
+                approved_at=host_time(now, resp.get("13"), resp.get("12"), self.config.zone),
                 note=None,
             )
         entry = self.journal.get(txn_id)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 
+from tillroll.clock import to_merchant_local, utc_naive
 from tillroll.iso8583 import builders
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import Message, has_mac, mac_matches
@@ -94,21 +95,25 @@ def response_code(code: str | None) -> ResponseCode | None:
         return None
 
 
-def host_time(now: datetime, mmdd: str | None, hhmmss: str | None) -> datetime:
-    """The host's date (13) and time (12) in the year nearest to the terminal's clock."""
+def host_time(now: datetime, mmdd: str | None, hhmmss: str | None, tz: tzinfo) -> datetime:
+    """The instant (naive UTC) of the host's date (13) and time (12), which are the merchant's
+    local time in ``tz`` (PROFILE §7), in the year nearest to the terminal's clock (``now``, UTC)."""
     if not (mmdd and hhmmss and mmdd.isdigit() and hhmmss.isdigit()):
         return now.replace(microsecond=0)
+    local_now = to_merchant_local(now, tz)
     best: datetime | None = None
-    for year in (now.year - 1, now.year, now.year + 1):
+    for year in (local_now.year - 1, local_now.year, local_now.year + 1):
         try:
             cand = datetime(
                 year, int(mmdd[:2]), int(mmdd[2:]), int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:])
             )
         except ValueError:
             continue
-        if best is None or abs(cand - now) < abs(best - now):
+        if best is None or abs(cand - local_now) < abs(best - local_now):
             best = cand
-    return best or now.replace(microsecond=0)
+    if best is None:
+        return now.replace(microsecond=0)
+    return utc_naive(best.replace(tzinfo=tz))
 
 
 def parse_balance(f54: str | None) -> int | None:
