@@ -389,3 +389,38 @@ def journal(
         console.print(
             f"[yellow]alert[/] {to_merchant_local(a.at, zone):%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}"
         )
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Stay resident: send pending reversals with backoff, sign in again, echo, settle daily.
+    Stops on SIGTERM or Ctrl-C; other `pos` commands work meanwhile."""
+    import signal
+    import threading
+
+    from tillroll.terminal.resident import Resident
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    console.print(f"resident: running on {_data_dir(ctx)} (SIGTERM or Ctrl-C stops)")
+    Resident(_data_dir(ctx), stop=stop, out=lambda line: console.print(line, markup=False)).run()
+    console.print("resident: stopped")
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """The terminal's state: session and key age, batch, pending reversals, owed receipts, alerts."""
+    from tillroll.terminal.resident import status as read_status
+
+    term = _open(ctx)
+    try:
+        rows = read_status(term, term.clock).rows
+    finally:
+        term.close()
+    table = Table(title="终端状态 STATUS", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("WHAT", no_wrap=True)
+    table.add_column("STATE", overflow="fold")
+    for what, state in rows:
+        table.add_row(what, state)
+    console.print(table)

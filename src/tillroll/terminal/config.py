@@ -95,6 +95,11 @@ class TerminalConfig:
     printer_timeout_s: float = 3.0
     printer_width_cols: int = 32
     sign_in_mode: str = "003"
+    # `pos run` (resident.py): echo when the line was idle this long; alert on a reversal
+    # pending longer than this; settle each day at this merchant-local HH:MM (None: never)
+    echo_interval_s: float = 300.0
+    reversal_alert_s: float = 60.0
+    settle_at: str | None = None
     merchant_tz: str = DEFAULT_MERCHANT_TZ  # slips and `pos journal` show this zone's local time
 
     def __post_init__(self) -> None:
@@ -130,6 +135,10 @@ class TerminalConfig:
             raise ConfigError("retry_wait_total_s must be within 0..600 seconds")
         if self.key_lifetime_s <= 0 or not 0 <= self.sign_in_margin_s < self.key_lifetime_s:
             raise ConfigError("key_lifetime_s must be positive and sign_in_margin_s below it")
+        if not 5 <= self.echo_interval_s <= 86_400 or not 1 <= self.reversal_alert_s <= 86_400:
+            raise ConfigError("echo_interval_s must be within 5..86400 s, reversal_alert_s within 1..86400 s")
+        if self.settle_at is not None and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", self.settle_at):
+            raise ConfigError(f"settle_at {self.settle_at!r} must be HH:MM (merchant-local), like 23:30")
         if self.sign_in_mode not in ("003", "004"):
             raise ConfigError("sign_in_mode must be 003 or 004")
         if self.printer_url is not None and not (
