@@ -30,9 +30,13 @@ _TRACK_NIBBLES = _DIGITS | {"D"}
 _DEFINED_BITS = frozenset(int(k) for k in SUPPORTED_FIELDS)
 
 
+# For each byte value, the 1-based positions of its set bits (most significant first).
+_BYTE_BITS = tuple(tuple(b + 1 for b in range(8) if value & (0x80 >> b)) for value in range(256))
+
+
 def bitmap_bits(bitmap: bytes) -> list[int]:
     """The field numbers whose bits are set, in order (bit 1 is the first bit of byte 0)."""
-    return [i * 8 + b + 1 for i, byte in enumerate(bitmap) for b in range(8) if byte & (0x80 >> b)]
+    return [i * 8 + bit for i, byte in enumerate(bitmap) for bit in _BYTE_BITS[byte]]
 
 
 def check_mti(raw: bytes, allowed: frozenset[str] = PROFILE_MTIS) -> str:
@@ -69,18 +73,22 @@ def check_nibbles(encoded: Mapping[str, Mapping[str, bytes]]) -> None:
     wire order after MTI and bitmap, which gives each field's offset.
     """
     offset = BODY_OFFSET
-    for key in sorted((k for k in encoded if k.isdigit()), key=int):
-        prefix, data = encoded[key]["len"], encoded[key]["data"]
+    # pyiso8583 fills the document in wire order (MTI, bitmap, then fields by number).
+    for key, part in encoded.items():
+        if not key.isdigit():
+            continue
+        prefix, data = part["len"], part["data"]
         start = offset + len(prefix)
         offset = start + len(data)
         if key not in BCD_FIELDS:
             continue
         allowed = _TRACK_NIBBLES if key in TRACK_FIELDS else _DIGITS
         nibbles = data.hex().upper()
-        for i, nibble in enumerate(nibbles):
-            if nibble not in allowed:
-                kind = "digits and D" if key in TRACK_FIELDS else "digits"
-                raise DecodeError(f"nibble {nibble} in a field of {kind}", field=key, offset=start + i // 2)
+        if set(nibbles) <= allowed:  # the common case, checked in C
+            continue
+        i = next(i for i, nibble in enumerate(nibbles) if nibble not in allowed)
+        kind = "digits and D" if key in TRACK_FIELDS else "digits"
+        raise DecodeError(f"nibble {nibbles[i]} in a field of {kind}", field=key, offset=start + i // 2)
 
 
 def value_ok(key: str, wire_value: str) -> bool:
