@@ -3,14 +3,19 @@
 One process runs the acquirer host (SQLite in a temporary folder), a receipt-printer emulator,
 two fault-injecting lines (primary and backup) per terminal, and two terminals. About a hundred
 sales, voids and balance inquiries go through; on the way a response is lost, a response's MAC is
-damaged, the printer jams, the host's sign-in expires and a primary line goes down. The closing
-check then proves that every host-approved payment is receipted (printed or owed) or reversed,
-that every reversed payment's "you paid" message is followed by its reversal message, that the
-terminals, the host, the bank and the ledger agree, and that nothing is left unknown.
+damaged, the printer jams, the host's sign-in expires, a primary line goes down, a refund meets
+a store failure, a foreign client floods the host's port with another dialect's traffic, and one
+counter's terminal is replaced mid-day (its journal lost: PROFILE §6). The closing check then
+proves that every host-approved payment is receipted (printed or owed) or reversed, that every
+reversed payment's "you paid" message is followed by its reversal message, that no earlier answer
+was replayed to a new payment, that the terminals (old and new devices), the host, the bank and
+the ledger agree batch by batch, that the flood cost no legitimate request, and that nothing is
+left unknown (:mod:`tillroll.sim.demo_check`).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import tempfile
 from collections.abc import Callable
@@ -20,21 +25,22 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from sqlalchemy import func, select
 
 from tillroll.clock import DEFAULT_MERCHANT_TZ, SystemClock, merchant_now, merchant_zone
 from tillroll.host import HostServer, InjectedStoreFailure
-from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
-from tillroll.host.report import ledger_problems, report_table, settlement_report
+from tillroll.host.admin import add_card, add_merchant, add_terminal
+from tillroll.host.report import report_table, settlement_report
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583.messages import Message
 from tillroll.money import format_yuan
 from tillroll.pan import mask_pan
 from tillroll.screen import wide_console
+from tillroll.sim.demo_check import closing_check, report
 from tillroll.sim.fault_proxy import Fault, FaultProxy
+from tillroll.sim.foreign_client import FloodLimits, ForeignClient
 from tillroll.sim.printer_emulator import PrinterEmulator, PrinterState
-from tillroll.store.tables import transactions
+from tillroll.store.tables import settlements, transactions
 from tillroll.terminal import (
     Entry,
     Outcome,
@@ -45,13 +51,22 @@ from tillroll.terminal import (
     TxnKind,
     TxnState,
 )
-from tillroll.terminal.config import HostAddress
-from tillroll.terminal.states import RefundState, SettlementState
+from tillroll.terminal.config import CONFIG_FILE, HostAddress, save_config
 
 MID = "898100012345678"
 MERCHANT = "一号便利店 No.1 Store"
 KEY_LIFETIME_S = 3_600
 FAULT_CARD = "6222021234567890123"
+OPENING_CARD = "6222020000000000011"
+OPENING_MINOR = 2_000
+HOST_LOG_FLOOD_MAX_BYTES = 1_000_000  # issue 6: a flood must not fill the disk
+# What a legitimate request must never meet because of someone else's traffic: no answer, a
+# reversal, a format error, a malfunction, a MAC failure (its session replaced), a duplicate.
+LEGIT_FAILURE_OUTCOMES = frozenset({
+    Outcome.REVERSED, Outcome.REVERSAL_PENDING, Outcome.NO_ANSWER, Outcome.HOST_UNREACHABLE,
+    Outcome.SIGN_IN_FAILED, Outcome.BLOCKED_BY_REVERSAL, Outcome.REFUND_UNKNOWN, Outcome.REFUND_BLOCKED,
+})  # fmt: skip
+LEGIT_FAILURE_CODES = frozenset({"30", "94", "96", "A0", "77"})
 CARDS: dict[str, tuple[str, str, int]] = {  # pan: (expiry, pin, opening fen)
     "6222021234567890123": ("3012", "123456", 500_000),
     "6222020000000000011": ("2912", "111111", 300_000),
@@ -59,6 +74,11 @@ CARDS: dict[str, tuple[str, str, int]] = {  # pan: (expiry, pin, opening fen)
     "6222020000000000037": ("3103", "333333", 150_000),
     "6222020000000000045": ("2911", "444444", 30_000),  # runs out of money during the day
 }
+
+
+def legit_failure(res: Result) -> bool:
+    """An ordinary operation that ended as no ordinary card rule (funds, PIN) would end it."""
+    return res.outcome in LEGIT_FAILURE_OUTCOMES or (res.raw_code or "") in LEGIT_FAILURE_CODES
 
 
 class ShiftedClock(SystemClock):
@@ -103,6 +123,13 @@ class Counter:
     primary: FaultProxy
     backup: FaultProxy
     tid: str
+    # Devices this counter had before the current one: their journals are read by the closing
+    # check only (an auditor recovers them from the dead device); nothing is sent from them.
+    retired: list[Terminal] = field(default_factory=list)
+
+    @property
+    def devices(self) -> list[Terminal]:
+        return [*self.retired, self.terminal]
 
 
 @dataclass
@@ -127,10 +154,23 @@ class Demo:
         self.printer: PrinterEmulator | None = None
         self.counters: list[Counter] = []
         self.store_faults = StoreFaults()
+        self.cards = CARDS
+        self.openings: dict[str, Result] = {}  # each counter's first sale of the day
+        self.flood: ForeignClient | None = None
+        self.flood_record: FaultRecord | None = None
+        self.flood_from = 0  # index into log.results where the flood began
+        self.flood_problems: list[str] = []
+        self._host_log: logging.FileHandler | None = None
+        self._host_log_size_at_flood = 0
 
     # --- set-up and tear-down ------------------------------------------------------------------
 
     def start(self) -> None:
+        # The host's log goes to the day's folder, as a deployed host's would (and not to the
+        # console: a flood must not fill it); removed again in stop().
+        self._host_log = logging.FileHandler(self.work_dir / "host.log", encoding="utf-8")
+        self._host_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logging.getLogger("tillroll.host").addHandler(self._host_log)
         # The host's master key lands beside its SQLite file, in the day's folder.
         self.store = open_store(f"sqlite:///{self.work_dir / 'host.db'}")
         add_merchant(self.store, MID, MERCHANT)
@@ -165,8 +205,12 @@ class Demo:
             self.counters.append(Counter(terminal, primary, backup, tid))
 
     def stop(self) -> None:
+        if self.flood is not None:
+            self.flood.stop()
+            self.flood.join(timeout_s=5.0)
         for c in self.counters:
-            c.terminal.close()
+            for device in c.devices:
+                device.close()
             c.primary.stop()
             c.backup.stop()
         if self.printer is not None:
@@ -175,6 +219,9 @@ class Demo:
             self.host.stop()
         if self.store is not None:
             self.store.engine.dispose()
+        if self._host_log is not None:
+            logging.getLogger("tillroll.host").removeHandler(self._host_log)
+            self._host_log.close()
 
     # --- the day -------------------------------------------------------------------------------
 
@@ -190,13 +237,14 @@ class Demo:
         amount_minor: int | None = None,
         wrong_pin: bool = False,
         pan: str | None = None,
+        with_pin: bool | None = None,
     ) -> Result:
         if pan is None:
             pan, expiry, pin = self._card()
         else:
             expiry, pin, _ = CARDS[pan]
         amount = amount_minor or self.rng.choice([350, 1250, 1999, 4800, 8850, 12_000, 26_600, 99_900])
-        use_pin = wrong_pin or self.rng.random() < 0.5
+        use_pin = wrong_pin or (self.rng.random() < 0.5 if with_pin is None else with_pin)
         res = counter.terminal.sale(
             amount, pan, expiry, ("000000" if wrong_pin else pin) if use_pin else None
         )
@@ -260,6 +308,9 @@ class Demo:
             n * 55 // 100: self.fault_expired_sign_in,
             n * 70 // 100: self.fault_line_down,
             n * 85 // 100: self.fault_refund_96,
+            n * 30 // 100: self.flood_begins,
+            n * 48 // 100: self.fault_replaced_terminal,
+            n * 62 // 100: self.flood_ends,
         }
 
     def fault_lost_response(self) -> None:
@@ -357,6 +408,111 @@ class Demo:
         rec.ok = sale.approved and res.approved and booked == 1 and self.store_faults.injected == 1
         self.log.faults.append(rec)
 
+    def flood_begins(self) -> None:
+        """A foreign client starts flooding the host's port (bounded: FloodLimits) while the
+        counters go on selling; :meth:`flood_ends` collects what it did."""
+        assert self.host is not None
+        self.flood_record = FaultRecord(
+            "foreign client flood 外来报文冲击",
+            "another dialect's client floods the host's port: ASCII 0100s, undefined fields, a "
+            "secondary bitmap, digits A-F, 0810/0210 as requests, noise, oversize lengths",
+        )
+        self.log.faults.append(self.flood_record)
+        self.flood_from = len(self.log.results)
+        self._host_log_size_at_flood = self._host_log_size()
+        self.flood = ForeignClient(
+            self.host.address,
+            tids=[c.tid for c in self.counters],
+            mid=MID,
+            seed=self.rng.randrange(2**32),
+            limits=FloodLimits(),
+        ).start()
+        self._ordinary(self.counters[0])
+
+    def flood_ends(self) -> None:
+        assert self.flood is not None and self.flood_record is not None
+        self._ordinary(self.counters[1])
+        done = self.flood.join(timeout_s=FloodLimits().duration_max_s + 5.0)
+        self.flood.stop()
+        during = self.log.results[self.flood_from :]
+        counts = self.flood.counts
+        log_bytes = self._host_log_size() - self._host_log_size_at_flood
+        hurt = [
+            f"{what}: {res.outcome} {res.raw_code or ''}".strip()
+            for what, res in during
+            if legit_failure(res)
+        ]
+        self.flood_problems = [f"during the flood: {h}" for h in hurt]
+        if not done:
+            self.flood_problems.append("the foreign client did not finish within its bound")
+        if counts.sent == 0 or counts.closed + sum(counts.answered.values()) == 0:
+            self.flood_problems.append(f"the flood did not reach the host: {counts.summary()}")
+        if log_bytes > HOST_LOG_FLOOD_MAX_BYTES:
+            self.flood_problems.append(f"the host logged {log_bytes} bytes during the flood")
+        self.flood_record.observed = counts.summary()
+        self.flood_record.followed = (
+            f"{len(during)} legitimate operations during the flood, {len(hurt)} lost or failed "
+            f"because of it; host log +{log_bytes} bytes"
+        )
+        self.flood_record.ok = not self.flood_problems
+
+    def _host_log_size(self) -> int:
+        if self._host_log is None:
+            return 0
+        self._host_log.flush()
+        return (self.work_dir / "host.log").stat().st_size
+
+    def replace_terminal(self, counter: Counter, data_dir: Path) -> Terminal:
+        """The counter's device is swapped for the one in ``data_dir`` (set up there as `pos init`
+        would: same TID, MID and TMK); the old one is retired, its journal kept for the check."""
+        old = counter.terminal
+        old.link.close()
+        if not (data_dir / CONFIG_FILE).exists():
+            save_config(data_dir, old.config)
+        counter.retired.append(old)
+        counter.terminal = Terminal.open(data_dir)
+        return counter.terminal
+
+    def fault_replaced_terminal(self) -> None:
+        c = self.counters[0]
+        rec = FaultRecord(
+            "terminal replaced 换机（流水丢失）",
+            "terminal 1's device is replaced mid-day: a new journal whose STAN counter starts again, "
+            "same TID and TMK; its first sale repeats the old device's first sale (same card, amount, "
+            "trace), the seed F4 trap",
+        )
+        self.log.faults.append(rec)
+        old = c.terminal
+        old.recover()  # the old device's last act: nothing in flight is lost with it
+        old_batch = old.batch
+        opening = self.openings[c.tid]
+        new = self.replace_terminal(c, self.work_dir / "pos-1-replacement")
+        signed = new.sign_in()
+        first = self._sale(c, amount_minor=opening.amount_minor, pan=OPENING_CARD, with_pin=False)
+        more = [self._sale(c) for _ in range(3)]
+        assert self.store is not None
+        with self.store.engine.connect() as conn:
+            closed_by = conn.execute(
+                select(settlements.c.closed_by).where(
+                    settlements.c.tid == c.tid, settlements.c.batch == old_batch
+                )
+            ).scalar_one_or_none()
+        rec.observed = (
+            f"sign-in: {signed.outcome}, batch {old_batch} → {signed.batch}; first sale, trace {first.trace} "
+            f"(old device's: {opening.trace}): {first.outcome}, RRN {first.rrn} (old device's: {opening.rrn})"
+        )
+        rec.followed = f"old batch {old_batch} closed by: {closed_by or 'nobody'}; next sales: " + ", ".join(
+            f"{r.outcome} {r.raw_code or ''}".strip() for r in more
+        )
+        rec.ok = (
+            signed.outcome is Outcome.DONE
+            and signed.batch != old_batch
+            and first.approved
+            and first.rrn != opening.rrn
+            and closed_by == "host"
+            and not any(legit_failure(r) for r in more)
+        )
+
     def end_of_day(self) -> None:
         for c in self.counters:
             res = c.terminal.settle()
@@ -381,6 +537,10 @@ class Demo:
             task = progress.add_task("day", total=self.operations)
             for c in self.counters:
                 c.terminal.sign_in()
+                # The first customer of the day pays without a PIN (a replaced device repeats it).
+                self.openings[c.tid] = self._sale(
+                    c, amount_minor=OPENING_MINOR, pan=OPENING_CARD, with_pin=False
+                )
             for step in range(self.operations):
                 if step in faults:
                     faults[step]()
@@ -398,102 +558,10 @@ class Demo:
 
     def check(self) -> list[str]:
         """The closing check; every line it returns is a broken promise."""
-        assert self.store is not None
-        problems: list[str] = []
-        journal: dict[tuple[str, str, str], Entry] = {}
-        terminal_approved: dict[str, int] = {}
-        for c in self.counters:
-            for e in c.terminal.entries(10_000):
-                journal[(c.tid, e.batch, e.stan)] = e
-                if e.state in (TxnState.PENDING, TxnState.SENT, TxnState.UNKNOWN, RefundState.UNKNOWN):
-                    problems.append(f"{c.tid} trace {e.stan}: still {e.state} after recover")
-                if e.kind is TxnKind.SALE and e.state is TxnState.APPROVED:
-                    terminal_approved[c.tid] = terminal_approved.get(c.tid, 0) + (e.amount_minor or 0)
-            if c.terminal.pending_reversals():
-                problems.append(f"{c.tid}: reversals still pending after recover")
-            if c.terminal.open_refunds():
-                problems.append(f"{c.tid}: refunds still open after recover")
-            settled = [st.state for st in c.terminal.settlements()]
-            if not settled or settled[0] is not SettlementState.BALANCED:
-                problems.append(f"{c.tid}: the end-of-day settlement is not balanced: {settled[:1]}")
-        with self.store.engine.connect() as conn:
-            host = conn.execute(select(transactions)).mappings().all()
-            problems += ledger_problems(conn)
-        sales = [t for t in host if t["kind"] == "sale" and t["response_code"] == "00"]
-        refunds = [t for t in host if t["kind"] == "refund" and t["status"] == "approved"]
-        host_approved: dict[str, int] = {}
-        reversed_by_card: dict[str, int] = {}
-        for s in sales:
-            if s["status"] == "reversed":
-                reversed_by_card[s["pan_masked"]] = reversed_by_card.get(s["pan_masked"], 0) + 1
-                continue
-            if s["status"] == "approved":
-                host_approved[s["tid"]] = host_approved.get(s["tid"], 0) + int(s["amount_minor"])
-        for t in sales + refunds:
-            entry = journal.get((t["tid"], t["batch"], t["stan"]))
-            if entry is None or t["status"] == "reversed":
-                if entry is None and t["status"] != "reversed":
-                    problems.append(
-                        f"host approved {t['kind']} {t['tid']} trace {t['stan']} "
-                        f"({format_yuan(t['amount_minor'])}) but the terminal has no receipt for it "
-                        "and it is not reversed"
-                    )
-                continue
-            if entry.receipt not in (ReceiptState.PRINTED, ReceiptState.OWED):
-                problems.append(f"{t['kind']} {t['tid']} trace {t['stan']}: approved by the host, no receipt")
-        if terminal_approved != host_approved:
-            problems.append(
-                f"terminals' approved totals {terminal_approved} differ from the host's {host_approved}"
-            )
-        for pan, (_, _, opening) in CARDS.items():
-            masked = mask_pan(pan)
-            reversals = [t for t in card_messages(self.store, pan) if "冲正退回" in t]
-            if len(reversals) != reversed_by_card.get(masked, 0):
-                problems.append(
-                    f"card {masked}: {len(reversals)} reversal messages for "
-                    f"{reversed_by_card.get(masked, 0)} reversed payments"
-                )
-            spent = sum(
-                int(s["amount_minor"])
-                for s in sales
-                if s["pan_masked"] == masked and s["status"] == "approved"
-            )
-            refunded = sum(int(r["amount_minor"]) for r in refunds if r["pan_masked"] == masked)
-            expected = opening - spent + refunded
-            if card_balance(self.store, pan) != expected:
-                problems.append(
-                    f"card {masked}: balance {card_balance(self.store, pan)}, expected {expected}"
-                )
-        return problems
+        return closing_check(self) + self.flood_problems
 
     def report(self, problems: list[str]) -> None:
-        table = Table(title="故障与结果 Faults and what happened", show_lines=True)
-        for col in ("fault", "injected", "terminal showed", "what followed", "ok"):
-            table.add_column(col)
-        for f in self.log.faults:
-            table.add_row(f.name, f.injected, f.observed, f.followed, "✔" if f.ok else "✘")
-        self.console.print(table)
-        summary = Table(title="营业日汇总 The day")
-        summary.add_column("outcome")
-        summary.add_column("count", justify="right")
-        for outcome in Outcome:
-            n = self.log.count(outcome)
-            if n:
-                summary.add_row(outcome.text, str(n))
-        self.console.print(summary)
-        for f in self.log.faults:
-            if not f.ok:
-                problems.append(f"fault '{f.name}' did not end as it should: {f.observed} / {f.followed}")
-        if problems:
-            self.console.print("[bold red]闭店核对失败 closing check FAILED[/]")
-            for p in problems:
-                self.console.print(f"  [red]✘[/] {p}")
-        else:
-            self.console.print(
-                "[bold green]闭店核对通过 closing check passed[/]: every host-approved payment is "
-                "receipted (printed or owed) or reversed; every reversed payment's message is followed "
-                "by its reversal message; terminals, host, bank and ledger agree; nothing is unknown."
-            )
+        report(self, problems)
 
 
 def run_demo(
