@@ -1,7 +1,9 @@
-"""The demo's day passes its closing check, and the check catches a payment nobody receipted."""
+"""The demo's day passes its closing check, and the check catches a payment nobody receipted and
+an earlier answer replayed to a replaced terminal."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -12,18 +14,20 @@ from tillroll.crypto import unwrap_working_keys
 from tillroll.host.admin import card_messages
 from tillroll.iso8583 import framing
 from tillroll.iso8583.messages import Message, mac_matches, pack, sign, unpack
-from tillroll.sim.demo import CARDS, MID, Demo, run_demo
-from tillroll.terminal import Outcome
+from tillroll.sim.demo import CARDS, MID, OPENING_CARD, OPENING_MINOR, Demo, run_demo
+from tillroll.terminal import Outcome, Terminal
 
 
 @pytest.mark.slow
 def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
-    console = Console(record=True, width=140)
+    console = Console(record=True, width=600)
     assert run_demo(tmp_path, operations=40, console=console)
     out = console.export_text()
     assert "closing check passed" in out
-    assert out.count("✔") == 6 and "✘" not in out
+    assert out.count("✔") == 8 and "✘" not in out
     assert "Settlement report" in out
+    assert "terminal replaced" in out and "closed by: host" in out
+    assert "foreign client flood" in out and "0 lost or failed" in out
 
 
 def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: Path) -> None:
@@ -62,5 +66,32 @@ def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: 
         assert "消费12.34元" in card_messages(demo.store, pan)[-1]
         problems = demo.check()
         assert any("no receipt" in p and "900002" in p for p in problems)
+    finally:
+        demo.stop()
+
+
+def test_the_closing_check_catches_an_earlier_answer_replayed_to_a_restored_journal(tmp_path: Path) -> None:
+    """A journal restored from a backup taken after the sign-in keeps a session the host still
+    honours, so no sign-in tells the host the STANs went back (PROFILE §6): the first sale repeats
+    the old device's first sale exactly, and the host answers it as the repeat it looks like."""
+    demo = Demo(tmp_path, Console(record=True), operations=20)
+    demo.start()
+    try:
+        counter = demo.counters[0]
+        assert counter.terminal.sign_in().outcome is Outcome.DONE
+        config, data_dir = counter.terminal.config, counter.terminal.data_dir
+        counter.terminal.close()
+        backup = tmp_path / "pos-1-backup"
+        shutil.copytree(data_dir, backup)
+        counter.terminal = Terminal(config, data_dir)
+        first = demo._sale(counter, amount_minor=OPENING_MINOR, pan=OPENING_CARD, with_pin=False)
+        assert first.approved
+        demo.replace_terminal(counter, backup)
+        again = demo._sale(counter, amount_minor=OPENING_MINOR, pan=OPENING_CARD, with_pin=False)
+        assert again.approved and again.trace == first.trace and again.rrn == first.rrn
+        problems = demo.check()
+        assert any(f"RRN {first.rrn} answers two payments" in p for p in problems), problems
+        assert any("0011" in p and "journals give" in p for p in problems), problems
+        assert any(f"trace {first.trace}: used by two devices" in p for p in problems), problems
     finally:
         demo.stop()

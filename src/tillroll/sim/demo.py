@@ -34,6 +34,7 @@ from tillroll.host.report import report_table, settlement_report
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583.messages import Message
 from tillroll.money import format_yuan
+from tillroll.owner_only import private_file
 from tillroll.pan import mask_pan
 from tillroll.screen import wide_console
 from tillroll.sim.demo_check import closing_check, report
@@ -168,7 +169,7 @@ class Demo:
     def start(self) -> None:
         # The host's log goes to the day's folder, as a deployed host's would (and not to the
         # console: a flood must not fill it); removed again in stop().
-        self._host_log = logging.FileHandler(self.work_dir / "host.log", encoding="utf-8")
+        self._host_log = logging.FileHandler(private_file(self.work_dir / "host.log"), encoding="utf-8")
         self._host_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
         logging.getLogger("tillroll.host").addHandler(self._host_log)
         # The host's master key lands beside its SQLite file, in the day's folder.
