@@ -101,7 +101,8 @@ def card_problems(
         reversals = [t for t in card_messages(demo.store, pan) if "冲正退回" in t]
         if len(reversals) != reversed_by_card[masked]:
             problems.append(
-                f"card {masked}: {len(reversals)} reversal messages for {reversed_by_card[masked]} reversed payments"
+                f"card {masked}: {len(reversals)} reversal messages for "
+                f"{reversed_by_card[masked]} reversed payments"
             )
         spent = sum(int(str(s["amount_minor"])) for s in host_sales
                     if s["pan_masked"] == masked and s["status"] == "approved")  # fmt: skip
@@ -113,7 +114,8 @@ def card_problems(
             )
         if balance != opening + journal_net[masked]:
             problems.append(
-                f"card {masked}: balance {balance}, the terminals' journals give {opening + journal_net[masked]}"
+                f"card {masked}: balance {balance}, "
+                f"the terminals' journals give {opening + journal_net[masked]}"
             )
     return problems
 
@@ -181,7 +183,8 @@ def closing_check(demo: Demo) -> list[str]:
                     terminal_approved[c.tid] += e.amount_minor or 0
     if dict(terminal_approved) != dict(host_approved):
         problems.append(
-            f"terminals' approved totals {dict(terminal_approved)} differ from the host's {dict(host_approved)}"
+            f"terminals' approved totals {dict(terminal_approved)} "
+            f"differ from the host's {dict(host_approved)}"
         )
     problems += replay_problems(demo)
     problems += card_problems(demo, sales, refunds)
