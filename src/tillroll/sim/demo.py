@@ -62,7 +62,7 @@ OPENING_CARD = "6222020000000000011"
 OPENING_MINOR = 2_000
 # Issue 6's two faults go into the day once the host handles them (a replaced terminal's
 # sign-in: PROFILE §6; foreign traffic contained: §7); until then the day would fail its check.
-JOURNAL_LOSS_FAULT = False
+JOURNAL_LOSS_FAULT = True
 FLOOD_FAULT = True
 HOST_LOG_FLOOD_MAX_BYTES = 1_000_000  # issue 6: a flood must not fill the disk
 # What a legitimate request must never meet because of someone else's traffic: no answer, a
