@@ -21,6 +21,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from tillroll.notify.outbox import add_outbox_tables
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(column_0_label)s",
@@ -244,3 +246,8 @@ ledger_postings = Table(
     Column("currency", String(3), nullable=False),
     Index("ix_ledger_postings_account", "account"),
 )
+
+# --- notifications ------------------------------------------------------------------------
+
+# The back office's outbox (tillroll.notify): messages written in the transaction of their fact.
+outbox = add_outbox_tables(metadata)
