@@ -77,6 +77,7 @@ from tillroll.crypto.keys import WorkingKeys
 from tillroll.crypto.keystore import KeyStore
 from tillroll.iso8583.field48 import SettlementTotals
 from tillroll.iso8583.messages import Message
+from tillroll.notify.outbox import add_outbox_tables
 from tillroll.pan import mask_pan
 from tillroll.store.engine import inserted_id, make_engine
 from tillroll.terminal.states import (
@@ -213,6 +214,10 @@ alerts = Table(
     Column("txn_id", Integer),
     Column("text", Text, nullable=False),
 )
+
+# The terminal's outbox (tillroll.notify): what the customer and the merchant are to be told, written
+# in the transaction of the fact it announces, relayed to the back office (channel BACKOFFICE).
+outbox = add_outbox_tables(metadata)
 
 
 class BatchState(enum.StrEnum):
