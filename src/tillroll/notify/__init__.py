@@ -2,20 +2,26 @@
 
 from tillroll.notify.outbox import (
     Channel,
+    DeliveryFailed,
     MessageKind,
     MessageState,
     OutboxTables,
     Outgoing,
+    Sender,
+    StoredMessage,
     add_outbox_tables,
     enqueue,
 )
 
 __all__ = [
     "Channel",
+    "DeliveryFailed",
     "MessageKind",
     "MessageState",
     "OutboxTables",
     "Outgoing",
+    "Sender",
+    "StoredMessage",
     "add_outbox_tables",
     "enqueue",
 ]

@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     BigInteger,
@@ -135,3 +135,37 @@ def enqueue(conn: Connection, tables: OutboxTables, message: Outgoing, now: date
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert_fn(tables.messages).values(**values).on_conflict_do_nothing(index_elements=["message_id"])
     return conn.execute(stmt).rowcount == 1
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message as the relay hands it to a channel's sender."""
+
+    message_id: str
+    kind: MessageKind
+    channel: Channel
+    recipient: str
+    payload: Mapping[str, Any]
+    attempt: int  # 1 for the first try
+    created_at: datetime
+
+
+class DeliveryFailed(Exception):
+    """A sender could not deliver ``message_id``; ``retryable`` False sends it to the dead letters
+    at once (the address is invalid, the receiver refused it for good)."""
+
+    def __init__(self, message_id: str, detail: str, *, retryable: bool = True) -> None:
+        super().__init__(f"message {message_id}: {detail}")
+        self.message_id = message_id
+        self.detail = detail
+        self.retryable = retryable
+
+
+class Sender(Protocol):
+    """One channel's delivery. ``send`` returns once the receiver has accepted the message, or
+    raises :class:`DeliveryFailed`; it may be called again for a message already delivered (the
+    relay crashed between send and mark), so receivers deduplicate on ``message_id``."""
+
+    channel: Channel
+
+    def send(self, message: StoredMessage) -> None: ...
