@@ -141,6 +141,9 @@ class SpyLink:
     def close(self) -> None:
         self.inner.close()
 
+    def abort(self) -> None:
+        self.inner.abort()
+
     def of_mti(self, mti: str) -> list[Message]:
         return [m for m in self.sent if m.mti == mti]
 

@@ -35,7 +35,7 @@ PIN = "123456"
 START_MINOR = 100_000
 LINE_DEAD_S = 10.0
 BACKOFF_CAP_S = 2.0
-STOP_BOUND_S = 3.0
+STOP_BOUND_S = 1.0  # the issue's bound: SIGTERM stops `pos run` within a second
 
 
 @pytest.fixture
@@ -56,18 +56,15 @@ def proxy(store: HostStore) -> Iterator[FaultProxy]:
 
 
 def set_up(data_dir: Path, proxy: FaultProxy, **kw: object) -> None:
-    config = TerminalConfig(
-        tid=TID,
-        mid=MID,
-        tmk=TMK,
-        host=HostAddress(*proxy.address),
-        response_timeout_s=1.0,
-        connect_timeout_s=1.0,
-        retry_backoff_s=0.2,
-        retry_backoff_cap_s=BACKOFF_CAP_S,
-        retry_wait_total_s=0.5,
-        **kw,  # type: ignore[arg-type]
-    )
+    settings: dict[str, object] = {
+        "response_timeout_s": 1.0,
+        "connect_timeout_s": 1.0,
+        "retry_backoff_s": 0.2,
+        "retry_backoff_cap_s": BACKOFF_CAP_S,
+        "retry_wait_total_s": 0.5,
+        **kw,
+    }
+    config = TerminalConfig(tid=TID, mid=MID, tmk=TMK, host=HostAddress(*proxy.address), **settings)  # type: ignore[arg-type]
     save_config(data_dir, config)
 
 
@@ -156,6 +153,50 @@ def pos(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_stop_does_not_wait_for_an_exchange_in_flight(
+    tmp_path: Path, proxy: FaultProxy, store: HostStore
+) -> None:
+    """The resident is stopped while its reversal waits for an answer that will not come within
+    the link's 30 s: it returns within the bound, and the reversal stays pending (nothing lost)."""
+    data_dir = tmp_path / "pos"
+    set_up(data_dir, proxy)
+    sale_with_lost_answer_and_dead_line(data_dir, proxy)
+    set_up(data_dir, proxy, response_timeout_s=30.0)
+    with closing(journal_of(data_dir)) as j:
+        pending_before = [e.id for e in j.pending_reversals()]
+    drops_before = sum(e.fault is Fault.DROP_RESPONSE for e in proxy.events)
+    proxy.inject(Fault.DROP_RESPONSE, count=100)  # the host answers the reversal; nobody hears it
+    proxy.up()
+    stop = threading.Event()
+    lines: list[str] = []
+    resident = Resident(data_dir, stop=stop, out=lines.append)
+    loop = threading.Thread(target=resident.run)
+    loop.start()
+    try:
+        in_flight = wait_for(
+            lambda: sum(e.fault is Fault.DROP_RESPONSE for e in proxy.events) > drops_before, 10.0
+        )
+        assert in_flight, lines
+        stopped_at = time.monotonic()
+        stop.set()
+        loop.join(5.0)
+        stop_s = time.monotonic() - stopped_at
+    finally:
+        stop.set()
+        loop.join(35.0)
+    assert not loop.is_alive()
+    assert stop_s < STOP_BOUND_S, f"stop took {stop_s:.2f} s with an exchange in flight"
+    print(f"resident stopped {stop_s:.3f} s after the stop request, an exchange in flight")
+    with closing(journal_of(data_dir)) as j:
+        assert [e.id for e in j.pending_reversals()] == pending_before  # nothing lost
+    proxy.clear()
+    set_up(data_dir, proxy)
+    with Terminal.open(data_dir) as term:
+        assert term.recover().outcome is Outcome.DONE  # sent again; the host replays its answer
+        assert term.pending_reversals() == []
+    assert card_balance(store, PAN) == START_MINOR
+
+
 def test_pos_run_as_a_process_sale_beside_it_alert_and_sigterm(
     tmp_path: Path, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -215,8 +256,6 @@ def test_pos_run_as_a_process_sale_beside_it_alert_and_sigterm(
             proc.stdout.close()
     reader.join(2.0)
     assert proc.returncode == 0
-    # The issue's target is 1 s; measured 1.7 s on a loaded machine (a turn in progress runs to
-    # its end: the link's own timeouts bound it). Bound here: what is met today, not the target.
     assert stop_s < STOP_BOUND_S, f"SIGTERM took {stop_s:.2f} s"
     print(f"pos run stopped {stop_s:.3f} s after SIGTERM")
     with closing(journal_of(data_dir)) as j:  # nothing lost: still pending, and alerted once each

@@ -63,6 +63,9 @@ class FakeHost:
     def close(self) -> None:
         self.closes += 1
 
+    def abort(self) -> None:  # nothing blocks in a fake exchange
+        pass
+
     def exchange(self, message: bytes) -> LinkResult:
         if self.unreachable:
             return LinkResult(LinkStatus.NOT_SENT)

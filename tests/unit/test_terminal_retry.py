@@ -115,6 +115,9 @@ class TimedLink:
     def close(self) -> None:
         self.host.close()
 
+    def abort(self) -> None:  # nothing blocks in a fake exchange
+        pass
+
     def times(self, mti: str) -> list[float]:
         return [t for m, t in self.sent if m == mti]
 

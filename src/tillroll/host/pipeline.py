@@ -25,6 +25,7 @@ from tillroll.host.boundary import FaultHook, RequestBoundary
 from tillroll.host.boundary import Replay as _Replay
 from tillroll.host.config import HostConfig
 from tillroll.host.context import RequestContext, response_for
+from tillroll.host.states import MAC_VALID_STATES, SessionState
 from tillroll.host.store import key_label
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import DecodeError
@@ -70,12 +71,6 @@ HANDLERS: dict[Kind, Handler] = {
 }
 
 
-class SessionState:
-    ACTIVE = "active"
-    SIGNED_OUT = "signed_out"
-    SETTLED = "settled"
-
-
 class HostPipeline(RequestBoundary):
     def __init__(
         self,
@@ -114,11 +109,7 @@ class HostPipeline(RequestBoundary):
             return self._network(conn, msg, tid, kind)
 
         session = conn.execute(_LATEST_SESSION, {"b_tid": tid}).mappings().first()
-        if (
-            session is None
-            or now >= session["expires_at"]
-            or session["state"] not in (SessionState.ACTIVE, SessionState.SETTLED)
-        ):
+        if session is None or now >= session["expires_at"] or session["state"] not in MAC_VALID_STATES:
             return _Answer(
                 response_for(msg, RC.SIGN_IN_AGAIN, now, self.config.zone), None, must_sign_in=True
             )
@@ -180,10 +171,7 @@ class HostPipeline(RequestBoundary):
         """PROFILE §6: a new request needs the session's batch; after settlement, only the
         closed batch's upload; reversals name their original's batch."""
         if kind in UPLOAD_KINDS:
-            return (
-                session["state"] in (SessionState.ACTIVE, SessionState.SETTLED)
-                and f60.batch == session["batch"]
-            )
+            return session["state"] in MAC_VALID_STATES and f60.batch == session["batch"]
         if session["state"] != SessionState.ACTIVE:
             return False
         return kind is Kind.REVERSAL or f60.batch == session["batch"]

@@ -11,6 +11,7 @@ from sqlalchemy import Connection, func, insert, select, update
 from tillroll import ledger
 from tillroll.host.card import TxnKind, TxnStatus, batch_settled
 from tillroll.host.context import RequestContext
+from tillroll.host.states import SessionState
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import DecodeError
 from tillroll.iso8583.field48 import (
@@ -33,7 +34,9 @@ from tillroll.store.tables import (
 RC = ResponseCode
 
 
-class Difference:
+class Difference(enum.StrEnum):
+    """What a batch upload found (``batch_differences.difference``)."""
+
     MISSING_AT_HOST = "missing_at_host"
     MISSING_AT_TERMINAL = "missing_at_terminal"
     AMOUNT_DIFFERS = "amount_differs"
@@ -160,7 +163,9 @@ def close_batch(
             now,
         )
     conn.execute(
-        update(sessions).where(sessions.c.tid == tid, sessions.c.state == "active").values(state="settled")
+        update(sessions)
+        .where(sessions.c.tid == tid, sessions.c.state == SessionState.ACTIVE)
+        .values(state=SessionState.SETTLED)
     )
     conn.execute(
         update(terminals)

@@ -14,10 +14,12 @@ The socket factory is injected (``socket.create_connection`` by default) so test
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +59,11 @@ class HostLink(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def abort(self) -> None:
+        """Called from another thread: end the exchange in progress at once (it answers
+        NO_ANSWER) and send nothing more."""
+        ...
 
 
 def _recv_exactly(sock: socket.socket, n: int, deadline: float) -> bytes:
@@ -102,6 +109,7 @@ class TcpHostLink:
         self._factory: SocketFactory = socket_factory or socket.create_connection
         self._tpdu = tpdu
         self._header = header
+        self._aborted = threading.Event()
 
     @property
     def active_line(self) -> str:
@@ -130,13 +138,30 @@ class TcpHostLink:
             finally:
                 self._sock = None
 
+    def abort(self) -> None:
+        """From another thread: end the exchange in progress now and refuse new ones.
+
+        The exchange in progress returns NO_ANSWER (what it sent is the engine's to reverse, as
+        after any lost answer); a connect in progress ends at its own timeout. Used to stop
+        `pos run` at once whatever it was doing."""
+        self._aborted.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in the other thread
+
     def exchange(self, message: bytes) -> LinkResult:
+        if self._aborted.is_set():
+            return LinkResult(LinkStatus.NOT_SENT, detail="stopping: nothing sent")
         if self._sock is not None and _peer_closed(self._sock):
             self.close()
         if self._sock is None:
             self._sock = self._connect()
             if self._sock is None:
                 return LinkResult(LinkStatus.NOT_SENT, detail="no line could be opened")
+            if self._aborted.is_set():  # stopped while connecting: send nothing
+                self.close()
+                return LinkResult(LinkStatus.NOT_SENT, detail="stopping: nothing sent")
         sock = self._sock
         line = self.active_line
         data = Frame(self._tpdu, self._header, message).encode()

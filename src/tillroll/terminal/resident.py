@@ -38,6 +38,8 @@ from tillroll.terminal.states import Outcome
 LOOK_S = 1.0  # longest wait before the journal is read again (another command may have written)
 BUSY_WAIT_S = 0.2  # the device lock was held by another command: try again this soon
 LOCK_WAIT_S = 2.0  # how long one turn waits for the device lock
+STOP_GRACE_S = 0.4  # after a stop request, how long a turn in progress may run to its end
+ABORT_GRACE_S = 0.3  # then, after its exchange is aborted, how long it has to wind down
 ALERT_KIND = "reversal_overdue"
 ALERTS_READ = 1000  # alerts read back to know which reversals were already alerted on
 _SIGN_IN_KEY = "sign-in"
@@ -132,12 +134,42 @@ class Resident:
         self._sign_in_schedule: RetrySchedule[str] | None = None
         self._last_exchange_s = self.clock.monotonic()
         self._busy = False
+        self._current: Terminal | None = None  # the terminal of the turn in progress
+        self._failure: BaseException | None = None
 
     def run(self) -> None:
-        """Turn until ``stop`` is set; each wait is woken by it at once."""
-        while not self.stop.is_set():
-            wait_s = self.turn()
-            self.stop.wait(min(wait_s, LOOK_S))
+        """Turn until ``stop`` is set, and return within about a second of it.
+
+        The turns run in a worker thread so that a stop request never waits for an exchange on
+        a dead line to time out: a turn still running after :data:`STOP_GRACE_S` has its
+        exchange aborted (the link's socket shut down, so the reversal it was sending stays
+        pending in the journal: journalled before it was sent, sent again at the next start).
+        A turn that still has not ended is left to die with the process; every step is
+        journalled before it acts and is safe to run again (a crash at any point loses nothing).
+        """
+        worker = threading.Thread(target=self._loop, name="tillroll-resident", daemon=True)
+        worker.start()
+        while worker.is_alive() and not self.stop.wait(LOOK_S):
+            pass
+        worker.join(STOP_GRACE_S)
+        if worker.is_alive():
+            term = self._current
+            if term is not None:
+                term.link.abort()
+            worker.join(ABORT_GRACE_S)
+        if worker.is_alive():
+            self.out("stopped with a turn in progress: what it was sending stays pending")
+        if self._failure is not None:
+            raise self._failure
+
+    def _loop(self) -> None:
+        try:
+            while not self.stop.is_set():
+                wait_s = self.turn()
+                self.stop.wait(min(wait_s, LOOK_S))
+        except BaseException as exc:  # handed to run(), in the caller's thread
+            self._failure = exc
+            self.stop.set()
 
     def turn(self) -> float:
         """Open the terminal, do at most one step, close it; seconds to wait before the next."""
@@ -149,9 +181,13 @@ class Resident:
             self._busy = True
             return BUSY_WAIT_S
         self._busy = False
+        self._current = term
         try:
+            if self.stop.is_set():
+                return 0.0
             return self._step(term)
         finally:
+            self._current = None
             term.close()
 
     def _schedules(self, config: TerminalConfig) -> tuple[RetrySchedule[int], RetrySchedule[str]]:
