@@ -6,8 +6,7 @@ shares their group commit."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 from hostile import frame, resign
@@ -33,10 +32,10 @@ FUZZ_TID, ECHO_TID = "F0000001", "F0000002"
 
 
 class Rig:
-    """A pipeline on a fresh SQLite database, with one signed-in terminal and one approved sale."""
+    """A pipeline on a fresh database, with one signed-in terminal and one approved sale."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.store = open_store(f"sqlite:///{tmp_path / 'host.db'}")
+    def __init__(self, db_url: str) -> None:
+        self.store = open_store(db_url)
         add_merchant(self.store, MID, "一号便利店")
         for tid in (FUZZ_TID, ECHO_TID):
             add_terminal(self.store, tid, MID, TMK)
@@ -144,9 +143,10 @@ def check_reply(reply_frame: bytes | None, close: bool) -> None:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Rig:
-    monkeypatch.setenv("TILLROLL_MASTER_KEY_FILE", str(tmp_path / "master.key"))
-    return Rig(tmp_path)
+def rig(db_url: str) -> Iterator[Rig]:
+    r = Rig(db_url)
+    yield r
+    r.store.engine.dispose()
 
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hostile import frame
@@ -29,9 +28,8 @@ class WorkerKilled(BaseException):
 
 
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostStore]:
-    monkeypatch.setenv("TILLROLL_MASTER_KEY_FILE", str(tmp_path / "master.key"))
-    s = open_store(f"sqlite:///{tmp_path / 'host.db'}")
+def store(db_url: str) -> Iterator[HostStore]:
+    s = open_store(db_url)
     add_merchant(s, MID, "一号便利店")
     add_terminal(s, TID, MID, TMK)
     yield s
