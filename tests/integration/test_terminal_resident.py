@@ -24,7 +24,8 @@ from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.terminal import HostAddress, Outcome, Terminal, TerminalConfig, save_config
 from tillroll.terminal.config import JOURNAL_FILE, device_keystore
 from tillroll.terminal.journal import Journal
-from tillroll.terminal.resident import ALERT_KIND, Resident
+from tillroll.terminal.resident import Resident
+from tillroll.terminal.states import AlertKind
 
 MID = "898310048990001"
 TID = "10000001"
@@ -230,8 +231,8 @@ def test_pos_run_as_a_process_sale_beside_it_alert_and_sigterm(
         assert saw("alert:", 15.0), seen  # overdue past 1 s, the line still dead
         st = pos(data_dir, "status")
         assert st.returncode == 0, st.stderr
-        assert ALERT_KIND in st.stdout and "reversal pending" in st.stdout, st.stdout
-        assert ALERT_KIND in pos(data_dir, "journal").stdout
+        assert AlertKind.REVERSAL_OVERDUE in st.stdout and "reversal pending" in st.stdout, st.stdout
+        assert AlertKind.REVERSAL_OVERDUE in pos(data_dir, "journal").stdout
         proxy.up()  # the resident sends it by itself
         with closing(journal_of(data_dir)) as j:
             assert wait_for(lambda: not j.pending_reversals(), BACKOFF_CAP_S + 3.0), seen
@@ -260,7 +261,7 @@ def test_pos_run_as_a_process_sale_beside_it_alert_and_sigterm(
     print(f"pos run stopped {stop_s:.3f} s after SIGTERM")
     with closing(journal_of(data_dir)) as j:  # nothing lost: still pending, and alerted once each
         assert [e.id for e in j.pending_reversals()] == pending_before
-        alerted = [a.txn_id for a in j.alerts(100) if a.kind == ALERT_KIND]
+        alerted = [a.txn_id for a in j.alerts(100) if a.kind == AlertKind.REVERSAL_OVERDUE]
         assert len(alerted) == len(set(alerted))
     proxy.clear()
     proxy.up()

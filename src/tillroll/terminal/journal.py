@@ -88,6 +88,7 @@ from tillroll.terminal.states import (
     REVERSAL_TRANSITIONS,
     SETTLEMENT_TRANSITIONS,
     TXN_TRANSITIONS,
+    AlertKind,
     ReceiptState,
     RefundState,
     ReversalReason,
@@ -546,7 +547,7 @@ class Journal:
             conn.execute(
                 insert(alerts).values(
                     at=now,
-                    kind="batch_closed_by_host",
+                    kind=AlertKind.BATCH_CLOSED_BY_HOST,
                     text=f"batch {batch} was closed by the host (the sign-in named batch {next_batch}): "
                     "it is not settled or uploaded by this terminal; its pending reversals are still sent",
                 )
@@ -954,7 +955,7 @@ class Journal:
 
     # --- alerts -----------------------------------------------------------------------------
 
-    def alert(self, kind: str, text: str, now: datetime, txn_id: int | None = None) -> None:
+    def alert(self, kind: AlertKind, text: str, now: datetime, txn_id: int | None = None) -> None:
         with self.begin() as conn:
             conn.execute(insert(alerts).values(at=now, kind=kind, txn_id=txn_id, text=text))
             count = conn.execute(select(func.count()).select_from(alerts)).scalar_one()

@@ -9,7 +9,7 @@ from tillroll.terminal.receipts import Receipts
 from tillroll.terminal.result import Result
 from tillroll.terminal.reversals import Reversals
 from tillroll.terminal.session import Sessions
-from tillroll.terminal.states import Outcome, TxnKind, TxnState
+from tillroll.terminal.states import AlertKind, Outcome, TxnKind, TxnState
 
 
 class Preflight:
@@ -35,7 +35,7 @@ class Preflight:
                     self.journal.move(conn, entry.id, TxnState.UNKNOWN, now, note="interrupted in flight")
             if entry.kind is not TxnKind.BALANCE:
                 self.journal.alert(
-                    "interrupted", f"trace {entry.stan} was in flight: reversal 06 due", now, entry.id
+                    AlertKind.INTERRUPTED, f"trace {entry.stan} was in flight: reversal 06 due", now, entry.id
                 )
         for entry in self.journal.approved_without_receipt():
             self.receipts.owe(entry, "the receipt step did not run")

@@ -23,7 +23,7 @@ from tillroll.terminal.journal import Entry, Journal
 from tillroll.terminal.printer import Printer, PrintError, PrinterStatus
 from tillroll.terminal.receipt import Copy, Slip, TransType
 from tillroll.terminal.result import Result
-from tillroll.terminal.states import Outcome, ReceiptState, TxnKind
+from tillroll.terminal.states import AlertKind, Outcome, ReceiptState, TxnKind
 
 log = logging.getLogger("tillroll.terminal")
 
@@ -125,10 +125,15 @@ class Receipts:
             path = self._write_e_receipt(slip, self._data_dir / E_RECEIPT_DIR)
         except Exception as exc:  # any writer failure leaves the receipt owed, with an alert
             self.journal.alert(
-                "e_receipt_failed", f"e-receipt for trace {entry.stan} not written: {exc}", now, entry.id
+                AlertKind.E_RECEIPT_FAILED,
+                f"e-receipt for trace {entry.stan} not written: {exc}",
+                now,
+                entry.id,
             )
         self.journal.set_receipt(entry.id, ReceiptState.OWED, now, e_receipt_path=str(path) if path else None)
-        self.journal.alert("receipt_owed", f"receipt for trace {entry.stan} owed: {why}", now, entry.id)
+        self.journal.alert(
+            AlertKind.RECEIPT_OWED, f"receipt for trace {entry.stan} owed: {why}", now, entry.id
+        )
         log.warning(
             "receipt owed for trace %s (%s, %s): %s",
             entry.stan,

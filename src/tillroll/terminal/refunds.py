@@ -37,7 +37,7 @@ from tillroll.terminal.receipts import Receipts
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, repeat
 from tillroll.terminal.session import Sessions
-from tillroll.terminal.states import Outcome, RefundState, TxnKind
+from tillroll.terminal.states import AlertKind, Outcome, RefundState, TxnKind
 from tillroll.terminal.verdict import (
     CAUSE_BATCH_CLOSED,
     CAUSE_NOT_SENT,
@@ -172,7 +172,7 @@ class Refunds:
         if entry.state is RefundState.SUBMITTED:  # left in flight (a crash, a journal failure)
             self._unknown(txn_id, "interrupted in flight")
             self.journal.alert(
-                "interrupted",
+                AlertKind.INTERRUPTED,
                 f"refund trace {stan} was in flight: sending it again",
                 self.clock.now(),
                 txn_id,
@@ -213,7 +213,7 @@ class Refunds:
             return out
         self._unknown(txn_id, cause)
         self.journal.alert(
-            "refund_unknown",
+            AlertKind.REFUND_UNKNOWN,
             f"refund trace {stan} batch {entry.batch} of RRN {msg.get('37')} "
             f"({format_yuan(entry.amount_minor or 0)}) outcome unknown: {cause}. It is kept and sent "
             "again, the same request, by `tillroll pos recover` and before settlement",

@@ -33,14 +33,13 @@ from tillroll.terminal.config import TerminalConfig
 from tillroll.terminal.device import TerminalError
 from tillroll.terminal.engine import Terminal
 from tillroll.terminal.retry import RetrySchedule
-from tillroll.terminal.states import Outcome
+from tillroll.terminal.states import AlertKind, Outcome
 
 LOOK_S = 1.0  # longest wait before the journal is read again (another command may have written)
 BUSY_WAIT_S = 0.2  # the device lock was held by another command: try again this soon
 LOCK_WAIT_S = 2.0  # how long one turn waits for the device lock
 STOP_GRACE_S = 0.4  # after a stop request, how long a turn in progress may run to its end
 ABORT_GRACE_S = 0.3  # then, after its exchange is aborted, how long it has to wind down
-ALERT_KIND = "reversal_overdue"
 ALERTS_READ = 1000  # alerts read back to know which reversals were already alerted on
 _SIGN_IN_KEY = "sign-in"
 
@@ -243,7 +242,9 @@ class Resident:
         if not pending:
             return
         alerted = {
-            a.txn_id for a in term.alerts(ALERTS_READ) if a.kind == ALERT_KIND and a.txn_id is not None
+            a.txn_id
+            for a in term.alerts(ALERTS_READ)
+            if a.kind == AlertKind.REVERSAL_OVERDUE and a.txn_id is not None
         }
         now = self.clock.now()
         for txn_id in overdue(pending, now, term.config.reversal_alert_s, alerted):
@@ -252,7 +253,7 @@ class Resident:
                 f"reversal of trace {entry.stan} (batch {entry.batch}) pending over "
                 f"{term.config.reversal_alert_s:.0f} s: the card may still be charged; check the line"
             )
-            term.journal.alert(ALERT_KIND, text, now, txn_id=txn_id)
+            term.journal.alert(AlertKind.REVERSAL_OVERDUE, text, now, txn_id=txn_id)
             self.out(f"alert: {text}")
 
     def _settle_due(self, term: Terminal) -> bool:

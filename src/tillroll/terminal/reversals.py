@@ -33,7 +33,7 @@ from tillroll.terminal.journal import Entry, Journal
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, RetrySchedule, repeat
 from tillroll.terminal.session import Sessions
-from tillroll.terminal.states import Outcome, ReversalReason, ReversalState, TxnKind, TxnState
+from tillroll.terminal.states import AlertKind, Outcome, ReversalReason, ReversalState, TxnKind, TxnState
 from tillroll.terminal.verdict import build_reversal
 
 log = logging.getLogger("tillroll.terminal")
@@ -99,7 +99,7 @@ class Reversals:
             return True
         self.schedule.failed(entry.id, self.clock.monotonic())
         self.journal.alert(
-            "reversal_pending",
+            AlertKind.REVERSAL_PENDING,
             f"reversal of trace {entry.stan} batch {entry.batch} (reason {entry.reversal_reason.value}) "
             f"still pending after {self.config.reversal_retries_max} tries ({last}): it will be sent "
             "again before the next transaction and on `tillroll pos recover`",

@@ -21,7 +21,7 @@ from tillroll.terminal.config import TerminalConfig
 from tillroll.terminal.hostlink import HostLink, LinkStatus
 from tillroll.terminal.journal import Journal, Session
 from tillroll.terminal.result import Result
-from tillroll.terminal.states import Outcome
+from tillroll.terminal.states import AlertKind, Outcome
 from tillroll.terminal.verdict import Reply, response_code
 
 log = logging.getLogger("tillroll.terminal")
@@ -98,7 +98,7 @@ class Sessions:
             keys = unwrap_working_keys(self.config.tmk, bytes.fromhex(resp.get("62") or ""))
             batch = Field60.parse(resp.get("60") or "").batch
         except (KeyCheckError, ValueError) as exc:
-            self.journal.alert("sign_in_keys", f"sign-in keys rejected, not used: {exc}", now)
+            self.journal.alert(AlertKind.SIGN_IN_KEYS, f"sign-in keys rejected, not used: {exc}", now)
             return Result(
                 Outcome.SIGN_IN_FAILED,
                 trace=stan,

@@ -33,7 +33,7 @@ from tillroll.terminal.refunds import Refunds
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, repeat
 from tillroll.terminal.session import Sessions
-from tillroll.terminal.states import Outcome, SettlementState
+from tillroll.terminal.states import AlertKind, Outcome, SettlementState
 from tillroll.terminal.verdict import (
     CAUSE_BATCH_CLOSED,
     CAUSE_NOT_SENT,
@@ -123,7 +123,7 @@ class Settler:
             else:
                 self.journal.set_settlement_values(sid, now, note=cause)
             self.journal.alert(
-                "settlement_unknown",
+                AlertKind.SETTLEMENT_UNKNOWN,
                 f"settlement of batch {batch} (trace {msg['11']}) not answered: {cause}"
                 + ("" if not closed else "; the acquirer has the comparison of the totals"),
                 now,
@@ -214,7 +214,7 @@ class Settler:
             if not self._upload(functools.partial(builders.batch_upload, station, batch=batch, items=upload)):
                 note = f"batch upload stopped after {sent} of {len(items)} items"
                 self.journal.set_settlement_values(sid, self.clock.now(), items_uploaded=sent, note=note)
-                self.journal.alert("batch_upload", f"batch {batch}: {note}", self.clock.now())
+                self.journal.alert(AlertKind.BATCH_UPLOAD, f"batch {batch}: {note}", self.clock.now())
                 return sent, note
             sent += len(chunk)
         now = self.clock.now()
@@ -224,7 +224,7 @@ class Settler:
         ):
             note = f"end of batch upload not answered ({sent} items sent)"
             self.journal.set_settlement_values(sid, now, items_uploaded=sent, note=note)
-            self.journal.alert("batch_upload", f"batch {batch}: {note}", now)
+            self.journal.alert(AlertKind.BATCH_UPLOAD, f"batch {batch}: {note}", now)
             return sent, note
         with self.journal.begin() as conn:
             self.journal.move_settlement(conn, sid, SettlementState.UPLOADED, now, items_uploaded=sent)
@@ -266,7 +266,9 @@ class Settler:
         signed = self.sessions.sign_in()
         if signed.outcome is not Outcome.DONE:
             self.journal.alert(
-                "sign_in_after_settlement", f"sign-in after settling batch {batch} failed: {signed.text}", now
+                AlertKind.SIGN_IN_AFTER_SETTLEMENT,
+                f"sign-in after settling batch {batch} failed: {signed.text}",
+                now,
             )
         next_batch = self.journal.batch()
         self.journal.set_settlement_values(sid, now, next_batch=next_batch)

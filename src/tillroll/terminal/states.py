@@ -240,3 +240,19 @@ _OUTCOME_TEXT: dict[Outcome, str] = {
         "run `tillroll pos recover`, then settle"
     ),
 }
+
+
+class AlertKind(enum.StrEnum):
+    """What an alert in the journal is about (``alerts.kind``; shown by `pos journal`/`pos status`)."""
+
+    INTERRUPTED = "interrupted"  # a request was in flight when the process stopped
+    REVERSAL_PENDING = "reversal_pending"  # a reversal's tries of this run are used up
+    REVERSAL_OVERDUE = "reversal_overdue"  # a reversal pending past reversal_alert_s (pos run)
+    RECEIPT_OWED = "receipt_owed"  # the printer failed: the receipt is owed
+    E_RECEIPT_FAILED = "e_receipt_failed"  # ... and the e-receipt could not be written either
+    REFUND_UNKNOWN = "refund_unknown"
+    SETTLEMENT_UNKNOWN = "settlement_unknown"
+    BATCH_UPLOAD = "batch_upload"
+    SIGN_IN_KEYS = "sign_in_keys"  # the sign-in answer's keys failed their check values
+    SIGN_IN_AFTER_SETTLEMENT = "sign_in_after_settlement"
+    BATCH_CLOSED_BY_HOST = "batch_closed_by_host"  # PROFILE §6
