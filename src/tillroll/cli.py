@@ -9,10 +9,12 @@ import typer
 
 from tillroll.host.cli import app as host_app
 from tillroll.terminal.cli import app as pos_app
+from tillroll.wallet.cli import app as wallet_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="tillroll POS payment stack")
 app.add_typer(host_app, name="host")
 app.add_typer(pos_app, name="pos")
+app.add_typer(wallet_app, name="wallet")
 
 
 @app.command()

@@ -1,0 +1,202 @@
+"""The provider's HTTP edge (FastAPI): read, authenticate and validate a call, hand it to the
+service in a worker thread, and answer HTTP 200 with WALLET.md §1's envelope whatever happened.
+
+The one boundary where failures become answers: a body that is not a JSON object, an unknown
+merchant or a bad signature → ``return_code`` FAIL; a value that is not a string or an integer, or
+a missing or invalid field → ``result_code`` FAIL / PARAM_ERROR; an unexpected error inside the
+service (a bug, the database gone) → SYSTEMERROR, which the client treats as "unknown: query", and
+a log line. Nothing in this module changes data; a refused request never reaches the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from tillroll.wallet import fields as f
+from tillroll.wallet.core import ErrCode
+from tillroll.wallet.notifier import Notifier
+from tillroll.wallet.service import Reply, WalletService, fail
+from tillroll.wallet.sign import new_nonce, signed, verify
+
+log = logging.getLogger(__name__)
+BODY_MAX_BYTES = 64 * 1024
+JSON_TYPE = "application/json; charset=utf-8"
+
+Handler = Callable[[WalletService, str, Mapping[str, object]], Reply]
+
+
+def _json(content: Mapping[str, object]) -> Response:
+    return Response(json.dumps(content, ensure_ascii=False).encode("utf-8"), media_type=JSON_TYPE)
+
+
+def return_fail(message: str) -> Response:
+    return _json({"return_code": "FAIL", "return_msg": message})
+
+
+def answer(reply: Reply, key: str) -> Response:
+    body: dict[str, object] = {"return_code": "SUCCESS", "return_msg": "OK", **reply.fields}
+    body["nonce_str"] = new_nonce()
+    return _json(signed(body, key))
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it is larger than BODY_MAX_BYTES (not read further)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > BODY_MAX_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _authenticate(service: WalletService, data: Mapping[str, object]) -> tuple[str, str] | Response:
+    """(mch_id, key) of a signed request, or the FAIL answer."""
+    mch_id = data.get("mch_id")
+    if not isinstance(mch_id, str) or not f.MCH_ID_RE.match(mch_id):
+        return return_fail("mch_id is missing or not valid")
+    key = await run_in_threadpool(service.merchant_key, mch_id)
+    if key is None:
+        return return_fail(f"unknown mch_id {mch_id}")
+    if f.bad_value_types(data) is None and not verify(data, key):
+        return return_fail("签名错误 / signature is not valid")
+    return mch_id, key
+
+
+async def _call(service: WalletService, data: Mapping[str, object], handler: Handler) -> Response:
+    auth = await _authenticate(service, data)
+    if isinstance(auth, Response):
+        return auth
+    mch_id, key = auth
+    bad = f.bad_value_types(data)
+    if bad is not None:
+        return answer(fail(ErrCode.PARAM_ERROR, f"{bad} must be a string or an integer"), key)
+    try:
+        f.nonce(data)
+        reply = await run_in_threadpool(handler, service, mch_id, data)
+    except f.FieldError as exc:
+        return answer(fail(ErrCode.PARAM_ERROR, str(exc)), key)
+    except Exception:
+        log.exception("wallet call failed inside the provider: answered SYSTEMERROR")
+        return answer(fail(ErrCode.SYSTEMERROR), key)
+    if reply.delay_s > 0:
+        await asyncio.sleep(reply.delay_s)  # slow:S — processed already; the answer comes late
+    return answer(reply, key)
+
+
+def _pay(service: WalletService, mch_id: str, data: Mapping[str, object]) -> Reply:
+    return service.pay(mch_id, f.pay_request(data))
+
+
+def _query(service: WalletService, mch_id: str, data: Mapping[str, object]) -> Reply:
+    return service.query(mch_id, f.out_trade_no(data))
+
+
+def _reverse(service: WalletService, mch_id: str, data: Mapping[str, object]) -> Reply:
+    return service.reverse(mch_id, f.out_trade_no(data))
+
+
+def _refund(service: WalletService, mch_id: str, data: Mapping[str, object]) -> Reply:
+    return service.refund(mch_id, f.refund_request(data))
+
+
+def _refund_query(service: WalletService, mch_id: str, data: Mapping[str, object]) -> Reply:
+    return service.refund_query(mch_id, f.out_refund_no(data))
+
+
+ROUTES: dict[str, Handler] = {
+    "/v1/pay": _pay,
+    "/v1/query": _query,
+    "/v1/reverse": _reverse,
+    "/v1/refund": _refund,
+    "/v1/refund/query": _refund_query,
+}
+
+
+async def background(service: WalletService, notifier: Notifier) -> None:
+    """Due confirmations, closes, refunds and notifications, every sweep interval, until cancelled."""
+    async with httpx.AsyncClient() as client:
+        while True:
+            try:
+                await asyncio.to_thread(service.sweep)
+                due = await asyncio.to_thread(notifier.claim_due)
+                if due:
+                    await asyncio.gather(*(notifier.send(client, d) for d in due))
+            except Exception:  # the database away for a moment: try again next sweep
+                log.exception("wallet background sweep failed; retrying")
+            await asyncio.sleep(service.config.sweep_interval_s)
+
+
+def create_app(service: WalletService, *, run_background: bool = True) -> FastAPI:
+    notifier = Notifier(service.engine, service.clock, service.config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(background(service, notifier)) if run_background else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="tillroll wallet provider (simulated)", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+
+    def route(path: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            raw = await _read_body(request)
+            if raw is None:
+                return return_fail(f"body larger than {BODY_MAX_BYTES} bytes")
+            try:
+                data: Any = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                return return_fail("body is not JSON (UTF-8)")
+            if not isinstance(data, dict):
+                return return_fail("body is not a JSON object")
+            return await _call(service, data, handler)
+
+        endpoint.__name__ = path.strip("/").replace("/", "_")
+        return endpoint
+
+    for path, handler in ROUTES.items():
+        app.add_api_route(path, route(path, handler), methods=["POST"], include_in_schema=False)
+
+    @app.get("/v1/bill", include_in_schema=False)
+    async def bill(request: Request) -> Response:
+        data = dict(request.query_params)
+        auth = await _authenticate(service, data)
+        if isinstance(auth, Response):
+            return auth
+        mch_id, key = auth
+        try:
+            f.nonce(data)
+            day = f.bill_date(data)
+        except f.FieldError as exc:
+            return answer(fail(ErrCode.PARAM_ERROR, str(exc)), key)
+        try:
+            text = await run_in_threadpool(service.bill, mch_id, day)
+        except Exception:
+            log.exception("wallet bill failed inside the provider: answered SYSTEMERROR")
+            return answer(fail(ErrCode.SYSTEMERROR), key)
+        return Response(text.encode("utf-8"), media_type="text/csv; charset=utf-8")
+
+    async def not_found(request: Request, _exc: Exception) -> Response:
+        return return_fail(f"no such call {request.method} {request.url.path}")
+
+    app.add_exception_handler(404, not_found)
+    app.add_exception_handler(405, not_found)
+    return app
