@@ -46,7 +46,9 @@ class WalletServer:
     key: str = MCH_KEY
     mch_id: str = MCH_ID
 
-    def call(self, path: str, *, key: str | None = None, check_sign: bool = True, **fields: Any) -> dict[str, Any]:
+    def call(
+        self, path: str, *, key: str | None = None, check_sign: bool = True, **fields: Any
+    ) -> dict[str, Any]:
         """Sign ``fields`` (plus mch_id and a nonce), POST them, return the answer's JSON."""
         body = {"mch_id": self.mch_id, "nonce_str": new_nonce(), **fields}
         answer = httpx.post(self.base_url + path, json=signed(body, key or self.key), timeout=CALL_TIMEOUT_S)

@@ -22,8 +22,11 @@ class FieldError(ValueError):
 
 
 def bad_value_types(fields: Mapping[str, object]) -> str | None:
-    """Field values are strings or integers (not booleans); the first field that is not, if any."""
+    """Field values are strings or integers (not booleans); the first field that is not, if any.
+    A null is an empty value (left out of the signature, read as missing), not a bad type."""
     for name, value in fields.items():
+        if value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, str | int):
             return name
     return None
