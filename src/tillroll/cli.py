@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from tillroll.host.cli import app as host_app
+from tillroll.notify.cli import app as notify_app
 from tillroll.terminal.cli import app as pos_app
 from tillroll.wallet.cli import app as wallet_app
 
@@ -15,6 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="tillroll POS
 app.add_typer(host_app, name="host")
 app.add_typer(pos_app, name="pos")
 app.add_typer(wallet_app, name="wallet")
+app.add_typer(notify_app, name="notify")
 
 
 @app.command()

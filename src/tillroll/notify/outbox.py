@@ -133,8 +133,14 @@ def enqueue(conn: Connection, tables: OutboxTables, message: Outgoing, now: date
     }
     dialect = conn.dialect.name
     insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert_fn(tables.messages).values(**values).on_conflict_do_nothing(index_elements=["message_id"])
-    return conn.execute(stmt).rowcount == 1
+    stmt = (
+        insert_fn(tables.messages)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["message_id"])
+        .returning(tables.messages.c.id)
+    )
+    # Not rowcount: PostgreSQL's implicit RETURNING of the key makes it -1 whatever happened.
+    return conn.execute(stmt).first() is not None
 
 
 @dataclass(frozen=True)

@@ -251,3 +251,17 @@ ledger_postings = Table(
 
 # The back office's outbox (tillroll.notify): messages written in the transaction of their fact.
 outbox = add_outbox_tables(metadata)
+
+# Where a merchant is told (tillroll.notify.endpoints): e-mail, SMS, or a signed webhook.
+notify_endpoints = Table(
+    "notify_endpoints",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mid", String(15), ForeignKey("merchants.mid"), nullable=False),
+    Column("channel", String(12), nullable=False),  # email | sms | webhook
+    Column("address", String(255), nullable=False),  # e-mail, E.164 phone, or URL
+    Column("secret_enc", LargeBinary, nullable=True),  # a webhook's signing secret, sealed
+    Column("active", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("mid", "channel", "address", name="uq_notify_endpoints_key"),
+)
