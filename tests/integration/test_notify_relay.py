@@ -187,3 +187,15 @@ def test_the_kept_open_connection_is_reopened_when_the_server_restarts(engine: E
         assert len(second.messages) == 1
     assert len(first.messages) == 1
     assert states(engine)[MessageState.DELIVERED] == 2
+
+
+def test_enqueue_says_whether_it_wrote(engine: Engine) -> None:
+    from tillroll.notify.outbox import Outgoing, enqueue
+
+    message = Outgoing("m1", MessageKind.E_RECEIPT, Channel.EMAIL, "alice@example.com", {"text": "x"})
+    with engine.begin() as conn:
+        assert enqueue(conn, outbox, message, FACT_AT) is True
+        assert enqueue(conn, outbox, message, FACT_AT) is False
+    with engine.begin() as conn:
+        assert enqueue(conn, outbox, message, FACT_AT) is False
+    assert states(engine)[MessageState.PENDING] == 1
