@@ -339,9 +339,9 @@ def test_yuan_examples() -> None:
 
 
 def test_statement() -> None:
-    pay = BillPayment("20261202100000", "T1", "4200X", False, "wx", 1250)
-    rev = BillPayment("20261202090000", "T2", "4200Y", True, "ali", 1)
-    ref = BillRefund("20261202100000", "T1", "4200X", "wx", 1250, "R1", "50Z", 500, "SUCCESS")
+    pay = BillPayment(NOW, "20261202100000", "T1", "4200X", False, "wx", 1250)
+    rev = BillPayment(NOW - timedelta(hours=1), "20261202090000", "T2", "4200Y", True, "ali", 1)
+    ref = BillRefund(NOW, "20261202100000", "T1", "4200X", "wx", 1250, "R1", "50Z", 500, "SUCCESS")
     text = statement_csv("M1", [pay, rev], [ref])
     assert text.split("\n") == [
         ",".join(HEADER),

@@ -6,6 +6,7 @@ import csv
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from tillroll.money import format_yuan
 
@@ -26,6 +27,7 @@ HEADER = (
 
 @dataclass(frozen=True)
 class BillPayment:
+    at: datetime  # the instant, for ordering rows within one second
     time: str  # yyyyMMddHHmmss, Beijing: when it was paid
     out_trade_no: str
     transaction_id: str
@@ -36,6 +38,7 @@ class BillPayment:
 
 @dataclass(frozen=True)
 class BillRefund:
+    at: datetime
     time: str  # yyyyMMddHHmmss, Beijing: when the refund was accepted
     out_trade_no: str
     transaction_id: str
@@ -50,8 +53,8 @@ class BillRefund:
 def statement_rows(
     mch_id: str, payments: Iterable[BillPayment], refunds: Iterable[BillRefund]
 ) -> list[tuple[str, ...]]:
-    """Every row after the header, in time order (payments before refunds at the same second)."""
-    keyed: list[tuple[str, int, tuple[str, ...]]] = []
+    """Every row after the header, in time order (a payment before a refund at the same instant)."""
+    keyed: list[tuple[datetime, int, tuple[str, ...]]] = []
     for p in payments:
         state = "REVOKED" if p.reversed else "SUCCESS"
         row = (
@@ -67,7 +70,7 @@ def statement_rows(
             "",
             "",
         )
-        keyed.append((p.time, 0, row))
+        keyed.append((p.at, 0, row))
     for r in refunds:
         row = (
             r.time,
@@ -82,8 +85,8 @@ def statement_rows(
             format_yuan(r.refund_fee),
             r.status,
         )
-        keyed.append((r.time, 1, row))
-    keyed.sort(key=lambda k: (k[0], k[1]))  # stable: the database's order within one second
+        keyed.append((r.at, 1, row))
+    keyed.sort(key=lambda k: (k[0], k[1]))  # stable: the database's order at one instant
     return [row for _, _, row in keyed]
 
 

@@ -171,6 +171,7 @@ class WalletService:
             ).mappings()
             payments = [
                 BillPayment(
+                    at=o["paid_at"],
                     time=wallet_time(o["paid_at"]),
                     out_trade_no=o["out_trade_no"],
                     transaction_id=o["transaction_id"],
@@ -194,6 +195,7 @@ class WalletService:
             ).mappings()
             refund_rows = [
                 BillRefund(
+                    at=r["created_at"],
                     time=wallet_time(r["created_at"]),
                     out_trade_no=r["out_trade_no"],
                     transaction_id=r["transaction_id"],
