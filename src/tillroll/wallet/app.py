@@ -139,7 +139,7 @@ async def background(service: WalletService, notifier: Notifier) -> None:
 
 
 def create_app(service: WalletService, *, run_background: bool = True) -> FastAPI:
-    notifier = Notifier(service.engine, service.clock, service.config)
+    notifier = Notifier(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

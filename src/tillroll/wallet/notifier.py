@@ -19,11 +19,10 @@ from datetime import datetime, timedelta
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy import Engine
 
 from tillroll.clock import Clock
 from tillroll.wallet.config import WalletConfig
-from tillroll.wallet.service import wallet_time
+from tillroll.wallet.service import WalletService, wallet_time
 from tillroll.wallet.sign import new_nonce, signed
 from tillroll.wallet.tables import merchants, notifications, orders
 
@@ -53,15 +52,21 @@ def is_ack(status_code: int, body: bytes) -> bool:
 
 @dataclass
 class Notifier:
-    engine: Engine
-    clock: Clock
-    config: WalletConfig
+    service: WalletService  # its transactions, clock and config
+
+    @property
+    def clock(self) -> Clock:
+        return self.service.clock
+
+    @property
+    def config(self) -> WalletConfig:
+        return self.service.config
 
     def claim_due(self) -> list[Delivery]:
         now = self.clock.now()
         lease_until = now + timedelta(seconds=self.config.notify_lease_s)
         claimed: list[Delivery] = []
-        with self.engine.begin() as conn:
+        with self.service.transaction() as conn:
             rows = conn.execute(
                 sa.select(notifications, orders, merchants.c.key)
                 .join(orders, orders.c.id == notifications.c.order_id)
@@ -98,7 +103,7 @@ class Notifier:
 
     def record(self, delivery: Delivery, acknowledged: bool, error: str = "") -> None:
         now = self.clock.now()
-        with self.engine.begin() as conn:
+        with self.service.transaction() as conn:
             attempts = conn.execute(
                 sa.select(notifications.c.attempts).where(notifications.c.id == delivery.notification_id)
             ).scalar_one()
