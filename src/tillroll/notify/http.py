@@ -11,14 +11,22 @@ from tillroll.notify.outbox import DeliveryFailed
 
 HTTP_TIMEOUT_S = 10.0
 # Answers that will not change on a retry: the request itself is wrong, or the endpoint is gone.
-_FINAL_REFUSALS = frozenset({400, 401, 403, 404, 405, 410, 413, 415, 422})
+FINAL_REFUSALS = frozenset({400, 401, 403, 404, 405, 410, 413, 415, 422})
 
 
 def client(timeout_s: float = HTTP_TIMEOUT_S) -> httpx.Client:
     return httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
 
 
-def post(http: httpx.Client, message_id: str, url: str, *, headers: dict[str, str], **kw: Any) -> None:
+def post(
+    http: httpx.Client,
+    message_id: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    final_refusals: frozenset[int] = FINAL_REFUSALS,
+    **kw: Any,
+) -> None:
     """POST and translate the outcome: 2xx delivered; a final refusal dead at once; anything
     else (408, 429, 5xx, a timeout, a refused connection) retried."""
     try:
@@ -27,5 +35,5 @@ def post(http: httpx.Client, message_id: str, url: str, *, headers: dict[str, st
         raise DeliveryFailed(message_id, f"{type(exc).__name__}: {exc}") from None
     if 200 <= response.status_code < 300:
         return
-    retryable = response.status_code not in _FINAL_REFUSALS
+    retryable = response.status_code not in final_refusals
     raise DeliveryFailed(message_id, f"HTTP {response.status_code} from {url}", retryable=retryable)

@@ -28,16 +28,18 @@ from tillroll.notify.templates import render, webhook_event
 from tillroll.store.tables import merchants, outbox, terminals
 
 log = logging.getLogger(__name__)
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# No "." in an id: Standard Webhooks signs "id.timestamp.body" and asks ids to be free of dots.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _HASH_CHARS = 16
 
 
 def message_id(fact_id: str, channel: Channel, recipient: str) -> str:
-    """``<fact id, dot-atom safe>.<channel>.<hash>``: stable for one (fact, channel, recipient),
-    distinct otherwise (the hash covers the raw values), and usable as an e-mail Message-ID."""
+    """``<fact id, [A-Za-z0-9_-] only>_<channel>_<hash>``: stable for one (fact, channel,
+    recipient), distinct otherwise (the hash covers the raw values), usable as a webhook-id and
+    in an e-mail Message-ID."""
     digest = hashlib.sha256(f"{fact_id}\0{channel.value}\0{recipient}".encode()).hexdigest()[:_HASH_CHARS]
-    tail = f".{channel.value}.{digest}"
-    head = _UNSAFE.sub(".", fact_id).strip(".")[: MESSAGE_ID_MAX - len(tail)]
+    tail = f"_{channel.value}_{digest}"
+    head = _UNSAFE.sub("-", fact_id).strip("-")[: MESSAGE_ID_MAX - len(tail)]
     return head + tail
 
 

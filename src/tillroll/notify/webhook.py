@@ -20,6 +20,8 @@ from tillroll.notify.endpoints import secret_key
 from tillroll.notify.outbox import Channel, DeliveryFailed, StoredMessage
 
 SecretLookup = Callable[[StoredMessage], str | None]
+WEBHOOK_FINAL_REFUSALS = frozenset({410})
+WEBHOOK_TIMEOUT_S = 15.0  # the spec recommends 15-30 s for the receiver to answer
 
 
 def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
@@ -33,7 +35,7 @@ class WebhookSender:
     channel = Channel.WEBHOOK
 
     def __init__(
-        self, secret_for: SecretLookup, clock: Clock, *, timeout_s: float = http.HTTP_TIMEOUT_S
+        self, secret_for: SecretLookup, clock: Clock, *, timeout_s: float = WEBHOOK_TIMEOUT_S
     ) -> None:
         self.secret_for = secret_for
         self.clock = clock
@@ -53,7 +55,9 @@ class WebhookSender:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, message.message_id, timestamp, body),
         }
-        http.post(self._http, message.message_id, message.recipient, headers=headers, content=body)
+        # Standard Webhooks: every non-2xx is a failure to retry, except 410 Gone (stop sending).
+        http.post(self._http, message.message_id, message.recipient, headers=headers, content=body,
+                  final_refusals=WEBHOOK_FINAL_REFUSALS)  # fmt: skip
 
     def close(self) -> None:
         self._http.close()
