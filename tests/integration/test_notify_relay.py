@@ -199,3 +199,47 @@ def test_enqueue_says_whether_it_wrote(engine: Engine) -> None:
     with engine.begin() as conn:
         assert enqueue(conn, outbox, message, FACT_AT) is False
     assert states(engine)[MessageState.PENDING] == 1
+
+
+def test_two_relays_on_one_database_never_send_the_same_message(engine: Engine, sink: SmtpSink) -> None:
+    import threading
+    from collections import Counter
+
+    from tillroll.clock import SystemClock
+
+    count = 300
+    with engine.begin() as conn:
+        for n in range(count):
+            fan_out(
+                conn, MessageKind.PAYMENT_CANCELLED, cancelled_fact(n, contact=f"c{n}@example.com"), FACT_AT
+            )
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+    claimed: list[int] = []
+
+    def work() -> None:
+        sender = SmtpSender(SmtpConfig("127.0.0.1", sink.port, timeout_s=5.0))
+        config = RelayConfig(lease_s=LEASE_S, batch_max=20, schedules={Channel.EMAIL: FAST})
+        relay = Relay(engine, outbox, {Channel.EMAIL: sender}, clock=SystemClock(), config=config)
+        try:
+            start.wait(5)
+            for _ in range(count):  # bounded: each round delivers at least one, or the outbox is empty
+                report = relay.run_once()
+                claimed.append(report.claimed)
+                if report.claimed == 0 and states(engine)[MessageState.PENDING] == 0:
+                    break
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            sender.close()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert states(engine) == {"pending": 0, "delivered": count, "dead": 0}
+    ids = Counter(m.message_id for m in sink.wait_for(count))
+    assert len(ids) == count and set(ids.values()) == {1}  # each sent once, by one relay
+    assert sum(claimed) == count

@@ -3,7 +3,7 @@
 Either way the batch is settled as a 0500 would settle it (its approved sales reach the
 merchant, fees are taken), the settlement row says it was closed by the host and carries no
 terminal figures, the terminal's session admits nothing new in it (77), and its next sign-in
-gets the next batch in 60.2.
+gets the next batch in 60.2. The merchant is alerted (tillroll.notify) in the same transaction.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, exists, func, or_, select
 
 from tillroll.host.settlement import ClosedBatch, ClosedBy, close_batch
+from tillroll.notify.facts import AlertKind
+from tillroll.notify.outbox import MessageKind
+from tillroll.notify.routing import fan_out
 from tillroll.store.tables import merchants, requests, sessions, settlements, terminals
 
 STAN_MAX = 999_999
@@ -61,7 +64,24 @@ def batch_for_sign_in(conn: Connection, term: Any, sign_in_stan: str, now: datet
         theirs=None,
         closed_by=ClosedBy.HOST,
     )
+    alert_merchant(conn, AlertKind.JOURNAL_LOSS, closed, now)
     return _next_open_batch(conn, closed.tid)
+
+
+def alert_merchant(conn: Connection, alert: AlertKind, closed: ClosedBatch, now: datetime) -> None:
+    """Tell the merchant, in the transaction that closed the batch, that the host closed it."""
+    fact = {
+        "id": f"{alert.value}:{closed.tid}:{closed.batch}",
+        "alert": alert.value,
+        "mid": closed.mid,
+        "tid": closed.tid,
+        "batch": closed.batch,
+        "at": now.isoformat(),
+        "amount_minor": closed.totals.debit_minor,
+        "count": closed.totals.debit_count,
+        "net_minor": closed.net_minor,
+    }
+    fan_out(conn, MessageKind.MERCHANT_ALERT, fact, now)
 
 
 def _next_open_batch(conn: Connection, tid: str) -> str:
@@ -101,7 +121,7 @@ def cutover(engine: Engine, *, before: datetime, now: datetime) -> list[ClosedBa
     time, as instants are stored), in one transaction: a terminal that died mid-day still gets
     its merchant paid."""
     with engine.begin() as conn:
-        return [
+        closed = [
             close_batch(
                 conn,
                 tid=str(row["tid"]),
@@ -114,3 +134,6 @@ def cutover(engine: Engine, *, before: datetime, now: datetime) -> list[ClosedBa
             )
             for row in open_batches(conn, before)
         ]
+        for batch in closed:
+            alert_merchant(conn, AlertKind.CUTOVER, batch, now)
+        return closed
