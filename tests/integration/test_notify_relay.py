@@ -93,6 +93,7 @@ def test_a_fact_is_delivered_despite_a_crash_between_send_and_mark(engine: Engin
     assert "¥12.51" in text and MERCHANT_NAME in text and FACT_AT_LOCAL in text
     assert "未完成，已撤销，占用的款项将退回" in text
     assert "did not complete and was cancelled; any amount held returns to you" in text
+    assert mails[0].subject == f"{MERCHANT_NAME} 付款已撤销 / payment cancelled"
     assert attempts_of(engine, message.message_id) == ["delivered"]
 
 

@@ -116,3 +116,18 @@ def running_gateway(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[st
         server.should_exit = True
         thread.join(READY_TIMEOUT_S)
         sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tillroll.sim.sms_gateway [--listen HOST:PORT]``: serve until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A local HTTP SMS gateway that keeps what it receives.")
+    parser.add_argument("--listen", default="127.0.0.1:8026", help="HOST:PORT")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+    uvicorn.run(create_app(), host=host or "127.0.0.1", port=int(port), log_level="info")
+
+
+if __name__ == "__main__":
+    main()

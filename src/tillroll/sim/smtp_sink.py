@@ -9,24 +9,45 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from functools import cached_property
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 START_TIMEOUT_S = 5.0
+OnMessage = Callable[["ReceivedMail"], None]  # called (in the server's thread) for each message
 
 
 @dataclass(frozen=True)
 class ReceivedMail:
+    """One accepted message; parsed when first looked at (parsing is the slow part)."""
+
     mail_from: str
     rcpt_tos: tuple[str, ...]
-    message_id: str  # the Message-ID header, as sent
-    subject: str
-    text: str
     raw: bytes
+
+    @cached_property
+    def parsed(self) -> EmailMessage:
+        message = message_from_bytes(self.raw, policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        return message
+
+    @property
+    def message_id(self) -> str:
+        return str(self.parsed.get("Message-ID", ""))
+
+    @property
+    def subject(self) -> str:
+        return str(self.parsed.get("Subject", ""))
+
+    @property
+    def text(self) -> str:
+        body = self.parsed.get_body(preferencelist=("plain",))
+        return str(body.get_content()) if body is not None else ""
 
 
 class _Handler:
@@ -38,8 +59,15 @@ class _Handler:
 
 
 class SmtpSink:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        on_message: Callable[[ReceivedMail], None] | None = None,
+    ) -> None:
         self.host = host
+        self._on_message = on_message
         self._port = port
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -118,20 +146,11 @@ class SmtpSink:
                 self._fail_next -= 1
                 return f"{self._fail_code} refused by the test sink"
             raw = envelope.content if isinstance(envelope.content, bytes) else str(envelope.content).encode()
-            parsed = message_from_bytes(raw, policy=policy.default)
-            assert isinstance(parsed, EmailMessage)
-            body = parsed.get_body(preferencelist=("plain",))
-            self._messages.append(
-                ReceivedMail(
-                    mail_from=str(envelope.mail_from),
-                    rcpt_tos=tuple(envelope.rcpt_tos),
-                    message_id=str(parsed.get("Message-ID", "")),
-                    subject=str(parsed.get("Subject", "")),
-                    text=body.get_content() if body is not None else "",
-                    raw=raw,
-                )
-            )
+            self._messages.append(ReceivedMail(str(envelope.mail_from), tuple(envelope.rcpt_tos), raw))
             self._changed.notify_all()
+            received = self._messages[-1]
+        if self._on_message is not None:
+            self._on_message(received)
         return "250 OK"
 
     @property
@@ -147,3 +166,33 @@ class SmtpSink:
         with self._changed:
             self._changed.wait_for(lambda: len(self._messages) >= count, timeout=timeout_s)
             return list(self._messages)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tillroll.sim.smtp_sink [--listen HOST:PORT] [--show]``: serve until standard
+    input closes (or Ctrl-C), then print how many messages arrived as JSON."""
+    import argparse
+    import contextlib
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(description="A local SMTP server that keeps what it receives.")
+    parser.add_argument("--listen", default="127.0.0.1:8025", help="HOST:PORT (port 0: any free port)")
+    parser.add_argument("--show", action="store_true", help="Print each message as it arrives")
+    args = parser.parse_args(argv)
+    host, _, port = args.listen.rpartition(":")
+
+    def show(mail: ReceivedMail) -> None:
+        print(f"--- {mail.message_id} to {', '.join(mail.rcpt_tos)}\n{mail.subject}\n{mail.text}", flush=True)
+
+    with SmtpSink(host or "127.0.0.1", int(port), on_message=show if args.show else None) as sink:
+        print(f"listening on {sink.host}:{sink.port}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            sys.stdin.read()
+        messages = sink.messages
+    distinct = len({m.message_id for m in messages})
+    print(json.dumps({"received": len(messages), "distinct_message_ids": distinct}))
+
+
+if __name__ == "__main__":
+    main()
