@@ -244,3 +244,37 @@ def test_two_relays_on_one_database_never_send_the_same_message(engine: Engine, 
     ids = Counter(m.message_id for m in sink.wait_for(count))
     assert len(ids) == count and set(ids.values()) == {1}  # each sent once, by one relay
     assert sum(claimed) == count
+
+
+def test_run_delivers_what_is_committed_while_it_runs_and_stops_when_told(
+    engine: Engine, sink: SmtpSink
+) -> None:
+    import threading
+
+    from tillroll.clock import SystemClock
+
+    sender = SmtpSender(SmtpConfig("127.0.0.1", sink.port))
+    config = RelayConfig(poll_interval_s=0.05, schedules={Channel.EMAIL: FAST})
+    relay = Relay(engine, outbox, {Channel.EMAIL: sender}, clock=SystemClock(), config=config)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop,))
+    thread.start()
+    try:
+        with engine.begin() as conn:
+            fan_out(conn, MessageKind.PAYMENT_CANCELLED, cancelled_fact(), SystemClock().now())
+        assert len(sink.wait_for(1, timeout_s=10)) == 1
+    finally:
+        stop.set()
+        thread.join(10)
+        sender.close()
+    assert not thread.is_alive()
+
+
+def test_a_fact_holding_a_card_number_writes_nothing(engine: Engine) -> None:
+    from tillroll.notify.facts import FactError
+
+    with pytest.raises(FactError), engine.begin() as conn:
+        fan_out(
+            conn, MessageKind.PAYMENT_CANCELLED, cancelled_fact(detail="card 6222021234567890128"), FACT_AT
+        )
+    assert states(engine) == {"pending": 0, "delivered": 0, "dead": 0}

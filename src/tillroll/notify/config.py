@@ -31,7 +31,7 @@ class NotifyConfig:
     backoffice_url: str | None
     schedule_scale: float = 1.0
     lease_s: float = 60.0
-    batch_max: int = 200
+    batch_max: int = 500
 
     @classmethod
     def from_options(

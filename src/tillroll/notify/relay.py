@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, tuple_, update
 
 from tillroll.clock import Clock
 from tillroll.notify.outbox import (
@@ -119,7 +119,7 @@ class RoundReport:
 @dataclass(frozen=True)
 class RelayConfig:
     lease_s: float = 60.0
-    batch_max: int = 200
+    batch_max: int = 500
     poll_interval_s: float = 0.5  # idle wait between rounds in run()
     schedules: Mapping[Channel, Schedule] = field(default_factory=lambda: dict(DEFAULT_SCHEDULES))
 
@@ -280,48 +280,72 @@ class Relay:
     def _mark(self, outcomes: list[_Outcome], report: RoundReport) -> None:
         if not outcomes:
             return
-        m, a = self.tables.messages, self.tables.attempts
         now = self.clock.now()
         with self.engine.begin() as conn:
+            self._mark_delivered(conn, [o for o in outcomes if o.error is None], now, report)
             for o in outcomes:
-                fence = and_(
-                    m.c.id == o.pk, m.c.attempts == o.message.attempt, m.c.state == MessageState.PENDING.value
-                )
-                if o.error is None:
-                    values: dict[str, Any] = {"state": MessageState.DELIVERED.value, "delivered_at": now}
-                    outcome, detail = "delivered", None
-                else:
-                    detail = _detail(o.error.detail)
-                    delay = (
-                        self.config.schedules[o.message.channel].delay_after(o.message.attempt, self.rng)
-                        if o.error.retryable
-                        else None
-                    )
-                    if delay is None:
-                        values = {"state": MessageState.DEAD.value, "last_error": detail}
-                        outcome = "dead"
-                    else:
-                        values = {"next_attempt_at": now + timedelta(seconds=delay), "last_error": detail}
-                        outcome = "failed"
-                values["lease_until"] = None
-                if conn.execute(update(m).where(fence).values(**values)).rowcount != 1:
-                    report.lost_claims += 1
-                    log.warning("lost the claim on %s: another relay reclaimed it", o.message.message_id)
-                    continue
-                conn.execute(
-                    insert(a).values(
-                        message_pk=o.pk, attempt=o.message.attempt, outcome=outcome, detail=detail, at=now
-                    )
-                )
-                if outcome == "delivered":
-                    report.delivered += 1
-                elif outcome == "failed":
-                    report.failed += 1
-                else:
-                    report.dead += 1
-                    log.warning("dead letter %s after %d attempt(s): %s", o.message.message_id,
-                                o.message.attempt, detail)  # fmt: skip
-                    self._dead_hook(conn, o.message, detail or "", now)
+                if o.error is not None:
+                    self._mark_failed(conn, o, o.error, now, report)
+
+    def _mark_delivered(
+        self, conn: Connection, done: list[_Outcome], now: datetime, report: RoundReport
+    ) -> None:
+        """One UPDATE for the round's deliveries (fenced by id and attempt), one INSERT of their
+        attempts: per-row statements cost more than the sends."""
+        if not done:
+            return
+        m, a = self.tables.messages, self.tables.attempts
+        marked = set(
+            conn.execute(
+                update(m)
+                .where(tuple_(m.c.id, m.c.attempts).in_([(o.pk, o.message.attempt) for o in done]))
+                .where(m.c.state == MessageState.PENDING.value)
+                .values(state=MessageState.DELIVERED.value, delivered_at=now, lease_until=None)
+                .returning(m.c.id)
+            ).scalars()
+        )
+        rows = []
+        for o in done:
+            if o.pk not in marked:
+                report.lost_claims += 1
+                log.warning("lost the claim on %s: another relay reclaimed it", o.message.message_id)
+                continue
+            rows.append({"message_pk": o.pk, "attempt": o.message.attempt, "outcome": "delivered",
+                         "detail": None, "at": now})  # fmt: skip
+        if rows:
+            conn.execute(insert(a), rows)
+        report.delivered += len(rows)
+
+    def _mark_failed(
+        self, conn: Connection, o: _Outcome, error: DeliveryFailed, now: datetime, report: RoundReport
+    ) -> None:
+        m, a = self.tables.messages, self.tables.attempts
+        detail = _detail(error.detail)
+        schedule = self.config.schedules[o.message.channel]
+        delay = schedule.delay_after(o.message.attempt, self.rng) if error.retryable else None
+        values: dict[str, Any] = {"last_error": detail, "lease_until": None}
+        if delay is None:
+            values["state"], outcome = MessageState.DEAD.value, "dead"
+        else:
+            values["next_attempt_at"], outcome = now + timedelta(seconds=delay), "failed"
+        fence = and_(
+            m.c.id == o.pk, m.c.attempts == o.message.attempt, m.c.state == MessageState.PENDING.value
+        )
+        if conn.execute(update(m).where(fence).values(**values)).rowcount != 1:
+            report.lost_claims += 1
+            log.warning("lost the claim on %s: another relay reclaimed it", o.message.message_id)
+            return
+        conn.execute(
+            insert(a).values(
+                message_pk=o.pk, attempt=o.message.attempt, outcome=outcome, detail=detail, at=now
+            )
+        )
+        if outcome == "failed":
+            report.failed += 1
+            return
+        report.dead += 1
+        log.warning("dead letter %s after %d attempt(s): %s", o.message.message_id, o.message.attempt, detail)
+        self._dead_hook(conn, o.message, detail, now)
 
     def _dead_hook(self, conn: Connection, message: StoredMessage, detail: str, now: datetime) -> None:
         """The dead-letter hook, in a savepoint: an alert that fails is logged, and never undoes
