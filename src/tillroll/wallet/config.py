@@ -48,7 +48,8 @@ class WalletConfig:
     sweep_interval_s: float = 0.2
     # How long a notification attempt is claimed by one sweeper before another may take it.
     notify_lease_s: float = 30.0
-    body_max_chars: int = 128
+    # Threads that run database calls for the HTTP edge (see app.Workers).
+    db_workers: int = 8
 
     def __post_init__(self) -> None:
         for name in (
@@ -68,6 +69,8 @@ class WalletConfig:
             raise WalletConfigError(f"notify_scale must be a positive factor, not {self.notify_scale!r}")
         if not 1 <= self.refunds_max <= 1000:
             raise WalletConfigError(f"refunds_max must be 1..1000, not {self.refunds_max!r}")
+        if not 1 <= self.db_workers <= 64:
+            raise WalletConfigError(f"db_workers must be 1..64, not {self.db_workers!r}")
         if self.notify_lease_s <= self.notify_timeout_s:
             raise WalletConfigError("notify_lease_s must be longer than notify_timeout_s")
 

@@ -155,6 +155,10 @@ class WalletService:
 
     # ---- reading ---------------------------------------------------------------------------
 
+    def known_key(self, mch_id: str) -> str | None:
+        """The merchant's key if it was read before (no database, no waiting)."""
+        return self._keys.get(mch_id)
+
     def merchant_key(self, mch_id: str) -> str | None:
         """The merchant's key. Found keys are kept in memory: no call changes a key, and this read
         comes first in every request. An unknown merchant is asked again each time (it may be
