@@ -74,51 +74,53 @@ def test_sales_in_flight_and_a_cutover_agree_on_every_batch(store: HostStore) ->
     closed_with_sales = closed_empty = 0
     with HostServer(store, clock=clock) as host:
         clients = {tid: WireClient(host.address, tid=tid) for tid in TIDS}
-        for _ in range(ROUNDS):
-            lanes = []
+        try:
+            for _ in range(ROUNDS):
+                lanes = []
+                for client in clients.values():
+                    assert client.sign_in().code == "00"
+                    lanes.append(Lane(client))
+                workers = [
+                    threading.Thread(target=sell_until_closed, args=(lane, random.Random(rng.random())))
+                    for lane in lanes
+                ]
+                for w in workers:
+                    w.start()
+                for lane in lanes:  # every lane is selling before the close is let go
+                    assert lane.answered.wait(10.0)
+                threading.Event().wait(rng.uniform(0.0, 0.02))  # land the close at a random point
+                closed = cutover(store.engine, before=clock.now() + timedelta(days=1), now=clock.now())
+                for w in workers:
+                    w.join(30.0)
+                    assert not w.is_alive()
+                assert {c.tid for c in closed} == set(TIDS)
+                with store.engine.connect() as conn:
+                    for lane in lanes:
+                        tid = lane.client.tid
+                        assert lane.refused_77 == 1  # each lane saw the close, and stopped there
+                        (batch,) = {c.batch for c in closed if c.tid == tid}
+                        row = conn.execute(
+                            select(settlements).where(settlements.c.tid == tid, settlements.c.batch == batch)
+                        ).one()
+                        assert row.host_debit_minor == lane.approved.get(batch, 0), (tid, batch)
+                        assert row.host_debit_count == lane.approved_count.get(batch, 0)
+                        assert set(lane.approved) <= {batch}  # no approval in any other batch
+                        approved_rows = conn.execute(
+                            select(transactions.c.amount_minor).where(
+                                transactions.c.tid == tid,
+                                transactions.c.batch == batch,
+                                transactions.c.status == "approved",
+                            )
+                        ).all()
+                        assert sum(r.amount_minor for r in approved_rows) == lane.approved.get(batch, 0)
+                        charged[tid] += lane.approved.get(batch, 0)
+                        if lane.approved.get(batch):
+                            closed_with_sales += 1
+                        else:
+                            closed_empty += 1
+        finally:  # a failed round leaves no socket behind for the next test to trip over
             for client in clients.values():
-                assert client.sign_in().code == "00"
-                lanes.append(Lane(client))
-            workers = [
-                threading.Thread(target=sell_until_closed, args=(lane, random.Random(rng.random())))
-                for lane in lanes
-            ]
-            for w in workers:
-                w.start()
-            for lane in lanes:  # every lane is selling before the close is let go
-                assert lane.answered.wait(10.0)
-            threading.Event().wait(rng.uniform(0.0, 0.02))  # land the close at a random point
-            closed = cutover(store.engine, before=clock.now() + timedelta(days=1), now=clock.now())
-            for w in workers:
-                w.join(30.0)
-                assert not w.is_alive()
-            assert {c.tid for c in closed} == set(TIDS)
-            with store.engine.connect() as conn:
-                for lane in lanes:
-                    tid = lane.client.tid
-                    assert lane.refused_77 == 1  # each lane saw the close, and stopped there
-                    (batch,) = {c.batch for c in closed if c.tid == tid}
-                    row = conn.execute(
-                        select(settlements).where(settlements.c.tid == tid, settlements.c.batch == batch)
-                    ).one()
-                    assert row.host_debit_minor == lane.approved.get(batch, 0), (tid, batch)
-                    assert row.host_debit_count == lane.approved_count.get(batch, 0)
-                    assert set(lane.approved) <= {batch}  # no approval in any other batch
-                    approved_rows = conn.execute(
-                        select(transactions.c.amount_minor).where(
-                            transactions.c.tid == tid,
-                            transactions.c.batch == batch,
-                            transactions.c.status == "approved",
-                        )
-                    ).all()
-                    assert sum(r.amount_minor for r in approved_rows) == lane.approved.get(batch, 0)
-                    charged[tid] += lane.approved.get(batch, 0)
-                    if lane.approved.get(batch):
-                        closed_with_sales += 1
-                    else:
-                        closed_empty += 1
-        for client in clients.values():
-            client.close()
+                client.close()
     for tid in TIDS:  # the 77s charged nothing: each card is down by exactly the approvals
         assert card_balance(store, PANS[tid]) == OPENING - charged[tid]
     with store.engine.connect() as conn:

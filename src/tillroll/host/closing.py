@@ -88,8 +88,11 @@ def _next_open_batch(conn: Connection, tid: str) -> str:
     return str(conn.execute(select(terminals.c.batch).where(terminals.c.tid == tid)).scalar_one())
 
 
-def open_batches(conn: Connection, before: datetime) -> list[Any]:
-    """Each terminal's open batch that a sign-in opened before `before` and nobody settled."""
+def open_batches(
+    conn: Connection, before: datetime, *, tid: str | None = None, lock: bool = False
+) -> list[Any]:
+    """Each terminal's open batch that a sign-in opened before `before` and nobody settled
+    (only `tid`'s, if given); `lock` takes its terminal row for update."""
     opened = (
         select(sessions.c.tid, sessions.c.batch, func.min(sessions.c.signed_in_at).label("opened_at"))
         .group_by(sessions.c.tid, sessions.c.batch)
@@ -98,42 +101,54 @@ def open_batches(conn: Connection, before: datetime) -> list[Any]:
     settled = select(settlements.c.id).where(
         settlements.c.tid == terminals.c.tid, settlements.c.batch == terminals.c.batch
     )
-    return list(
-        conn.execute(
-            select(
-                terminals.c.tid,
-                terminals.c.mid,
-                terminals.c.batch,
-                merchants.c.fee_rate_ppm,
-                opened.c.opened_at,
-            )
-            .join(merchants, merchants.c.mid == terminals.c.mid)
-            .join(opened, and_(opened.c.tid == terminals.c.tid, opened.c.batch == terminals.c.batch))
-            .where(opened.c.opened_at < before, ~exists(settled))
-            .order_by(terminals.c.tid)
-            .with_for_update(of=terminals)
-        ).mappings()
+    query = (
+        select(
+            terminals.c.tid,
+            terminals.c.mid,
+            terminals.c.batch,
+            merchants.c.fee_rate_ppm,
+            opened.c.opened_at,
+        )
+        .join(merchants, merchants.c.mid == terminals.c.mid)
+        .join(opened, and_(opened.c.tid == terminals.c.tid, opened.c.batch == terminals.c.batch))
+        .where(opened.c.opened_at < before, ~exists(settled))
+        .order_by(terminals.c.tid)
     )
+    if tid is not None:
+        query = query.where(terminals.c.tid == tid)
+    if lock:
+        query = query.with_for_update(of=terminals)
+    return list(conn.execute(query).mappings())
 
 
 def cutover(engine: Engine, *, before: datetime, now: datetime) -> list[ClosedBatch]:
     """Close and settle every batch still open from before `before` (the merchant's local
-    time, as instants are stored), in one transaction: a terminal that died mid-day still gets
-    its merchant paid."""
-    with engine.begin() as conn:
-        closed = [
-            close_batch(
-                conn,
-                tid=str(row["tid"]),
-                mid=str(row["mid"]),
-                batch=str(row["batch"]),
-                fee_rate_ppm=int(row["fee_rate_ppm"]),
-                now=now,
-                theirs=None,
-                closed_by=ClosedBy.HOST,
-            )
-            for row in open_batches(conn, before)
-        ]
-        for batch in closed:
-            alert_merchant(conn, AlertKind.CUTOVER, batch, now)
-        return closed
+    time, as instants are stored): a terminal that died mid-day still gets its merchant paid.
+
+    Each batch is closed in a transaction of its own that holds only its terminal's row. A
+    group commit in flight holds shared locks on several terminals' rows, taken in the order
+    its requests arrived; a cut-over that locked every row at once, in its own order, formed a
+    cycle with it and PostgreSQL aborted one of the two (tests/integration/test_host_close_race.py
+    found it). Holding one row at a time, the cut-over only ever waits for a group, never a
+    group for it and it for the group. A crash part-way leaves the remaining batches open; the
+    next run closes them (a batch already closed is no longer listed)."""
+    with engine.connect() as conn:
+        tids = [str(row["tid"]) for row in open_batches(conn, before)]
+    closed: list[ClosedBatch] = []
+    for tid in tids:
+        with engine.begin() as conn:
+            # Listed again under the lock: the terminal may have settled or signed in since.
+            for row in open_batches(conn, before, tid=tid, lock=True):
+                batch = close_batch(
+                    conn,
+                    tid=str(row["tid"]),
+                    mid=str(row["mid"]),
+                    batch=str(row["batch"]),
+                    fee_rate_ppm=int(row["fee_rate_ppm"]),
+                    now=now,
+                    theirs=None,
+                    closed_by=ClosedBy.HOST,
+                )
+                alert_merchant(conn, AlertKind.CUTOVER, batch, now)
+                closed.append(batch)
+    return closed
