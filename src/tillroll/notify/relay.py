@@ -298,6 +298,8 @@ class Relay:
         marked = set(
             conn.execute(
                 update(m)
+                # id IN (…) lets the primary key find the rows; the pairs fence each claim.
+                .where(m.c.id.in_([o.pk for o in done]))
                 .where(tuple_(m.c.id, m.c.attempts).in_([(o.pk, o.message.attempt) for o in done]))
                 .where(m.c.state == MessageState.PENDING.value)
                 .values(state=MessageState.DELIVERED.value, delivered_at=now, lease_until=None)
