@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from notifywire import MID, back_office, cancelled_fact
 from sqlalchemy import select
@@ -58,6 +59,13 @@ def test_endpoints_run_once_and_list(db_url: str) -> None:
     assert row["recipient"] == "alice@example.com" and row["state"] == "dead" and "550" in row["last_error"]
     listed = notify("list")
     assert listed.exit_code == 0 and "merchant_alert" in listed.output  # the dead letter's alert
+
+    if db_url.startswith("sqlite"):  # data at rest: the database files never hold the secret
+        path = Path(db_url.removeprefix("sqlite:///"))
+        for file in (path, path.with_name(path.name + "-wal")):
+            if file.exists():
+                data = file.read_bytes()
+                assert secret.encode() not in data and secret[6:].encode() not in data
 
     bad_run = notify("run", "--smtp", "host:port", "--once")
     assert bad_run.exit_code == 2 and "--smtp" in bad_run.output

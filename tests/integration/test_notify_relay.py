@@ -278,3 +278,27 @@ def test_a_fact_holding_a_card_number_writes_nothing(engine: Engine) -> None:
             conn, MessageKind.PAYMENT_CANCELLED, cancelled_fact(detail="card 6222021234567890128"), FACT_AT
         )
     assert states(engine) == {"pending": 0, "delivered": 0, "dead": 0}
+
+
+def test_a_relay_gives_back_what_it_cannot_send_within_half_its_lease(engine: Engine, sink: SmtpSink) -> None:
+    clock = FakeClock(FACT_AT)
+    with engine.begin() as conn:
+        for n in range(3):
+            fact = cancelled_fact(n, contact=f"c{n}@example.com")
+            fan_out(conn, MessageKind.PAYMENT_CANCELLED, fact, FACT_AT)
+
+    def slow(point: str, message_id: str | None) -> None:
+        if point == "sent":
+            clock.advance(LEASE_S * 0.6)  # the first send took most of the lease
+
+    relay, sender = make_relay(engine, sink, clock, crash=slow)
+    report = relay.run_once()
+    assert (report.claimed, report.delivered, report.released) == (3, 1, 2)
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox.messages.c.attempts, outbox.messages.c.lease_until)).all()
+    assert sorted(r.attempts for r in rows) == [0, 0, 1]  # given back uncounted, due at once
+    assert all(r.lease_until is None for r in rows)
+    relay.crash = None
+    assert relay.run_once().delivered == 2
+    sender.close()
+    assert len(sink.messages) == 3
