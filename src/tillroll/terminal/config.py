@@ -25,6 +25,7 @@ from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone
 from tillroll.crypto.keystore import KeyStore, KeyStoreError
 from tillroll.owner_only import FILE_MODE, private_dir
 from tillroll.terminal.retry import Backoff
+from tillroll.terminal.wallet_config import WalletConfigError, WalletSettings
 
 CONFIG_FILE = "terminal.json"
 DEVICE_KEY_FILE = "device.key"
@@ -101,6 +102,7 @@ class TerminalConfig:
     reversal_alert_s: float = 60.0
     settle_at: str | None = None
     merchant_tz: str = DEFAULT_MERCHANT_TZ  # slips and `pos journal` show this zone's local time
+    wallet: WalletSettings | None = None  # the QR wallet rail (wallet_config.py); None: no wallet
 
     def __post_init__(self) -> None:
         try:
@@ -187,6 +189,7 @@ def device_keystore(data_dir: Path) -> KeyStore:
 
 
 _TMK_LABEL = b"terminal:tmk"
+_WALLET_KEY_LABEL = b"terminal:wallet-key"
 
 
 def save_config(data_dir: Path, config: TerminalConfig) -> Path:
@@ -197,6 +200,9 @@ def save_config(data_dir: Path, config: TerminalConfig) -> Path:
     doc["host"] = str(config.host)
     doc["backup_host"] = str(config.backup_host) if config.backup_host else None
     doc["tmk_sealed"] = ks.seal(config.tmk, label=_TMK_LABEL).hex()
+    if config.wallet is not None:  # the wallet key is sealed like the TMK, never kept in clear
+        doc["wallet"].pop("key")
+        doc["wallet"]["key_sealed"] = ks.seal(config.wallet.key.encode(), label=_WALLET_KEY_LABEL).hex()
     path = data_dir / CONFIG_FILE
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)  # a leftover of an interrupted write; created anew 0600 below
@@ -218,7 +224,12 @@ def load_config(data_dir: Path) -> TerminalConfig:
         doc = json.loads(path.read_text())
         ks = device_keystore(data_dir)
         tmk = ks.open(bytes.fromhex(doc.pop("tmk_sealed")), label=_TMK_LABEL)
-    except (ValueError, KeyError, KeyStoreError) as exc:
+        wallet = doc.pop("wallet", None)
+        if wallet is not None:
+            key = ks.open(bytes.fromhex(wallet.pop("key_sealed")), label=_WALLET_KEY_LABEL).decode()
+            known_w = set(WalletSettings.__dataclass_fields__)
+            doc["wallet"] = WalletSettings(key=key, **{k: v for k, v in wallet.items() if k in known_w})
+    except (ValueError, KeyError, KeyStoreError, WalletConfigError) as exc:
         raise ConfigError(f"{path} cannot be read ({type(exc).__name__}): run `pos init` again") from None
     doc["host"] = HostAddress.parse(doc["host"])
     doc["backup_host"] = HostAddress.parse(doc["backup_host"]) if doc.get("backup_host") else None

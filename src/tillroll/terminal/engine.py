@@ -13,6 +13,7 @@ Each job has its own module (rules at the top of each; docs/terminal.md has the 
 - ``receipts.py``    slips printed or owed (with an e-receipt), reprints
 - ``retry.py``       the one backoff (exponential, jittered, bounded) every repeat uses
 - ``device.py``      one terminal per data dir, and the IO-error boundary
+- ``wallet*.py``     the QR wallet rail: gateway, orders, refunds, their journal and slips
 
 :class:`Terminal` owns the device (lock, journal, printer, link), wires the jobs together, and
 translates the device's own IO failures into :class:`TerminalError` at its public methods.
@@ -42,6 +43,11 @@ from tillroll.terminal.session import Sessions
 from tillroll.terminal.settlement import Settler
 from tillroll.terminal.states import Outcome
 from tillroll.terminal.verdict import build_reversal
+from tillroll.terminal.wallet import WalletPayments, WalletStep
+from tillroll.terminal.wallet_gateway import HttpWalletGateway, WalletGateway
+from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder, WalletRefund
+from tillroll.terminal.wallet_receipts import WalletReceipts
+from tillroll.terminal.wallet_refunds import WalletRefunds
 
 __all__ = [
     "InputError",
@@ -68,6 +74,7 @@ class Terminal:
         socket_factory: SocketFactory | None = None,
         e_receipt_writer: EReceiptWriter | None = None,
         rng: random.Random | None = None,
+        wallet_gateway: WalletGateway | None = None,
     ) -> None:
         self.config = config
         self.data_dir = Path(data_dir)
@@ -91,13 +98,9 @@ class Terminal:
                 socket_factory=socket_factory,
             )
             self.sessions = Sessions(config, self.clock, self.journal, link)
+            write_e_receipt = e_receipt_writer or default_e_receipt_writer
             self.receipts = Receipts(
-                config,
-                self.clock,
-                self.journal,
-                printer,
-                e_receipt_writer or default_e_receipt_writer,
-                self.data_dir,
+                config, self.clock, self.journal, printer, write_e_receipt, self.data_dir
             )
             self.reversals = Reversals(config, self.clock, self.journal, self.sessions, rng)
             self.preflight = Preflight(self.clock, self.journal, self.sessions, self.reversals, self.receipts)
@@ -110,6 +113,20 @@ class Terminal:
             self.settler = Settler(
                 config, self.clock, self.journal, self.sessions, self.preflight, self.refunds, rng
             )
+            self._wallet_gateway: WalletGateway | None = None
+            self.wallet: WalletPayments | None = None
+            self.wallet_refunds: WalletRefunds | None = None
+            self.wallet_journal = WalletJournal(self.journal)
+            self._wallet_receipts = WalletReceipts(
+                config,
+                self.clock,
+                self.journal,
+                self.wallet_journal,
+                self.receipts,
+                write_e_receipt,
+                self.data_dir,
+            )
+            self._open_wallet(wallet_gateway, rng)
         except BaseException:
             self._lock.release()
             raise
@@ -119,8 +136,34 @@ class Terminal:
         """The terminal set up in ``data_dir`` by ``tillroll pos init``."""
         return cls(load_config(Path(data_dir)), Path(data_dir), **kwargs)
 
+    def _open_wallet(self, gateway: WalletGateway | None, rng: random.Random) -> None:
+        settings = self.config.wallet
+        if settings is None:
+            return
+        gateway = gateway or HttpWalletGateway(
+            settings.url,
+            settings.merchant,
+            settings.key,
+            connect_timeout_s=settings.connect_timeout_s,
+            response_timeout_s=settings.response_timeout_s,
+        )
+        self._wallet_gateway = gateway
+        parts = (self.config, settings, self.clock, self.journal, self.wallet_journal, gateway)
+        self.wallet = WalletPayments(*parts, self._wallet_receipts, rng)
+        self.wallet_refunds = WalletRefunds(*parts, self._wallet_receipts, rng)
+
+    def _need_wallet(self) -> tuple[WalletPayments, WalletRefunds]:
+        if self.wallet is None or self.wallet_refunds is None:
+            raise InputError(
+                "this terminal has no wallet set up: run `tillroll pos init … --wallet http://HOST:PORT "
+                "--wallet-merchant MCH_ID --wallet-key KEY` first"
+            )
+        return self.wallet, self.wallet_refunds
+
     def close(self) -> None:
         try:
+            if self._wallet_gateway is not None:
+                self._wallet_gateway.close()
             self.sessions.link.close()
             self.journal.close()
         finally:
@@ -190,6 +233,28 @@ class Terminal:
         )
 
     @boundary
+    def qr(self, amount_minor: int, code: str, contact: str | None = None) -> Result:
+        """Wallet payment (扫码支付) with the customer's payment code; ``contact`` (phone or
+        e-mail) gets the e-receipt and, should it be cancelled, the notice (wallet.py)."""
+        return self._need_wallet()[0].pay(amount_minor, code, contact)
+
+    @boundary
+    def refund_order(self, amount_minor: int, order_no: str, contact: str | None = None) -> Result:
+        """Refund of a wallet order named by its order number (out_trade_no), partial or whole."""
+        return self._need_wallet()[1].refund(order_no, amount_minor, contact)
+
+    @boundary
+    def wallet_step(self) -> WalletStep:
+        """One background try of each open wallet order that is due (query, then reverse)."""
+        return self._need_wallet()[0].step()
+
+    def wallet_orders(self, limit: int = 200) -> list[WalletOrder]:
+        return self.wallet_journal.orders(limit)
+
+    def wallet_refund_list(self, limit: int = 200) -> list[WalletRefund]:
+        return self.wallet_journal.refunds(limit=limit)
+
+    @boundary
     def settle(self) -> Result:
         """End of day: 0500 with the journal's totals; batch upload when not balanced; then the
         next batch and a new sign-in."""
@@ -198,7 +263,38 @@ class Terminal:
     @boundary
     def recover(self) -> Result:
         """Settle anything left in flight, send every pending reversal now, then every open
-        refund again (the same request each)."""
+        refund again (the same request each); open wallet orders and refunds likewise."""
+        wallet = self._recover_wallet()
+        card = self._recover_card()
+        if wallet is None:
+            return card
+        if wallet.outcome is not Outcome.DONE:
+            return (
+                wallet
+                if card.outcome is Outcome.DONE
+                else Result(card.outcome, detail=f"{card.detail}; {wallet.detail}")
+            )
+        return Result(card.outcome, detail=f"{card.detail}; {wallet.detail}")
+
+    def _recover_wallet(self) -> Result | None:
+        if self.wallet is None or self.wallet_refunds is None:
+            return None
+        if not self.wallet_journal.open_orders() and not self.wallet_refunds.open():
+            return None
+        orders = self.wallet.resolve_open()
+        refunds = self.wallet_refunds.retry_open()
+        pending = [r for r in orders if r.outcome is Outcome.WALLET_PENDING]
+        unknown = [r for r in refunds if r.outcome is Outcome.REFUND_UNKNOWN]
+        detail = (
+            f"wallet: {len(orders) - len(pending)} order(s), {len(refunds) - len(unknown)} refund(s) finished"
+        )
+        if pending:
+            return Result(Outcome.WALLET_PENDING, detail=f"{detail}, {len(pending)} order(s) still reversing")
+        if unknown:
+            return Result(Outcome.REFUND_UNKNOWN, detail=f"{detail}, {len(unknown)} refund(s) still open")
+        return Result(Outcome.DONE, detail=detail)
+
+    def _recover_card(self) -> Result:
         self.preflight.recover_in_flight()
         pending = self.journal.pending_reversals()
         refunds = self.journal.open_refunds()
@@ -234,8 +330,31 @@ class Terminal:
     @boundary
     def reprint(self, trace: str | None = None) -> Result:
         """Print the slips of the approval with that trace (the last one when None), marked
-        REPRINT; an owed receipt is cleared when it prints."""
+        REPRINT; an owed receipt is cleared when it prints. Covers wallet payments: the newer of
+        the card approval and the paid wallet order with that trace is reprinted."""
+        stan = parse_trace(trace) if trace is not None else None
+        order = self.wallet_journal.receipted_order(stan)
+        if order is not None:
+            entry = self.journal.find_receipted(stan)
+            card_at = (entry.approved_at or entry.created_at) if entry is not None else None
+            if card_at is None or (order.paid_at or order.created_at) >= card_at:
+                return self._reprint_order(order)
         return self.receipts.reprint(trace)
+
+    def _reprint_order(self, order: WalletOrder) -> Result:
+        why = self._wallet_receipts.reprint(order)
+        if why is not None:
+            return Result(Outcome.PRINT_FAILED, trace=order.stan, receipt=order.receipt, detail=why)
+        return Result(
+            Outcome.DONE,
+            trace=order.stan,
+            batch=order.batch,
+            amount_minor=order.amount_minor,
+            rrn=order.transaction_id,
+            receipt=self.wallet_journal.order(order.id).receipt,
+            detail="重打印 reprinted",
+            order_no=order.out_trade_no,
+        )
 
     # --- reading the journal ----------------------------------------------------------------
 

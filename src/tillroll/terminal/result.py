@@ -26,6 +26,7 @@ class Result:
     e_receipt: Path | None = None
     detail: str = ""
     txn_id: int | None = None
+    order_no: str | None = None  # the wallet rail's out_trade_no (or out_refund_no of a refund)
 
     @property
     def approved(self) -> bool:

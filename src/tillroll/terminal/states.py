@@ -182,6 +182,10 @@ class Outcome(enum.StrEnum):
     SETTLED_NOT_BALANCED = "settled_not_balanced"  # 0510 not balanced: batch uploaded
     SETTLEMENT_UNKNOWN = "settlement_unknown"
     SETTLEMENT_BLOCKED = "settlement_blocked"  # a refund's outcome is still open
+    # the wallet rail (wallet.py)
+    WALLET_NOT_SENT = "wallet_not_sent"  # the wallet could not be reached: nothing was sent
+    WALLET_CANCELLED = "wallet_cancelled"  # not completed: closed or reversed, nothing kept
+    WALLET_PENDING = "wallet_pending"  # outcome unknown past the deadline: the reverse is pending
 
     @property
     def text(self) -> str:
@@ -234,6 +238,18 @@ _OUTCOME_TEXT: dict[Outcome, str] = {
         "结算结果未知 / settlement outcome not known (see the cause): while the batch is open, run "
         "`tillroll pos settle` again (the same request is repeated safely); if the host has "
         "closed it, call the acquirer with the batch number"
+    ),
+    Outcome.WALLET_NOT_SENT: (
+        "无法连接钱包，未发送，未扣款 / cannot reach the wallet: nothing was sent, nothing charged — "
+        "check the network and try again"
+    ),
+    Outcome.WALLET_CANCELLED: (
+        "支付未完成，已撤销，如已扣款将全额退回 / payment not completed: cancelled; any amount taken "
+        "goes back to the customer in full — ask for the payment again"
+    ),
+    Outcome.WALLET_PENDING: (
+        "支付结果未知，正在撤销，请勿交付商品 / outcome unknown: the payment is being cancelled (the "
+        "reverse is retried automatically, or run `tillroll pos recover`); do not hand over goods"
     ),
     Outcome.SETTLEMENT_BLOCKED: (
         "有未完成的冲正或退货，暂不能结算 / a reversal or refund is still open: nothing was sent; "
