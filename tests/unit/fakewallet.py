@@ -125,7 +125,9 @@ class FakeWallet:
         order.state = TradeState.REVOKED
         return ReverseResult(ReverseOutcome.REVERSED)
 
-    def refund(self, *, out_trade_no: str, out_refund_no: str, total_fee: int, refund_fee: int) -> RefundResult:
+    def refund(
+        self, *, out_trade_no: str, out_refund_no: str, total_fee: int, refund_fee: int
+    ) -> RefundResult:
         self.calls.append("refund")
         if self.refund_down > 0:
             self.refund_down -= 1

@@ -95,3 +95,10 @@ def test_settings_are_validated() -> None:
         TerminalConfig(
             tid="10000001", mid="898310048990001", tmk=bytes(16), host=CONFIG.host, merchant_tz="Mars/X"
         )
+
+
+def test_a_due_wallet_order_goes_before_sign_in_but_after_a_due_reversal() -> None:
+    assert plan(facts(wallet_due_s=999.0, session_age_s=None), CONFIG).action is Action.WALLET
+    assert plan(facts(wallet_due_s=999.0, reversal_due_s=999.0), CONFIG).action is Action.REVERSE
+    p = plan(facts(wallet_due_s=1000.3), CONFIG)
+    assert p.action is None and p.wait_s == pytest.approx(0.3)

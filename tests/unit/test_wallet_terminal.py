@@ -161,11 +161,19 @@ def test_success_prints_a_qr_pay_slip_and_keeps_the_code_masked(
     assert r.outcome is Outcome.APPROVED and r.order_no and r.receipt is ReceiptState.PRINTED
     assert wallet.codes_seen == [WX_CODE] and wallet.charged_minor() == 1250
     slip = printer.printed[0].slip
-    assert slip.trans_type is TransType.QR_PAY and "微信支付" in slip.issuer and "134567****" in (slip.reference or "")
+    assert (
+        slip.trans_type is TransType.QR_PAY
+        and "微信支付" in slip.issuer
+        and "134567****" in (slip.reference or "")
+    )
     assert [m["kind"] for m in messages(term)] == ["e_receipt"]
     fact = messages(term)[0]["payload"]
     assert isinstance(fact, dict)
-    assert fact["amount_minor"] == 1250 and fact["rail"] == "wallet" and fact["code_masked"] == mask_code(WX_CODE)
+    assert (
+        fact["amount_minor"] == 1250
+        and fact["rail"] == "wallet"
+        and fact["code_masked"] == mask_code(WX_CODE)
+    )
     assert fact["time_local"].startswith("2026-11-29T17:30")  # type: ignore[union-attr]
     term.close()
     for f in (tmp_path / "pos").rglob("*"):
@@ -323,9 +331,7 @@ def test_refunds_partial_repeated_and_over_the_limit(term: Terminal, wallet: Fak
     assert [r.state for r in refunds] == [RefundState.APPROVED, RefundState.APPROVED, RefundState.DECLINED]
 
 
-def test_a_refund_with_no_answer_is_sent_again_as_the_same_refund(
-    term: Terminal, wallet: FakeWallet
-) -> None:
+def test_a_refund_with_no_answer_is_sent_again_as_the_same_refund(term: Terminal, wallet: FakeWallet) -> None:
     paid = term.qr(1000, WX_CODE)
     assert paid.order_no
     wallet.refund_down = 100
@@ -357,3 +363,25 @@ def test_the_journal_row_holds_no_full_code(term: Terminal) -> None:
         row = conn.execute(select(wallet_orders)).mappings().one()
     assert ALI_CODE not in json.dumps({k: str(v) for k, v in row.items()})
     assert row["code_masked"] == mask_code(ALI_CODE) and row["brand"] == "ali"
+
+
+def test_the_background_queries_on_schedule_then_reverses_after_the_deadline(
+    term: Terminal, wallet: FakeWallet, clock: FakeClock
+) -> None:
+    """What `pos run` does with an order a dead process left unknown: one step at a time."""
+    wallet.behaviour = "lost-unpaid"
+    wallet.reverse_down = True  # the cashier's command cannot reverse it either
+    wallet.query_down = True
+    r = term.qr(650, WX_CODE, contact="13800138000")
+    assert r.outcome is Outcome.WALLET_PENDING and kinds(term) == []
+    wallet.query_down = wallet.reverse_down = False
+    calls_before = len(wallet.calls)
+    for _ in range(50):
+        step = term.wallet_step()
+        if step.pending == 0:
+            break
+        assert step.next_due_s is not None
+        clock.advance(max(0.0, step.next_due_s - clock.monotonic()))
+    assert wallet.calls[calls_before:] == ["reverse"]  # past its deadline: no query, the reverse
+    assert term.wallet_orders()[0].state is WalletState.REVOKED and kinds(term) == ["payment_cancelled"]
+    assert term.wallet.next_due_s() is None  # type: ignore[union-attr]

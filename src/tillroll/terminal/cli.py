@@ -36,6 +36,8 @@ from tillroll.terminal.engine import (
 )
 from tillroll.terminal.journal import BatchState
 from tillroll.terminal.states import Outcome
+from tillroll.terminal.wallet_config import WalletConfigError, WalletSettings
+from tillroll.terminal.wallet_journal import WalletOrder, WalletRefund
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -55,6 +57,8 @@ _STYLE = {
     Outcome.REVERSED: "bold yellow",
     Outcome.REVERSAL_PENDING: "bold yellow",
     Outcome.REFUND_UNKNOWN: "bold yellow",
+    Outcome.WALLET_CANCELLED: "bold yellow",
+    Outcome.WALLET_PENDING: "bold yellow",
     Outcome.SETTLED: "bold green",
     Outcome.SETTLED_NOT_BALANCED: "bold yellow",
 }
@@ -107,6 +111,8 @@ def _show(result: Result) -> None:
         details.append(f"批次号 BATCH {result.batch}")
     if result.amount_minor is not None:
         details.append(f"金额 AMOUNT RMB {format_yuan(result.amount_minor)}")
+    if result.order_no:
+        details.append(f"订单号 ORDER {result.order_no}")
     if result.rrn:
         details.append(f"参考号 RRN {result.rrn}")
     if result.auth_code:
@@ -185,8 +191,38 @@ def init(
     merchant_tz: Annotated[
         str, typer.Option("--merchant-tz", help="Merchant time zone (IANA) for slips and the journal.")
     ] = DEFAULT_MERCHANT_TZ,
+    wallet: Annotated[
+        str | None, typer.Option("--wallet", help="QR wallet service http://HOST:PORT.")
+    ] = None,
+    wallet_merchant: Annotated[
+        str | None, typer.Option("--wallet-merchant", help="The merchant's wallet id (mch_id).")
+    ] = None,
+    wallet_key: Annotated[
+        str | None,
+        typer.Option("--wallet-key", help="The wallet signing key; - to read it from a prompt/stdin."),
+    ] = None,
+    wallet_query_interval_s: Annotated[float, typer.Option("--wallet-query-interval-s")] = 5.0,
+    wallet_query_window_s: Annotated[float, typer.Option("--wallet-query-window-s")] = 45.0,
+    wallet_response_timeout_s: Annotated[float, typer.Option("--wallet-response-timeout-s")] = 10.0,
 ) -> None:
-    """Set up this terminal (settings and TMK, sealed, in the data dir)."""
+    """Set up this terminal (settings, TMK and wallet key sealed, in the data dir)."""
+    wallet_settings = None
+    if wallet is not None or wallet_merchant is not None or wallet_key is not None:
+        if wallet is None or wallet_merchant is None or wallet_key is None:
+            _bad_input(
+                "the wallet needs all three: --wallet http://HOST:PORT --wallet-merchant ID --wallet-key KEY"
+            )
+        try:
+            wallet_settings = WalletSettings(
+                url=wallet,
+                merchant=wallet_merchant,
+                key=_secret(wallet_key, "wallet key"),
+                query_interval_s=wallet_query_interval_s,
+                query_window_s=wallet_query_window_s,
+                response_timeout_s=wallet_response_timeout_s,
+            )
+        except WalletConfigError as exc:
+            _bad_input(str(exc))
     try:
         config = TerminalConfig(
             tid=tid,
@@ -200,6 +236,7 @@ def init(
             response_timeout_s=response_timeout_s,
             connect_timeout_s=connect_timeout_s,
             merchant_tz=merchant_tz,
+            wallet=wallet_settings,
         )
         path = save_config(_data_dir(ctx), config)
     except ConfigError as exc:
@@ -207,6 +244,8 @@ def init(
     console.print(f"[green]终端已设置 / terminal set up:[/] TID {tid} MID {mid} host {config.host}")
     if config.backup_host:
         console.print(f"  备用线路 / backup line {config.backup_host}")
+    if config.wallet:
+        console.print(f"  钱包 / wallet {config.wallet.url} merchant {config.wallet.merchant}")
     console.print(f"  {path}")
 
 
@@ -260,8 +299,12 @@ def void(
 def refund(
     ctx: typer.Context,
     amount: Annotated[str, typer.Argument(help="Amount to refund in yuan, e.g. 4.00.")],
-    rrn: Annotated[str, typer.Option("--rrn", help="The original sale's reference number (参考号).")],
-    date: Annotated[str, typer.Option("--date", help="The original sale's date MMDD, from its slip.")],
+    rrn: Annotated[
+        str | None, typer.Option("--rrn", help="The original sale's reference number (参考号).")
+    ] = None,
+    date: Annotated[
+        str | None, typer.Option("--date", help="The original sale's date MMDD, from its slip.")
+    ] = None,
     trace: Annotated[
         str | None, typer.Option("--trace", help="Original voucher number (if not in this journal).")
     ] = None,
@@ -272,9 +315,39 @@ def refund(
         str | None, typer.Option("--card", help="Card number (PAN), if the sale is not in this journal.")
     ] = None,
     expiry: Annotated[str | None, typer.Option("--expiry", help="Card expiry YYMM, for the slip.")] = None,
+    order: Annotated[
+        str | None,
+        typer.Option("--order", help="A wallet payment's order number (订单号), instead of --rrn."),
+    ] = None,
+    notify: Annotated[
+        str | None, typer.Option("--notify", help="Customer's phone or e-mail for the refund notice.")
+    ] = None,
 ) -> None:
-    """Refund (退货) of a sale, of this batch or an earlier one; never more than is left."""
+    """Refund (退货) of a sale or a wallet payment (--order), of this batch or an earlier one;
+    never more than is left."""
+    if order is not None:
+        if rrn is not None or date is not None or card is not None:
+            _bad_input("a wallet refund names its order with --order only (no --rrn/--date/--card)")
+        _run(ctx, "refund_order", _fen(amount), order, notify)
+        return
+    if rrn is None or date is None:
+        _bad_input(
+            "a card refund needs --rrn and --date from the sale's slip (or --order for a wallet payment)"
+        )
     _run(ctx, "refund", _fen(amount), rrn, date, trace=trace, batch=batch, pan=card, expiry=expiry)
+
+
+@app.command()
+def qr(
+    ctx: typer.Context,
+    amount: Annotated[str, typer.Argument(help="Amount in yuan, e.g. 12.50.")],
+    code: Annotated[str, typer.Option("--code", help="The customer's payment code (付款码), as scanned.")],
+    notify: Annotated[
+        str | None, typer.Option("--notify", help="Customer's phone or e-mail for the e-receipt/notices.")
+    ] = None,
+) -> None:
+    """Wallet payment (扫码支付): charge the customer's payment code (微信支付 / 支付宝)."""
+    _run(ctx, "qr", _fen(amount), code, notify)
 
 
 @app.command()
@@ -316,6 +389,8 @@ def journal(
         settled = term.settlements(5)
         closed = term.journal.closed_batches(10)
         alerts = term.alerts(10)
+        wallet_orders = term.wallet_orders(limit)
+        wallet_refunds = term.wallet_refund_list(limit)
     except TerminalError as exc:
         err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
         raise typer.Exit(EXIT_DECLINED) from None
@@ -359,6 +434,8 @@ def journal(
             reversal,
         )
     console.print(table)
+    if wallet_orders or wallet_refunds:
+        console.print(_wallet_table(term, wallet_orders, wallet_refunds))
     if pending:
         console.print(
             f"[bold yellow]{pending} 笔冲正待发送 / reversal(s) pending: run `tillroll pos recover`[/]"
@@ -389,6 +466,40 @@ def journal(
         console.print(
             f"[yellow]alert[/] {to_merchant_local(a.at, zone):%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}"
         )
+
+
+def _wallet_table(term: Terminal, orders: list[WalletOrder], refunds: list[WalletRefund]) -> Table:
+    table = Table(title="钱包订单 WALLET ORDERS (付款码 codes masked)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("BATCH-TRACE", "TIME", "TYPE", "STATE", "AMOUNT", "BRAND", "CODE", "ORDER", "RECEIPT"):
+        table.add_column(col, no_wrap=col in ("CODE", "ORDER"), overflow="fold")
+    zone = term.config.zone
+    by_id = {o.id: o for o in orders}
+    for o in reversed(orders):
+        table.add_row(
+            f"{o.batch}-{o.stan}",
+            f"{to_merchant_local(o.paid_at or o.created_at, zone):%m-%d %H:%M:%S}",
+            "qr",
+            f"{o.state.value} {o.err_code or ''}".strip() if o.state.value != "success" else "success",
+            format_yuan(o.amount_minor),
+            o.brand.zh,
+            o.code_masked,
+            o.out_trade_no,
+            o.receipt.value,
+        )
+    for r in refunds:
+        parent = by_id.get(r.order_id)
+        table.add_row(
+            f"{r.batch}-{r.stan}",
+            f"{to_merchant_local(r.approved_at or r.created_at, zone):%m-%d %H:%M:%S}",
+            "qr refund",
+            f"{r.state.value} {r.err_code or ''}".strip() if r.state.value != "approved" else "approved",
+            format_yuan(r.amount_minor),
+            parent.brand.zh if parent else "",
+            parent.code_masked if parent else "",
+            r.out_refund_no,
+            r.receipt.value,
+        )
+    return table
 
 
 @app.command()

@@ -6,6 +6,8 @@ is seen next turn through the journal. The steps, in order of precedence:
 
 1. a pending reversal whose backoff has run out is sent (``Terminal.reverse_step``; the backoff
    schedule outlives the turn, so it stays exponential across turns);
+1b. an open wallet order that is due: queried before its deadline, reversed after it, the
+   reverse retried with backoff until answered (``Terminal.wallet_step``, ``wallet.py``);
 2. a reversal pending longer than ``reversal_alert_s`` raises one alert in the journal (per
    reversal: the journal's alerts are the memory, so a restart does not repeat it);
 3. no session, or one near the end of its key lifetime → sign in (failures back off too);
@@ -34,6 +36,7 @@ from tillroll.terminal.device import TerminalError
 from tillroll.terminal.engine import Terminal
 from tillroll.terminal.retry import RetrySchedule
 from tillroll.terminal.states import AlertKind, Outcome
+from tillroll.terminal.wallet import WalletSchedule
 
 LOOK_S = 1.0  # longest wait before the journal is read again (another command may have written)
 BUSY_WAIT_S = 0.2  # the device lock was held by another command: try again this soon
@@ -49,6 +52,7 @@ class Action(enum.Enum):
     SIGN_IN = "sign-in"
     SETTLE = "settle"
     ECHO = "echo"
+    WALLET = "wallet"
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Facts:
     sign_in_due_s: float | None  # after a failed sign-in: not before this; None: any time
     idle_s: float  # since this loop last exchanged with the host
     settle_due: bool
+    wallet_due_s: float | None = None  # the next open wallet order's query/reverse; None: none open
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def plan(facts: Facts, config: TerminalConfig) -> Plan:
     now = facts.now_s
     if facts.reversal_due_s is not None and facts.reversal_due_s <= now:
         return Plan(Action.REVERSE, 0.0)
+    if facts.wallet_due_s is not None and facts.wallet_due_s <= now:  # a customer's money too
+        return Plan(Action.WALLET, 0.0)
     sign_in_allowed = facts.sign_in_due_s is None or facts.sign_in_due_s <= now
     session_due = facts.session_age_s is None or facts.session_age_s >= config.refresh_after_s
     if session_due and sign_in_allowed:
@@ -85,6 +92,8 @@ def plan(facts: Facts, config: TerminalConfig) -> Plan:
     waits = [LOOK_S, config.echo_interval_s - facts.idle_s]
     if facts.reversal_due_s is not None:
         waits.append(facts.reversal_due_s - now)
+    if facts.wallet_due_s is not None:
+        waits.append(facts.wallet_due_s - now)
     if facts.session_age_s is not None:
         waits.append(config.refresh_after_s - facts.session_age_s)
     elif facts.sign_in_due_s is not None:
@@ -131,6 +140,7 @@ class Resident:
         self._open = open_terminal or (lambda d: Terminal.open(d, clock=self.clock, rng=self.rng))
         self._reversal_schedule: RetrySchedule[int] | None = None
         self._sign_in_schedule: RetrySchedule[str] | None = None
+        self._wallet_schedule: WalletSchedule | None = None
         self._last_exchange_s = self.clock.monotonic()
         self._busy = False
         self._current: Terminal | None = None  # the terminal of the turn in progress
@@ -199,6 +209,10 @@ class Resident:
         config = term.config
         reversals, sign_ins = self._schedules(config)
         term.reversals.schedule = reversals  # the backoff outlives this turn's Terminal
+        if term.wallet is not None:  # so does the wallet orders' schedule
+            if self._wallet_schedule is None:
+                self._wallet_schedule = term.wallet.schedule
+            term.wallet.schedule = self._wallet_schedule
         now_s = self.clock.monotonic()
         pending = term.pending_reversals()
         self._alert_overdue(term, [(e.id, e.created_at) for e in pending])
@@ -212,12 +226,19 @@ class Resident:
             else None,
             idle_s=now_s - self._last_exchange_s,
             settle_due=self._settle_due(term),
+            wallet_due_s=term.wallet.next_due_s() if term.wallet is not None else None,
         )
         step = plan(facts, config)
         if step.action is None:
             return step.wait_s
         self._last_exchange_s = self.clock.monotonic()
-        if step.action is Action.REVERSE:
+        if step.action is Action.WALLET:
+            w = term.wallet_step()
+            line = f"wallet: {w.finished} order(s) finished, {w.pending} open"
+            if w.next_due_s is not None:
+                line += f", next in {max(0.0, w.next_due_s - self.clock.monotonic()):.1f} s"
+            self.out(line)
+        elif step.action is Action.REVERSE:
             done = term.reverse_step()
             if done.reversed:
                 self.out(f"reversal: {done.reversed} sent and answered, {done.pending} pending")
@@ -298,6 +319,12 @@ def status(term: Terminal, clock: Clock) -> Status:
         rows.append(("reversal pending", f"trace {e.stan} batch {e.batch}, {age_s:.0f} s old"))
     owed = [e for e in term.entries(ALERTS_READ) if e.receipt.value == "owed"]
     rows.append(("receipts owed", ", ".join(e.stan for e in owed) or "none"))
+    for o in term.wallet_journal.open_orders():
+        age_s = (now - o.created_at).total_seconds()
+        rows.append(("wallet order open", f"{o.out_trade_no} {o.state.value}, {age_s:.0f} s old"))
+    wallet_owed = [o.stan for o in term.wallet_orders(ALERTS_READ) if o.receipt.value == "owed"]
+    if wallet_owed:
+        rows.append(("wallet receipts owed", ", ".join(wallet_owed)))
     for a in term.alerts(10):
         rows.append(("alert", f"{a.at:%Y-%m-%d %H:%M:%S} {a.kind}: {a.text}"))
     return Status(rows)
