@@ -272,3 +272,5 @@ class AlertKind(enum.StrEnum):
     SIGN_IN_KEYS = "sign_in_keys"  # the sign-in answer's keys failed their check values
     SIGN_IN_AFTER_SETTLEMENT = "sign_in_after_settlement"
     BATCH_CLOSED_BY_HOST = "batch_closed_by_host"  # PROFILE §6
+    WALLET_REVERSE_PENDING = "wallet_reverse_pending"  # a wallet order's reverse not answered yet
+    WALLET_REVERSE_EXPIRED = "wallet_reverse_expired"  # the wallet no longer reverses it (7 days)

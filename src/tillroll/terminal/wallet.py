@@ -40,7 +40,7 @@ from tillroll.terminal.inputs import InputError, check_amount
 from tillroll.terminal.journal import Journal
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, RetrySchedule, repeat
-from tillroll.terminal.states import Outcome, ReceiptState
+from tillroll.terminal.states import AlertKind, Outcome, ReceiptState
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.terminal.wallet_gateway import (
     PayOutcome,
@@ -240,7 +240,7 @@ class WalletPayments:
         if isinstance(out, Again):
             self.schedule.reverse.failed(order.id, self.clock.monotonic())
             self.journal.alert(
-                "wallet_reverse_pending",
+                AlertKind.WALLET_REVERSE_PENDING,
                 f"wallet order {order.out_trade_no} ({order.brand.zh} {order.code_masked}) not reversed "
                 f"yet ({order.err_code or 'no answer'}): it is retried in the background (`pos run`), "
                 "before the next wallet payment and on `tillroll pos recover`",
@@ -293,7 +293,7 @@ class WalletPayments:
         with self.journal.begin() as conn:
             self.wj.move_order(conn, order.id, WalletState.UNKNOWN, now, note="interrupted in flight")
         self.journal.alert(
-            "interrupted",
+            AlertKind.INTERRUPTED,
             f"wallet order {order.out_trade_no} was in flight: it is queried, then reversed if not paid",
             now,
         )
@@ -332,7 +332,7 @@ class WalletPayments:
             return True
         if r.outcome is ReverseOutcome.EXPIRED:
             self.journal.alert(
-                "wallet_reverse_expired",
+                AlertKind.WALLET_REVERSE_EXPIRED,
                 f"wallet order {order.out_trade_no}: the wallet no longer reverses it (REVERSE_EXPIRE); "
                 "query it and refund it if it was paid",
                 self.clock.now(),

@@ -25,7 +25,7 @@ from tillroll.terminal.config import E_RECEIPT_DIR, TerminalConfig
 from tillroll.terminal.journal import Journal
 from tillroll.terminal.receipt import Slip, TransType
 from tillroll.terminal.receipts import Receipts
-from tillroll.terminal.states import ReceiptState
+from tillroll.terminal.states import AlertKind, ReceiptState
 from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder, WalletRefund
 
 log = logging.getLogger("tillroll.terminal")
@@ -112,9 +112,9 @@ class WalletReceipts:
         try:
             path = self._write_e_receipt(slip, self._data_dir / E_RECEIPT_DIR)
         except Exception as exc:  # any writer failure leaves the receipt owed, with an alert
-            self.journal.alert("e_receipt_failed", f"e-receipt for {what} not written: {exc}", now)
+            self.journal.alert(AlertKind.E_RECEIPT_FAILED, f"e-receipt for {what} not written: {exc}", now)
         set_receipt(ReceiptState.OWED, now, e_receipt_path=str(path) if path else None)
-        self.journal.alert("receipt_owed", f"receipt for {what} owed: {why}", now)
+        self.journal.alert(AlertKind.RECEIPT_OWED, f"receipt for {what} owed: {why}", now)
         log.warning("receipt owed for %s: %s", what, why)
         return ReceiptState.OWED, path
 

@@ -25,7 +25,7 @@ from tillroll.terminal.inputs import InputError, check_amount
 from tillroll.terminal.journal import Journal
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, repeat
-from tillroll.terminal.states import Outcome, RefundState
+from tillroll.terminal.states import AlertKind, Outcome, RefundState
 from tillroll.terminal.wallet import check_contact, order_number
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.terminal.wallet_gateway import (
@@ -171,7 +171,7 @@ class WalletRefunds:
             return out
         self._unknown(refund_id, cause, None)
         self.journal.alert(
-            "refund_unknown",
+            AlertKind.REFUND_UNKNOWN,
             f"wallet refund {refund.out_refund_no} of order {order.out_trade_no} "
             f"({format_yuan(refund.amount_minor)}) outcome unknown: {cause}. It is kept and sent again, "
             "the same refund, by `tillroll pos recover` and the next refund of this order",
