@@ -384,4 +384,4 @@ def test_the_background_queries_on_schedule_then_reverses_after_the_deadline(
         clock.advance(max(0.0, step.next_due_s - clock.monotonic()))
     assert wallet.calls[calls_before:] == ["reverse"]  # past its deadline: no query, the reverse
     assert term.wallet_orders()[0].state is WalletState.REVOKED and kinds(term) == ["payment_cancelled"]
-    assert term.wallet.next_due_s() is None  # type: ignore[union-attr]
+    assert term.wallet.next_due_s(clock.monotonic()) is None  # type: ignore[union-attr]

@@ -226,7 +226,7 @@ class Resident:
             else None,
             idle_s=now_s - self._last_exchange_s,
             settle_due=self._settle_due(term),
-            wallet_due_s=term.wallet.next_due_s() if term.wallet is not None else None,
+            wallet_due_s=term.wallet.next_due_s(now_s) if term.wallet is not None else None,
         )
         step = plan(facts, config)
         if step.action is None:

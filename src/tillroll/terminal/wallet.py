@@ -278,10 +278,11 @@ class WalletPayments:
         left = [o.id for o in self.wj.open_orders()]
         return WalletStep(finished, len(left), self.schedule.next_due_s(left, self.clock.monotonic()))
 
-    def next_due_s(self) -> float | None:
-        """When the background should next look at the open orders; None when there are none."""
+    def next_due_s(self, now_s: float) -> float | None:
+        """When the background should next look at the open orders (``now_s`` for one never
+        tried: the caller's instant, so it is due at once); None when there are none."""
         ids = [o.id for o in self.wj.open_orders()]
-        return self.schedule.next_due_s(ids, self.clock.monotonic()) if ids else None
+        return self.schedule.next_due_s(ids, now_s) if ids else None
 
     # --- steps ------------------------------------------------------------------------------------
 
