@@ -3,7 +3,7 @@
 The verdicts are pure (``judge_*`` over a :class:`Reply`). The client is driven through
 ``httpx.MockTransport`` — a fake transport, because these answers (a forged signature, another
 merchant's answer, a 502 from a proxy, a body of a megabyte, a read timeout after the request
-left) are what the real provider never sends; tests/integration/test_wallet_terminal.py runs the
+left) are what the real provider never sends; tests/integration/test_terminal_wallet.py runs the
 client against the real `tillroll wallet serve`."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The terminal's wallet rail on a fake clock with the fake wallet of fakewallet.py (why a fake:
 see there). The same scenarios run against the real `tillroll wallet serve` over HTTP in
-tests/integration/test_wallet_terminal.py; here are the orders of events only a script gives."""
+tests/integration/test_terminal_wallet.py; here are the orders of events only a script gives."""
 
 from __future__ import annotations
 
