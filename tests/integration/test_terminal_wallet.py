@@ -8,6 +8,7 @@ in the journal is the money the wallet moved back, and the customer was told wha
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -320,3 +321,50 @@ def test_pos_run_reverses_in_the_background_with_no_command_typed(counter: Count
         assert order.state is WalletState.REVOKED
         assert [m["kind"] for m in announced(term)] == ["payment_cancelled"]
         check_money(counter, term, {"kim": order_no})
+
+
+def test_pos_qr_and_refund_by_hand(counter: Counter) -> None:
+    """The fixed CLI contract: `pos init … --wallet … --wallet-key -`, `pos qr AMOUNT --code C
+    [--notify]`, `pos refund AMOUNT --order NO`, and `pos journal`/`pos status` showing them."""
+    from typer.testing import CliRunner
+
+    from tillroll.terminal.cli import app
+
+    runner, base = CliRunner(), ["--dir", str(counter.data_dir)]
+
+    def run(*args: str, stdin: str | None = None) -> tuple[int, str]:
+        r = runner.invoke(app, [*base, *args], input=stdin, env={"COLUMNS": "220"})
+        return r.exit_code, r.output
+
+    code = counter.user("lee")
+    rc, out = run(
+        "init", "--tid", TID, "--mid", MID, "--tmk", TMK.hex(), "--host", "127.0.0.1:9",
+        "--merchant-name", MCH_NAME, "--wallet", counter.server.base_url, "--wallet-merchant", MCH_ID,
+        "--wallet-key", "-", "--wallet-query-interval-s", "0.2", "--wallet-query-window-s", "1",
+        stdin=MCH_KEY + "\n",
+    )  # fmt: skip
+    assert rc == 0 and MCH_KEY not in out, out
+    assert MCH_KEY not in (counter.data_dir / "terminal.json").read_text()
+    rc, out = run("qr", "12.50", "--code", code, "--notify", "13800138000")
+    assert rc == 0 and "approved" in out and code not in out, out
+    found = re.search(r"ORDER (\w+)", out)
+    assert found is not None
+    rc, out = run("refund", "2.50", "--order", found.group(1), "--notify", "lee@example.com")
+    assert rc == 0 and "approved" in out, out
+    rc, out = run("refund", "20.00", "--order", found.group(1))
+    assert rc == 1 and "REFUND_FEE_INVALID" in out, out
+    rc, out = run("qr", "1.00", "--code", "99" + code[2:])
+    assert rc == 2 and "payment code" in out
+    rc, out = run("qr", "1.00", "--code", code)  # the code was used: the wallet refuses it
+    assert rc == 1, out
+    rc, out = run("journal")
+    assert rc == 0 and code[:6] in out and code not in out and "qr refund" in out, out
+    rc, out = run("status")
+    assert rc == 0, out
+    assert counter.balance("lee") == START_FEN - 10_00
+    with Terminal.open(counter.data_dir) as term:
+        check_money(counter, term, {"lee": found.group(1)})
+    for f in counter.data_dir.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert code.encode() not in data and MCH_KEY.encode() not in data, f
