@@ -385,3 +385,27 @@ def test_the_background_queries_on_schedule_then_reverses_after_the_deadline(
     assert wallet.calls[calls_before:] == ["reverse"]  # past its deadline: no query, the reverse
     assert term.wallet_orders()[0].state is WalletState.REVOKED and kinds(term) == ["payment_cancelled"]
     assert term.wallet.next_due_s(clock.monotonic()) is None  # type: ignore[union-attr]
+
+
+def test_every_announced_fact_reads_as_a_notify_fact(term: Terminal, wallet: FakeWallet) -> None:
+    """What the back office's intake hands to tillroll.notify: the fields it requires are there
+    (the e-receipt's link is the back office's to add), none is a full number, none is unknown."""
+    from tillroll.notify.facts import parse_fact
+    from tillroll.notify.outbox import MessageKind
+
+    paid = term.qr(1000, WX_CODE, contact="13800138000")
+    assert paid.order_no
+    term.refund_order(100, paid.order_no)
+    wallet.behaviour = "never"
+    term.qr(200, ALI_CODE, contact="c@example.com")
+    msgs = messages(term)
+    assert sorted(str(m["kind"]) for m in msgs) == ["e_receipt", "payment_cancelled", "refund_approved"]
+    for m in msgs:
+        payload = dict(m["payload"])  # type: ignore[call-overload]
+        kind = MessageKind(str(m["kind"]))
+        if kind is MessageKind.E_RECEIPT:
+            payload["link"] = "https://backoffice.example/r/token"
+        fact = parse_fact(kind, {**payload, "id": m["message_id"], "contact": m["recipient"]})
+        assert fact.amount_minor == payload["amount_minor"] and fact.mid == MID
+        assert fact.merchant_name == "测试便利店"
+        assert WX_CODE not in json.dumps(payload) and ALI_CODE not in json.dumps(payload)

@@ -8,7 +8,9 @@ slip naming the original order. A printer failure leaves the payment standing, t
 and an HTML e-receipt written at once, as on the card rail (``receipts.py``).
 
 :func:`order_fact` / :func:`refund_fact` are what ``announce`` writes: amount, merchant, time
-(UTC and merchant-local), rail, brand, masked code — never the whole code.
+(UTC and merchant-local), rail, brand, masked code — never the whole code. ``at``, ``mid``,
+``merchant_name``, ``amount_minor`` and ``currency`` are the fields ``tillroll.notify.facts``
+reads; the rest are details its templates may show.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tillroll.clock import Clock, to_merchant_local
-from tillroll.money import format_yuan
+from tillroll.money import CNY, format_yuan
 from tillroll.terminal.config import E_RECEIPT_DIR, TerminalConfig
 from tillroll.terminal.journal import Journal
 from tillroll.terminal.receipt import Slip, TransType
@@ -140,6 +142,7 @@ class WalletReceipts:
 
 def _times(config: TerminalConfig, at: datetime) -> dict[str, str]:
     return {
+        "at": at.isoformat(timespec="seconds"),  # the fact's instant, UTC (notify.facts reads it)
         "time_utc": at.isoformat(timespec="seconds") + "Z",
         "time_local": to_merchant_local(at, config.zone).isoformat(timespec="seconds"),
         "merchant_tz": config.merchant_tz,
@@ -153,9 +156,10 @@ def order_fact(config: TerminalConfig, order: WalletOrder, *, state: str, at: da
         "state": state,
         "amount_minor": order.amount_minor,
         "amount_yuan": format_yuan(order.amount_minor),
-        "currency": "CNY",
+        "currency": CNY,
         "merchant_name": config.merchant_name or config.mid,
-        "mid": config.wallet.merchant if config.wallet else config.mid,
+        "mid": config.mid,  # the acquirer's merchant id: how the back office knows the merchant
+        "wallet_merchant": config.wallet.merchant if config.wallet else "",
         "brand": order.brand.value,
         "brand_label": order.brand.label,
         "code_masked": order.code_masked,
