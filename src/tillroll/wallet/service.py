@@ -183,7 +183,7 @@ class WalletService:
             except IntegrityError:
                 continue  # a concurrent pay made this order first: answer from its row
             except _CodeTaken:
-                return fail(ErrCode.AUTH_CODE_INVALID, "payment code already used")
+                continue  # a concurrent pay used the code: the next try sees by whom
         raise RuntimeError(f"pay {req.out_trade_no}: still racing after {RACE_RETRIES_MAX} tries")
 
     def query(self, mch_id: str, out_trade_no: str) -> Reply:
@@ -326,6 +326,13 @@ class WalletService:
         refusal = core.check_code(
             req.auth_code, core.CodeView(code["issued_at"], code["used"]) if code else None, now, self.config
         )
+        if code is not None and code["used"]:
+            # A pay under this very order number may have used the code and committed between
+            # our two reads (PostgreSQL reads each statement afresh): it committed the order with
+            # the code, so the order is visible now. Answer from it, as for any repeated pay.
+            row = self._order(conn, mch_id, req.out_trade_no)
+            if row is not None:
+                return fail(core.repeated_pay(_order_view(self._advance(conn, row, now)), req))
         if refusal is not None or code is None:
             why = refusal.why if refusal else ""
             log.info("pay %s refused: %s (%s)", req.out_trade_no, why, mask_code(req.auth_code))
