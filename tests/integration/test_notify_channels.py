@@ -180,6 +180,13 @@ def test_webhook_retries_until_acknowledged_and_410_stops_it(engine: Engine, key
         sms.close()
         [alert] = gateway.messages("+8613900139000")
     assert "could not be delivered after 1 attempt(s)" in alert.text and base + "/hook" in alert.text
+    assert "endpoint disabled" in alert.text
+    # The endpoint is off: the next fact goes to the merchant's SMS only, never to the gone webhook.
+    with engine.begin() as conn:
+        fault = {"id": "a3", "alert": "printer_fault", "mid": MID, "at": clock.now().isoformat(),
+                 "tid": "T0000001", "receipts_owed": 1}  # fmt: skip
+        later = fan_out(conn, MessageKind.MERCHANT_ALERT, fault, clock.now())
+    assert [m.channel for m in later] == [Channel.SMS]
 
 
 def test_sms_gateway_failures_are_retried_and_bad_numbers_dead(engine: Engine) -> None:

@@ -13,12 +13,14 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from tillroll.notify.contacts import ContactError, parse_contact
+from tillroll.notify.endpoints import disable_endpoint
 from tillroll.notify.facts import AlertKind, FactError
 from tillroll.notify.outbox import Channel, MessageKind, OutboxTables, Outgoing, StoredMessage, enqueue
 from tillroll.notify.relay import DeadHook
 from tillroll.notify.routing import fan_out
 
 log = logging.getLogger(__name__)
+GONE = 410
 MERCHANT = "merchant"  # a terminal's recipient of a merchant alert (as terminal.announce writes it)
 
 
@@ -49,13 +51,19 @@ def back_office_dead_letter(conn: Connection, message: StoredMessage, detail: st
     if not isinstance(mid, str):
         log.error("dead letter %s names no merchant; no alert raised", message.message_id)
         return
+    extra = ""
+    if message.channel is Channel.WEBHOOK and detail.startswith(f"HTTP {GONE}"):
+        # Standard Webhooks: 410 Gone means "stop sending"; the endpoint is switched off.
+        disable_endpoint(conn, mid=mid, channel=Channel.WEBHOOK, address=message.recipient)
+        extra = " (endpoint disabled / 已停用)"
     fact = {
         "id": _dead_fact_id(message),
         "alert": AlertKind.DEAD_LETTER.value,
         "mid": mid,
         "at": now.isoformat(),
         "attempts": message.attempt,
-        "detail": f"{message.kind.value} → {message.channel.value} {_shown_recipient(message)}: {detail}",
+        "detail": f"{message.kind.value} → {message.channel.value} {_shown_recipient(message)}: "
+        f"{detail}{extra}",
         "skip_recipient": message.recipient,
         "dead_message_id": message.message_id,
     }

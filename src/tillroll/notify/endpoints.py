@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tillroll.crypto.keystore import KeyStore
@@ -113,3 +113,18 @@ def webhook_secret(conn: Connection, keystore: KeyStore, *, mid: str, url: str) 
     if sealed is None:
         return None
     return keystore.open(bytes(sealed), label=_secret_label(mid, url)).decode()
+
+
+def disable_endpoint(conn: Connection, *, mid: str, channel: Channel, address: str) -> bool:
+    """Stop sending to an endpoint (a webhook answered 410 Gone); True if one was switched off."""
+    result = conn.execute(
+        update(notify_endpoints)
+        .where(
+            notify_endpoints.c.mid == mid,
+            notify_endpoints.c.channel == channel.value,
+            notify_endpoints.c.address == address,
+            notify_endpoints.c.active == 1,
+        )
+        .values(active=0)
+    )
+    return result.rowcount == 1
