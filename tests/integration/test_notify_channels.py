@@ -11,7 +11,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from notifywire import FACT_AT_LOCAL, MERCHANT_NAME, MID, back_office, cancelled_fact, states
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from walletserver import serve_app
 from webhook_receiver import Receiver, create_receiver_app
 
@@ -205,3 +205,24 @@ def test_sms_gateway_failures_are_retried_and_bad_numbers_dead(engine: Engine) -
         assert delivered == 1 and gateway.requests == 3
         [text] = [s.text for s in gateway.messages(PHONE)]
         assert "退款¥12.51已批准" in text and "Your refund of ¥12.51 from 测试便利店 was approved" in text
+
+
+def test_a_retry_after_from_the_gateway_is_honoured(engine: Engine) -> None:
+    clock = now_clock()
+    with running_gateway() as (sms_url, gateway):
+        order = {"count": 1, "status": 503, "retry_after_s": 600}
+        httpx.post(sms_url + "/control/fail", json=order).raise_for_status()
+        with engine.begin() as conn:
+            fan_out(conn, MessageKind.REFUND_APPROVED, cancelled_fact(contact="13800138000"), clock.now())
+        sms = SmsGatewaySender(sms_url)
+        relay = relay_for(engine, {Channel.SMS: sms}, clock)
+        assert relay.run_once().failed == 1
+        with engine.connect() as conn:
+            due = conn.execute(select(outbox.messages.c.next_attempt_at)).scalar_one()
+        assert due >= clock.now() + timedelta(seconds=600)  # not the schedule's scaled milliseconds
+        clock.advance(599)
+        assert relay.run_once().claimed == 0
+        clock.advance(2)
+        assert relay.run_once().delivered == 1
+        sms.close()
+        assert gateway.requests == 2

@@ -36,4 +36,16 @@ def post(
     if 200 <= response.status_code < 300:
         return
     retryable = response.status_code not in final_refusals
-    raise DeliveryFailed(message_id, f"HTTP {response.status_code} from {url}", retryable=retryable)
+    raise DeliveryFailed(
+        message_id,
+        f"HTTP {response.status_code} from {url}",
+        retryable=retryable,
+        retry_after_s=retry_after_s(response.headers.get("retry-after")),
+    )
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delta-seconds only; an HTTP date is ignored)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    return float(value.strip())

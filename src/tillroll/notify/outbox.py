@@ -158,13 +158,18 @@ class StoredMessage:
 
 class DeliveryFailed(Exception):
     """A sender could not deliver ``message_id``; ``retryable`` False sends it to the dead letters
-    at once (the address is invalid, the receiver refused it for good)."""
+    at once (the address is invalid, the receiver refused it for good). ``retry_after_s``: the
+    receiver asked to wait at least that long (HTTP Retry-After); the schedule's delay is used
+    when it is longer."""
 
-    def __init__(self, message_id: str, detail: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message_id: str, detail: str, *, retryable: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(f"message {message_id}: {detail}")
         self.message_id = message_id
         self.detail = detail
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
 
 
 class Sender(Protocol):

@@ -44,6 +44,7 @@ from tillroll.notify.outbox import (
 
 log = logging.getLogger(__name__)
 DETAIL_MAX = 255
+RETRY_AFTER_MAX_S = 24 * 3600.0  # a receiver's Retry-After is honoured up to a day
 _CLAIMED_COLUMNS = ("id", "message_id", "kind", "channel", "recipient", "payload", "attempts", "created_at")
 
 
@@ -325,6 +326,8 @@ class Relay:
         detail = _detail(error.detail)
         schedule = self.config.schedules[o.message.channel]
         delay = schedule.delay_after(o.message.attempt, self.rng) if error.retryable else None
+        if delay is not None and error.retry_after_s is not None:
+            delay = max(delay, min(error.retry_after_s, RETRY_AFTER_MAX_S))
         values: dict[str, Any] = {"last_error": detail, "lease_until": None}
         if delay is None:
             values["state"], outcome = MessageState.DEAD.value, "dead"

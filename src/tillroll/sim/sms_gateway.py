@@ -3,8 +3,9 @@
 ``POST /messages`` with ``{"id", "to", "text"}`` (``to`` in E.164) stores the message under its
 phone and answers 201; the same ``id`` again answers 200 ``duplicate`` and stores nothing (the
 gateway deduplicates on the id, as the idempotency key promises). ``GET /messages?to=PHONE``
-lists a phone's messages; ``POST /control/fail`` with ``{"count": N, "status": 503}`` makes the
-next N sends fail. ``requests`` counts every send, duplicates included.
+lists a phone's messages; ``POST /control/fail`` with ``{"count": N, "status": 503}`` (and
+optionally ``"retry_after_s"``, sent as Retry-After) makes the next N sends fail.
+``requests`` counts every send, duplicates included.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class SmsIn(BaseModel):
 class FailIn(BaseModel):
     count: int = Field(ge=0, le=10_000)
     status: int = Field(default=503, ge=400, le=599)
+    retry_after_s: int | None = Field(default=None, ge=0, le=86_400)  # sent as Retry-After
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class GatewayState:
     requests: int = 0
     fail_next: int = 0
     fail_status: int = 503
+    retry_after_s: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def messages(self, phone: str) -> list[Sms]:
@@ -72,7 +75,10 @@ def create_app(state: GatewayState | None = None) -> FastAPI:
             state.requests += 1
             if state.fail_next > 0:
                 state.fail_next -= 1
-                return JSONResponse({"error": "gateway told to fail"}, status_code=state.fail_status)
+                headers = {} if state.retry_after_s is None else {"retry-after": str(state.retry_after_s)}
+                return JSONResponse(
+                    {"error": "gateway told to fail"}, status_code=state.fail_status, headers=headers
+                )
             if not _E164.match(sms.to):
                 return JSONResponse({"error": f"{sms.to!r} is not an E.164 number"}, status_code=422)
             if sms.id in state.ids:
@@ -89,6 +95,7 @@ def create_app(state: GatewayState | None = None) -> FastAPI:
     def fail(order: FailIn) -> dict[str, int]:
         with state.lock:
             state.fail_next, state.fail_status = order.count, order.status
+            state.retry_after_s = order.retry_after_s
         return {"fail_next": order.count}
 
     return app
