@@ -7,6 +7,9 @@ from __future__ import annotations
 from tillroll.notify import http
 from tillroll.notify.outbox import Channel, StoredMessage
 
+# A refused signature or key (401/403) is a configuration to fix, not a fact to drop: retried.
+INTAKE_FINAL_REFUSALS = http.FINAL_REFUSALS - {401, 403}
+
 
 class BackofficeSender:
     channel = Channel.BACKOFFICE
@@ -24,7 +27,7 @@ class BackofficeSender:
             "created_at": message.created_at.isoformat(),
         }
         http.post(self._http, message.message_id, self.url, headers={"idempotency-key": message.message_id},
-                  json=body)  # fmt: skip
+                  json=body, final_refusals=INTAKE_FINAL_REFUSALS)  # fmt: skip
 
     def close(self) -> None:
         self._http.close()
