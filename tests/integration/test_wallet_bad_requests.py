@@ -7,6 +7,7 @@ before and after each bad request.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -206,3 +207,27 @@ def test_bad_requests_between_good_ones_leave_the_books_right(wallet: WalletServ
         )
     assert balance_fen(wallet.engine, "amy") == START_FEN - 50
     assert money_total_fen(wallet.engine) == total
+
+
+def test_logs_never_carry_a_payment_code_or_a_key(
+    wallet: WalletServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    code = issue_code(wallet.engine, "amy")
+    assert (
+        wallet.call("/v1/pay", auth_code=code, out_trade_no="L-1", total_fee=100)["result_code"] == "SUCCESS"
+    )
+    assert (
+        wallet.call("/v1/pay", auth_code=code, out_trade_no="L-2", total_fee=100)["err_code"]
+        == "AUTH_CODE_INVALID"
+    )
+    unknown = "134567890123456789"
+    assert wallet.call("/v1/pay", auth_code=unknown, out_trade_no="L-3", total_fee=100)["err_code"] == (
+        "AUTH_CODE_INVALID"
+    )
+    _post(wallet, "/v1/pay", {"mch_id": MCH_ID, "nonce_str": "x", "auth_code": code, "sign": "0"})
+    text = caplog.text
+    assert "L-2" in text  # the refusals were logged …
+    assert code not in text and unknown not in text  # … with the codes masked
+    assert code[:6] + "********" + code[-4:] in text
+    assert MCH_KEY not in text
