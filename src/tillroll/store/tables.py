@@ -265,3 +265,42 @@ notify_endpoints = Table(
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("mid", "channel", "address", name="uq_notify_endpoints_key"),
 )
+
+# --- the web: facts from terminals and e-receipts (tillroll.web) ----------------------------------
+
+# Every fact a terminal delivered, once: the unique message id makes a repeated delivery a no-op.
+backoffice_facts = Table(
+    "backoffice_facts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", String(128), nullable=False, unique=True),
+    Column("tid", String(8), nullable=False),
+    Column("kind", String(24), nullable=False),  # MessageKind
+    Column("reference", String(64), nullable=False),
+    Column("recipient", String(255), nullable=False),  # the customer's contact, or "merchant"
+    Column("payload", Text, nullable=False),  # JSON as received; card numbers masked (checked)
+    Column("received_at", DateTime, nullable=False),
+    Index("ix_backoffice_facts_tid_reference", "tid", "reference"),
+)
+
+# The cardholder copy of an approval's slip, served at /r/<token>.
+e_receipts = Table(
+    "e_receipts",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("reference", String(64), nullable=False),
+    Column("message_id", String(128), nullable=False),  # the fact it came from
+    Column("mid", String(15), nullable=False),
+    Column("merchant_name", String(80), nullable=False),
+    Column("rail", String(8), nullable=False),  # card | wallet
+    Column("trans_type", String(8), nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("card_masked", String(24), nullable=False),
+    Column("at_utc", DateTime, nullable=False),
+    Column("at_local", String(19), nullable=False),
+    Column("slip", Text, nullable=False),  # JSON of the slip's fields (card number masked)
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "reference", name="uq_e_receipts_tid_reference"),
+)

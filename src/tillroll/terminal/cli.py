@@ -71,6 +71,7 @@ def _bad_input(message: str) -> NoReturn:
 
 
 SECRET_FROM_INPUT = "-"
+NOTIFY_OPTION = typer.Option("--notify", help="The customer's mobile number or e-mail, for the e-receipt.")
 
 
 def _secret(value: str, what: str) -> str:
@@ -131,6 +132,8 @@ def _show(result: Result) -> None:
             )
             if result.e_receipt is not None:
                 console.print(f"  电子凭证 E-RECEIPT {result.e_receipt}")
+    if result.e_receipt_url is not None and result.outcome is Outcome.APPROVED:
+        console.print(f"  电子凭证链接 E-RECEIPT LINK {result.e_receipt_url}", soft_wrap=True)
 
 
 def _finish(result: Result) -> None:
@@ -151,6 +154,7 @@ def _run(ctx: typer.Context, op: str, *args: object, **kwargs: object) -> None:
     term = _open(ctx)
     try:
         result: Result = getattr(term, op)(*args, **kwargs)
+        _send_facts(term)
     except InputError as exc:
         _bad_input(str(exc))
     except TerminalError as exc:
@@ -159,6 +163,17 @@ def _run(ctx: typer.Context, op: str, *args: object, **kwargs: object) -> None:
     finally:
         term.close()
     _finish(result)
+
+
+def _send_facts(term: Terminal) -> None:
+    """Right after the operation, for a bounded time: an e-receipt goes out at once."""
+    try:
+        done = term.send_facts()
+    except Exception as exc:  # the sale stands whatever the back office does; the facts wait
+        err_console.print(f"[yellow]后台未送达 / back office not reached: {type(exc).__name__}[/]")
+        return
+    if done is not None and done.pending:
+        console.print(f"[yellow]  {done.pending} 条通知待发送 / fact(s) wait for the back office[/]")
 
 
 @app.callback()
@@ -204,6 +219,9 @@ def init(
     wallet_query_interval_s: Annotated[float, typer.Option("--wallet-query-interval-s")] = 5.0,
     wallet_query_window_s: Annotated[float, typer.Option("--wallet-query-window-s")] = 45.0,
     wallet_response_timeout_s: Annotated[float, typer.Option("--wallet-response-timeout-s")] = 10.0,
+    backoffice: Annotated[
+        str | None, typer.Option("--backoffice", help="Back office http://HOST:PORT (tillroll web).")
+    ] = None,
 ) -> None:
     """Set up this terminal (settings, TMK and wallet key sealed, in the data dir)."""
     wallet_settings = None
@@ -237,6 +255,7 @@ def init(
             connect_timeout_s=connect_timeout_s,
             merchant_tz=merchant_tz,
             wallet=wallet_settings,
+            backoffice_url=backoffice,
         )
         path = save_config(_data_dir(ctx), config)
     except ConfigError as exc:
@@ -281,9 +300,11 @@ def sale(
     pin: Annotated[
         str | None, typer.Option("--pin", help="Cardholder PIN (optional); - to read it from a prompt/stdin.")
     ] = None,
+    notify: Annotated[str | None, NOTIFY_OPTION] = None,
 ) -> None:
     """Sale (消费)."""
-    _run(ctx, "sale", _fen(amount), card, expiry, _secret(pin, "PIN") if pin is not None else None)
+    pin = _secret(pin, "PIN") if pin is not None else None
+    _run(ctx, "sale", _fen(amount), card, expiry, pin, notify=notify)
 
 
 @app.command()
@@ -334,7 +355,18 @@ def refund(
         _bad_input(
             "a card refund needs --rrn and --date from the sale's slip (or --order for a wallet payment)"
         )
-    _run(ctx, "refund", _fen(amount), rrn, date, trace=trace, batch=batch, pan=card, expiry=expiry)
+    _run(
+        ctx,
+        "refund",
+        _fen(amount),
+        rrn,
+        date,
+        trace=trace,
+        batch=batch,
+        pan=card,
+        expiry=expiry,
+        notify=notify,
+    )
 
 
 @app.command()

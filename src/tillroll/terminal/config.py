@@ -38,6 +38,7 @@ _TID = re.compile(r"^[0-9A-Za-z]{8}$")
 _MID = re.compile(r"^[0-9A-Za-z]{15}$")
 _HEX32 = re.compile(r"^[0-9A-Fa-f]{32}$")
 _OPERATOR = re.compile(r"^[0-9A-Za-z]{3}$")
+_BACKOFFICE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -103,6 +104,10 @@ class TerminalConfig:
     settle_at: str | None = None
     merchant_tz: str = DEFAULT_MERCHANT_TZ  # slips and `pos journal` show this zone's local time
     wallet: WalletSettings | None = None  # the QR wallet rail (wallet_config.py); None: no wallet
+    # The back office (`tillroll web`): facts in the journal's outbox go there, and slips carry a
+    # QR code of the e-receipt's link under it. None: facts wait in the journal.
+    backoffice_url: str | None = None
+    backoffice_timeout_s: float = 2.0  # one delivery; a one-shot command relays at most this long
 
     def __post_init__(self) -> None:
         try:
@@ -150,6 +155,13 @@ class TerminalConfig:
                 f"printer {self.printer_url!r} is not tcp://HOST:PORT or file:PATH: "
                 "write it like tcp://127.0.0.1:9100"
             )
+        if self.backoffice_url is not None and not _BACKOFFICE.fullmatch(self.backoffice_url):
+            raise ConfigError(
+                f"back office {self.backoffice_url!r} is not http://HOST:PORT: "
+                "write it like http://127.0.0.1:8080"
+            )
+        if not 0 < self.backoffice_timeout_s <= 30:
+            raise ConfigError("backoffice_timeout_s must be within 0..30 seconds")
 
     @property
     def refresh_after_s(self) -> int:

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from tillroll.clock import Clock, SystemClock
+from tillroll.terminal.backoffice import BackOfficeSender, RelayRound, relay
 from tillroll.terminal.config import JOURNAL_FILE, TerminalConfig, device_keystore, load_config
 from tillroll.terminal.device import LOCK_FILE, DeviceLock, TerminalError, boundary
 from tillroll.terminal.financial import Transactions
 from tillroll.terminal.hostlink import HostLink, SocketFactory, TcpHostLink
 from tillroll.terminal.inputs import InputError, parse_trace
 from tillroll.terminal.journal import Alert, Entry, Journal, Settlement
+from tillroll.terminal.notices import Notices
 from tillroll.terminal.preflight import Preflight
 from tillroll.terminal.printer import Printer, open_printer
 from tillroll.terminal.receipt import Slip
@@ -102,13 +104,28 @@ class Terminal:
             self.receipts = Receipts(
                 config, self.clock, self.journal, printer, write_e_receipt, self.data_dir
             )
-            self.reversals = Reversals(config, self.clock, self.journal, self.sessions, rng)
+            self.notices = Notices(config, self.journal, self.receipts)
+            self.reversals = Reversals(config, self.clock, self.journal, self.sessions, rng, self.notices)
             self.preflight = Preflight(self.clock, self.journal, self.sessions, self.reversals, self.receipts)
             self.transactions = Transactions(
-                config, self.clock, self.journal, self.sessions, self.preflight, self.reversals, self.receipts
+                config,
+                self.clock,
+                self.journal,
+                self.sessions,
+                self.preflight,
+                self.reversals,
+                self.receipts,
+                self.notices,
             )
             self.refunds = Refunds(
-                config, self.clock, self.journal, self.sessions, self.preflight, self.receipts, rng
+                config,
+                self.clock,
+                self.journal,
+                self.sessions,
+                self.preflight,
+                self.receipts,
+                rng,
+                self.notices,
             )
             self.settler = Settler(
                 config, self.clock, self.journal, self.sessions, self.preflight, self.refunds, rng
@@ -205,8 +222,17 @@ class Terminal:
         return self.transactions.balance(pan, expiry_yymm, pin)
 
     @boundary
-    def sale(self, amount_minor: int, pan: str, expiry_yymm: str, pin: str | None = None) -> Result:
-        return self.transactions.sale(amount_minor, pan, expiry_yymm, pin)
+    def sale(
+        self,
+        amount_minor: int,
+        pan: str,
+        expiry_yymm: str,
+        pin: str | None = None,
+        *,
+        notify: str | None = None,
+    ) -> Result:
+        """A sale; ``notify``: the customer's phone or e-mail for the e-receipt and notices."""
+        return self.transactions.sale(amount_minor, pan, expiry_yymm, pin, notify=notify)
 
     @boundary
     def void(self, trace: str) -> Result:
@@ -223,13 +249,14 @@ class Terminal:
         batch: str | None = None,
         pan: str | None = None,
         expiry: str | None = None,
+        notify: str | None = None,
     ) -> Result:
         """Refund (退货, 0220) of a sale named by its RRN and date (field 13 of its answer).
 
         When the sale is in this journal its card, trace and batch come from there; otherwise
         ``trace`` and ``batch`` (and, for the slip, ``pan``/``expiry``) are read off its slip."""
         return self.refunds.refund(
-            amount_minor, rrn, date_mmdd, trace=trace, batch=batch, pan=pan, expiry=expiry
+            amount_minor, rrn, date_mmdd, trace=trace, batch=batch, pan=pan, expiry=expiry, notify=notify
         )
 
     @boundary
@@ -355,6 +382,25 @@ class Terminal:
             detail="重打印 reprinted",
             order_no=order.out_trade_no,
         )
+
+    def send_facts(self, *, budget_s: float | None = None) -> RelayRound | None:
+        """Deliver the journal's due facts to the back office for at most ``budget_s`` (default
+        the configured ``backoffice_timeout_s``); None when no back office is configured (they
+        wait in the journal)."""
+        if self.config.backoffice_url is None:
+            return None
+        sender = BackOfficeSender(
+            self.config.backoffice_url,
+            self.config.tid,
+            self.config.tmk,
+            timeout_s=self.config.backoffice_timeout_s,
+            clock=self.clock,
+        )
+        try:
+            budget = self.config.backoffice_timeout_s if budget_s is None else budget_s
+            return relay(self.journal, sender, self.clock, budget_s=budget)
+        finally:
+            sender.close()
 
     # --- reading the journal ----------------------------------------------------------------
 

@@ -56,8 +56,8 @@ def e_receipt_filename(slip: Slip) -> str:
     return f"{slip.tid}-{slip.batch}-{slip.trace}.html"
 
 
-def render_e_receipt(slip: Slip) -> str:
-    """The HTML page (pure)."""
+def render_e_receipt(slip: Slip, *, pdf_url: str | None = None) -> str:
+    """The HTML page (pure); the web app serves the same page with a link to its PDF."""
     e = html.escape
     rows = []
     for f in slip_fields(slip):
@@ -68,6 +68,8 @@ def render_e_receipt(slip: Slip) -> str:
     url = qr_url(slip)
     if url is not None and re.match(r"^https?://", url, re.IGNORECASE):
         link = f'<p class="sub"><a href="{e(url)}" rel="noopener noreferrer">电子凭证 E-RECEIPT</a></p>'
+    if pdf_url is not None:
+        link += f'<p class="sub"><a href="{e(pdf_url)}">下载 PDF / Download PDF</a></p>'
     title = f"{TITLE_ZH} {TITLE_EN} · {clean_text(slip.merchant_name)} · {slip.trace}"
     return "\n".join(
         [

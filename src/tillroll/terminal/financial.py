@@ -39,6 +39,7 @@ from tillroll.terminal.inputs import (
     parse_trace,
 )
 from tillroll.terminal.journal import Entry, Journal, Session
+from tillroll.terminal.notices import Notices, parse_notify
 from tillroll.terminal.preflight import Preflight
 from tillroll.terminal.receipts import Receipts
 from tillroll.terminal.result import Result
@@ -62,7 +63,9 @@ class Transactions:
         preflight: Preflight,
         reversals: Reversals,
         receipts: Receipts,
+        notices: Notices,
     ) -> None:
+        self.notices = notices
         self.config = config
         self.clock = clock
         self.journal = journal
@@ -85,10 +88,20 @@ class Transactions:
 
         return self._run(TxnKind.BALANCE, build)
 
-    def sale(self, amount_minor: int, pan: str, expiry_yymm: str, pin: str | None = None) -> Result:
+    def sale(
+        self,
+        amount_minor: int,
+        pan: str,
+        expiry_yymm: str,
+        pin: str | None = None,
+        *,
+        notify: str | None = None,
+    ) -> Result:
+        """A sale; ``notify`` is the customer's phone or e-mail for the e-receipt and notices."""
         amount = check_amount(amount_minor)
         pan, expiry = parse_pan(pan), parse_expiry(expiry_yymm)
         pin = parse_pin(pin) if pin is not None else None
+        contact = parse_notify(notify)
         blocked = self.preflight.prepare()
         if blocked is not None:
             return blocked
@@ -105,7 +118,7 @@ class Transactions:
                 pin_block=pin_block,
             )
 
-        return self._run(TxnKind.SALE, build)
+        return self._run(TxnKind.SALE, build, contact=contact)
 
     def void(self, trace: str) -> Result:
         stan_orig = parse_trace(trace)
@@ -134,7 +147,9 @@ class Transactions:
 
         return self._run(TxnKind.VOID, build, orig=orig)
 
-    def _run(self, kind: TxnKind, build: Build, orig: Entry | None = None) -> Result:
+    def _run(
+        self, kind: TxnKind, build: Build, orig: Entry | None = None, contact: str | None = None
+    ) -> Result:
         resends = 0
         while True:
             session = self.sessions.require()
@@ -151,6 +166,7 @@ class Transactions:
                     now=now,
                     orig_txn_id=orig.id if orig else None,
                 )
+                self.notices.remember(conn, txn_id, contact)
                 self.journal.move(conn, txn_id, TxnState.SENT, now)
             # Committed: the request and its pending reversal are durable before the first byte.
             result = self._send_recorded(kind, txn_id, msg, session, orig)
@@ -271,8 +287,10 @@ class Transactions:
                 self.journal.move(conn, txn_id, TxnState.APPROVED, now, **values)
                 if kind is TxnKind.VOID and orig is not None:
                     self.journal.move(conn, orig.id, TxnState.VOIDED, now)
+                    self.notices.cancelled(conn, orig.id, "voided", now)
                 # After the approval is recorded (same commit): nothing left to undo.
                 self.journal.end_reversal(conn, txn_id, ReversalState.CANCELLED, now)
+                self.notices.approved(conn, txn_id, now)  # its e-receipt, in the same commit
         except SQLAlchemyError:
             log.exception("trace %s approved but the journal cannot record it: reversal 96", stan)
             with self.journal.begin() as conn:
@@ -292,5 +310,6 @@ class Transactions:
             auth_code=auth,
             receipt=receipt,
             e_receipt=e_receipt,
+            e_receipt_url=self.receipts.receipt_url(entry),
             txn_id=txn_id,
         )

@@ -220,6 +220,15 @@ alerts = Table(
 # in the transaction of the fact it announces, relayed to the back office (channel BACKOFFICE).
 outbox = add_outbox_tables(metadata)
 
+# The customer's contact (phone or e-mail) given for a transaction (`--notify`), kept with it so
+# that a fact announced later (a reversal answered in the background) still reaches them.
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("txn_id", Integer, ForeignKey("txns.id"), primary_key=True),
+    Column("contact", String(255), nullable=False),
+)
+
 
 class BatchState(enum.StrEnum):
     """How a batch this terminal has left was closed."""

@@ -13,11 +13,15 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from tillroll.clock import Clock, to_merchant_local
+from tillroll.crypto.backoffice import backoffice_key, day_number, make_token
 from tillroll.iso8583.messages import CURRENCY_CNY
 from tillroll.money import format_yuan
 from tillroll.pan import mask_pan
 from tillroll.terminal.config import E_RECEIPT_DIR, TerminalConfig
+from tillroll.terminal.facts import card_reference
 from tillroll.terminal.inputs import parse_trace
 from tillroll.terminal.journal import Entry, Journal
 from tillroll.terminal.printer import Printer, PrintError, PrinterStatus
@@ -54,15 +58,29 @@ class Receipts:
         self._write_e_receipt = write_e_receipt
         self._data_dir = data_dir
 
-    def slip_for(self, entry: Entry) -> Slip:
-        """The slip of an approval, from its journal entry (never from the request sent)."""
+    def receipt_token(self, entry: Entry) -> str:
+        """The signed token of the approval's e-receipt link (``crypto/backoffice.py``): the same
+        for every print of it, made before the back office has seen the receipt."""
+        approved = entry.approved_at or entry.created_at
+        reference = card_reference(entry.batch, entry.stan)
+        return make_token(backoffice_key(self.config.tmk), self.config.tid, reference, day_number(approved))
+
+    def receipt_url(self, entry: Entry) -> str | None:
+        """The e-receipt's address on the back office, when one is configured and approved."""
+        if self.config.backoffice_url is None or entry.approved_at is None:
+            return None
+        return f"{self.config.backoffice_url.rstrip('/')}/r/{self.receipt_token(entry)}"
+
+    def slip_for(self, entry: Entry, conn: Connection | None = None) -> Slip:
+        """The slip of an approval, from its journal entry (never from the request sent);
+        ``conn`` when called inside a journal transaction."""
         trans_type = {TxnKind.VOID: TransType.VOID, TxnKind.REFUND: TransType.REFUND}.get(
             entry.kind, TransType.SALE
         )
         expiry = entry.expiry
         reference = None
         if entry.kind is TxnKind.VOID and entry.orig_txn_id is not None:
-            orig = self.journal.get(entry.orig_txn_id)
+            orig = self.journal.get(entry.orig_txn_id, conn)
             expiry = orig.expiry
             reference = f"原凭证号 ORIG VOUCHER {orig.stan} 原参考号 ORIG REF {orig.rrn or ''}".strip()
         if entry.kind is TxnKind.REFUND:
@@ -87,6 +105,7 @@ class Receipts:
             amount_minor=entry.amount_minor or 0,
             currency=entry.request.get("49") or CURRENCY_CNY,
             reference=reference,
+            e_receipt_url=self.receipt_url(entry),
         )
 
     def print_slips(self, slip: Slip, *, reprint: bool) -> str | None:

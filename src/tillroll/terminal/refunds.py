@@ -32,6 +32,7 @@ from tillroll.terminal.inputs import (
     parse_trace,
 )
 from tillroll.terminal.journal import Entry, Journal
+from tillroll.terminal.notices import Notices, parse_notify
 from tillroll.terminal.preflight import Preflight
 from tillroll.terminal.receipts import Receipts
 from tillroll.terminal.result import Result
@@ -71,7 +72,9 @@ class Refunds:
         preflight: Preflight,
         receipts: Receipts,
         rng: random.Random,
+        notices: Notices,
     ) -> None:
+        self.notices = notices
         self.config = config
         self.clock = clock
         self.journal = journal
@@ -90,11 +93,14 @@ class Refunds:
         batch: str | None = None,
         pan: str | None = None,
         expiry: str | None = None,
+        notify: str | None = None,
     ) -> Result:
         """Refund of a sale named by its RRN and date (field 13 of its answer). When the sale is
         in this journal its card, trace and batch come from there; otherwise ``trace`` and
-        ``batch`` (and, for the slip, ``pan``/``expiry``) are read off its slip."""
+        ``batch`` (and, for the slip, ``pan``/``expiry``) are read off its slip. ``notify``: the
+        customer's phone or e-mail, told when the refund is approved."""
         amount = check_amount(amount_minor)
+        contact = parse_notify(notify)
         orig_rrn, orig_date = parse_rrn(rrn), parse_mmdd(date_mmdd)
         stan_orig = parse_trace(trace) if trace is not None else None
         batch_orig = parse_batch(batch) if batch is not None else None
@@ -154,6 +160,7 @@ class Refunds:
             )
             if exp:
                 self.journal.set_values(conn, txn_id, now, expiry=exp)
+            self.notices.remember(conn, txn_id, contact)
         # Committed: the refund is durable before the first byte; from here it is never dropped.
         return self.submit(txn_id)
 
@@ -274,6 +281,7 @@ class Refunds:
                 approved_at=host_time(now, resp.get("13"), resp.get("12"), self.config.zone),
                 note=None,
             )
+            self.notices.approved(conn, txn_id, now)  # refund_approved, in the same commit
         entry = self.journal.get(txn_id)
         receipt, e_receipt = self.receipts.issue(entry)
         return Result(
@@ -287,5 +295,6 @@ class Refunds:
             auth_code=entry.auth_code,
             receipt=receipt,
             e_receipt=e_receipt,
+            e_receipt_url=self.receipts.receipt_url(entry),
             txn_id=txn_id,
         )

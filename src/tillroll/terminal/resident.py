@@ -206,6 +206,7 @@ class Resident:
         return self._reversal_schedule, self._sign_in_schedule
 
     def _step(self, term: Terminal) -> float:
+        self._send_facts(term)
         config = term.config
         reversals, sign_ins = self._schedules(config)
         term.reversals.schedule = reversals  # the backoff outlives this turn's Terminal
@@ -258,6 +259,16 @@ class Resident:
         else:
             self.out(f"echo: {_echo(term)}")
         return 0.0
+
+    def _send_facts(self, term: Terminal) -> None:
+        """Facts in the journal's outbox that are due go to the back office (bounded time)."""
+        try:
+            done = term.send_facts()
+        except Exception as exc:  # the loop's other duties go on; the facts wait in the journal
+            self.out(f"facts: not sent ({type(exc).__name__})")
+            return
+        if done is not None and (done.delivered or done.dead):
+            self.out(f"facts: {done.delivered} delivered, {done.dead} refused, {done.pending} pending")
 
     def _alert_overdue(self, term: Terminal, pending: list[tuple[int, datetime]]) -> None:
         if not pending:

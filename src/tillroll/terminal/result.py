@@ -24,6 +24,7 @@ class Result:
     balance_minor: int | None = None
     receipt: ReceiptState | None = None
     e_receipt: Path | None = None
+    e_receipt_url: str | None = None  # the receipt on the back office (its slip's QR code)
     detail: str = ""
     txn_id: int | None = None
     order_no: str | None = None  # the wallet rail's out_trade_no (or out_refund_no of a refund)

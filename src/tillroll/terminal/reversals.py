@@ -30,6 +30,7 @@ from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import has_mac, mac_matches
 from tillroll.terminal.config import TerminalConfig
 from tillroll.terminal.journal import Entry, Journal
+from tillroll.terminal.notices import Notices
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, RetrySchedule, repeat
 from tillroll.terminal.session import Sessions
@@ -50,8 +51,15 @@ class ReversalStep:
 
 class Reversals:
     def __init__(
-        self, config: TerminalConfig, clock: Clock, journal: Journal, sessions: Sessions, rng: random.Random
+        self,
+        config: TerminalConfig,
+        clock: Clock,
+        journal: Journal,
+        sessions: Sessions,
+        rng: random.Random,
+        notices: Notices | None = None,
     ) -> None:
+        self.notices = notices
         self.config = config
         self.clock = clock
         self.journal = journal
@@ -165,6 +173,8 @@ class Reversals:
                 current = self.journal.get(entry.id, conn)
             if current.state in (TxnState.UNKNOWN, TxnState.REVERSAL_PENDING):
                 self.journal.move(conn, entry.id, TxnState.REVERSED, now)
+                if self.notices is not None:  # the customer may have been charged: tell them
+                    self.notices.cancelled(conn, entry.id, "reversed", now)
             if (
                 entry.kind is TxnKind.VOID
                 and entry.orig_txn_id is not None

@@ -274,3 +274,4 @@ class AlertKind(enum.StrEnum):
     BATCH_CLOSED_BY_HOST = "batch_closed_by_host"  # PROFILE §6
     WALLET_REVERSE_PENDING = "wallet_reverse_pending"  # a wallet order's reverse not answered yet
     WALLET_REVERSE_EXPIRED = "wallet_reverse_expired"  # the wallet no longer reverses it (7 days)
+    FACT_REFUSED = "fact_refused"  # the back office refused a fact for good (dead letter)

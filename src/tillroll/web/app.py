@@ -1,0 +1,165 @@
+"""The back office's web app (FastAPI): the intake of terminals' facts and the e-receipt pages.
+
+:func:`create_app` takes its typed settings and its store (the host's database and key store) and
+returns the app; ``tillroll web`` serves it with uvicorn. Pages are server-rendered from the
+package's Jinja2 templates with autoescaping, load nothing from anywhere (a Content-Security-Policy
+forbids scripts and remote content), and an error is a bilingual page (or, under ``/api/``, a JSON
+body) — never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tillroll.clock import Clock, SystemClock
+from tillroll.crypto.backoffice import SIGNATURE_HEADER
+from tillroll.host.store import HostStore
+from tillroll.notify.routing import fan_out as notify_fan_out
+from tillroll.terminal.ereceipt import render_e_receipt
+from tillroll.web.config import WebConfig
+from tillroll.web.intake import FanOut, accept
+from tillroll.web.receipts import Found, Missing, find, receipt_pdf
+
+log = logging.getLogger("tillroll.web")
+
+CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",  # a receipt's address is its key: never pass it on
+    "Cache-Control": "no-store",
+}
+
+_PROBLEMS: dict[str, tuple[str, str, str, str]] = {
+    "invalid": (
+        "链接无效",
+        "此电子凭证链接无效或已被改动。请核对链接，或向商户索取凭证。",
+        "Link not valid",
+        "This e-receipt link is not valid or was altered. Check the link, or ask the merchant.",
+    ),
+    "expired": (
+        "链接已过期",
+        "此电子凭证链接已过有效期。请向商户索取凭证。",
+        "Link expired",
+        "This e-receipt link has expired. Ask the merchant for a copy of the receipt.",
+    ),
+    "not_yet": (
+        "凭证尚未送达",
+        "此凭证尚未从收银终端送达，请几分钟后再试。",
+        "Receipt not here yet",
+        "The terminal has not delivered this receipt yet. Please try again in a few minutes.",
+    ),
+    "not_found": ("页面不存在", "没有这个页面。", "Page not found", "There is no page at this address."),
+    "error": (
+        "服务暂时不可用",
+        "出了点问题，请稍后再试。",
+        "Something went wrong",
+        "The service could not answer. Please try again later.",
+    ),
+}
+
+
+def create_app(
+    config: WebConfig, store: HostStore, *, clock: Clock | None = None, fan_out: FanOut | None = None
+) -> FastAPI:
+    clock = clock or SystemClock()
+    fan = fan_out or notify_fan_out
+    templates = Environment(
+        loader=PackageLoader("tillroll.web", "templates"), autoescape=select_autoescape(default=True)
+    )
+    app = FastAPI(title="tillroll back office", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def problem(name: str, status: int) -> HTMLResponse:
+        zh, text_zh, en, text_en = _PROBLEMS[name]
+        page = templates.get_template("problem.html").render(
+            title_zh=zh, text_zh=text_zh, title_en=en, text_en=text_en
+        )
+        return HTMLResponse(page, status_code=status)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        try:
+            response: Response = await call_next(request)
+        except Exception:  # a bug: logged with its trace, answered with a page that has none
+            log.exception("%s %s failed", request.method, request.url.path)
+            response = (
+                JSONResponse({"error": "internal", "detail": "the back office failed; try again"}, 500)
+                if request.url.path.startswith("/api/")
+                else problem("error", 500)
+            )
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "http", "detail": str(exc.detail)}, exc.status_code)
+        return problem("not_found" if exc.status_code == 404 else "error", exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse({"error": "bad_request", "detail": "the request does not parse"}, 422)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(templates.get_template("index.html").render())
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/api/v1/terminals/{tid}/facts")
+    async def intake(tid: str, request: Request) -> JSONResponse:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > config.body_max_bytes):
+            return JSONResponse({"error": "too_large", "detail": "the body is too large"}, 413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > config.body_max_bytes:
+                return JSONResponse({"error": "too_large", "detail": "the body is too large"}, 413)
+        answer = await run_in_threadpool(
+            accept,
+            store.engine,
+            store.keystore,
+            tid=tid,
+            body=bytes(body),
+            signature=request.headers.get(SIGNATURE_HEADER),
+            now=clock.now(),
+            fan_out=fan,
+            base_url=config.base_url,
+            ttl_days=config.receipt_ttl_days,
+        )
+        return JSONResponse(answer.body, answer.status)
+
+    @app.get("/r/{token}")
+    def receipt(token: str, format: str = "html") -> Response:
+        want_pdf = format == "pdf"
+        if token.endswith(".pdf"):
+            token, want_pdf = token[: -len(".pdf")], True
+        found = find(store.engine, store.keystore, clock, token, config.receipt_ttl_days)
+        if isinstance(found, Missing):
+            return problem(found.value, found.status)
+        assert isinstance(found, Found)
+        if want_pdf:
+            name = f"receipt-{found.slip.tid}-{found.slip.batch}-{found.slip.trace}.pdf"
+            return Response(
+                receipt_pdf(found.slip),
+                media_type="application/pdf",
+                headers={"Content-Disposition": f'inline; filename="{name}"'},
+            )
+        return HTMLResponse(render_e_receipt(found.slip, pdf_url=f"/r/{token}.pdf"))
+
+    return app

@@ -1,0 +1,43 @@
+"""`tillroll web`: the back office's web app (e-receipts, the intake of terminals' facts)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tillroll.web.config import WebConfig, WebConfigError, parse_listen
+
+
+def web(
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve on.")] = "127.0.0.1:8080",
+    db: Annotated[
+        str | None, typer.Option("--db", envvar="TILLROLL_DB", help="The host's database URL.")
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option("--public-url", help="Base of the links customers open (default http://LISTEN)."),
+    ] = None,
+    receipt_ttl_days: Annotated[
+        int, typer.Option("--receipt-ttl-days", help="Days an e-receipt link works after the sale.")
+    ] = 180,
+) -> None:
+    """Serve the back office: e-receipts at /r/<token>, terminals' facts at /api/v1/…"""
+    import uvicorn
+
+    from tillroll.host.store import open_store
+    from tillroll.web.app import create_app
+
+    try:
+        host, port = parse_listen(listen)
+        config = WebConfig(host=host, port=port, public_url=public_url, receipt_ttl_days=receipt_ttl_days)
+    except WebConfigError as exc:
+        typer.secho(f"bad input: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
+    store = open_store(db)
+    app = create_app(config, store)
+    typer.echo(f"web: serving on {config.base_url} (e-receipts at {config.base_url}/r/<token>)")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        store.engine.dispose()
