@@ -76,7 +76,9 @@ def receiving(receiver: Receiver) -> Iterator[str]:
 
 def rows(wallet: WalletServer) -> list[dict[str, Any]]:
     with wallet.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.select(notifications)).mappings()]
+        return [
+            dict(r) for r in conn.execute(sa.select(notifications).order_by(notifications.c.id)).mappings()
+        ]
 
 
 def until(predicate: Callable[[], bool], what: str) -> None:
@@ -188,3 +190,51 @@ def test_no_notify_url_no_notification_and_unpaid_orders_are_never_announced(db_
         assert quiet["result_code"] == "SUCCESS"
         assert rows(wallet) == []
     assert receiver.posts == []
+
+
+def test_a_merchant_slow_to_answer_delays_nothing_else(db_url: str) -> None:
+    """While one notification waits for a merchant that does not answer, the background task still
+    closes an unconfirmed order (nobody queries it) and notifies another merchant."""
+    release = threading.Event()
+    stuck = FastAPI()
+
+    @stuck.post("/notify")
+    async def hang(request: Request) -> Response:
+        await request.body()
+        await asyncio.to_thread(release.wait, WAIT_S)
+        return JSONResponse({"return_code": "SUCCESS"})
+
+    other = Receiver()
+    config = WalletConfig(
+        userpaying_close_s=0.5, notify_timeout_s=WAIT_S, notify_lease_s=WAIT_S * 2, sweep_interval_s=0.02
+    )
+    with (
+        serve_app(stuck) as stuck_url,
+        receiving(other) as other_url,
+        wallet_server(db_url, config) as wallet,
+    ):
+        add_merchant(wallet.engine, MCH_ID, MCH_NAME, MCH_KEY, notify_url=stuck_url + "/notify")
+        add_merchant(wallet.engine, "M2", "第二家店", MCH_KEY, notify_url=other_url)
+        add_user(wallet.engine, "gil", START_FEN)
+        add_user(wallet.engine, "hol", START_FEN, behaviour="never")
+        assert paid(wallet, "gil", "S-1", 100)["result_code"] == "SUCCESS"
+        until(lambda: rows(wallet) != [] and rows(wallet)[0]["next_attempt_at"] is not None, "claimed")
+        assert paid(wallet, "hol", "S-2", 100)["err_code"] == "USERPAYING"
+        code = issue_code(wallet.engine, "gil")
+        assert wallet.call("/v1/pay", mch_id="M2", auth_code=code, out_trade_no="S-3", total_fee=50)[
+            "result_code"
+        ] == ("SUCCESS")
+        from tillroll.wallet.tables import orders
+
+        def closed() -> bool:
+            with wallet.engine.connect() as conn:
+                state = conn.execute(
+                    sa.select(orders.c.state).where(orders.c.out_trade_no == "S-2")
+                ).scalar_one()
+            return bool(state == "CLOSED")
+
+        until(closed, "the unconfirmed order closed by the background task")
+        assert other.acked.wait(WAIT_S)
+        assert not release.is_set() and rows(wallet)[0]["attempts"] == 0  # the first is still waiting
+        release.set()
+        until(lambda: rows(wallet)[0]["acknowledged_at"] is not None, "the slow merchant acknowledged")

@@ -143,18 +143,37 @@ ROUTES: dict[str, Handler] = {
 }
 
 
-async def background(service: WalletService, notifier: Notifier, workers: Workers) -> None:
-    """Due confirmations, closes, refunds and notifications, every sweep interval, until cancelled."""
+async def sweep_loop(service: WalletService, workers: Workers) -> None:
+    """Due confirmations, closes and refunds, every sweep interval, until cancelled."""
+    while True:
+        try:
+            await workers.run(service.sweep)
+        except Exception:  # the database away for a moment: try again next sweep
+            log.exception("wallet background sweep failed; retrying")
+        await asyncio.sleep(service.config.sweep_interval_s)
+
+
+async def notify_loop(service: WalletService, notifier: Notifier, workers: Workers) -> None:
+    """Due notifications, each sent in its own task: a merchant that is slow to answer delays
+    neither the other merchants' notifications nor the sweep (a USERPAYING order still closes at
+    45 s). A claimed notification is leased (longer than the answer timeout), so it is not
+    claimed again while its send is in flight."""
+    in_flight: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient() as client:
-        while True:
-            try:
-                await workers.run(service.sweep)
-                due = await workers.run(notifier.claim_due)
-                if due:
-                    await asyncio.gather(*(notifier.send(client, d) for d in due))
-            except Exception:  # the database away for a moment: try again next sweep
-                log.exception("wallet background sweep failed; retrying")
-            await asyncio.sleep(service.config.sweep_interval_s)
+        try:
+            while True:
+                try:
+                    for delivery in await workers.run(notifier.claim_due):
+                        task = asyncio.create_task(notifier.send(client, delivery))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                except Exception:
+                    log.exception("wallet notification round failed; retrying")
+                await asyncio.sleep(service.config.sweep_interval_s)
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 def create_app(service: WalletService, *, run_background: bool = True) -> FastAPI:
@@ -163,12 +182,20 @@ def create_app(service: WalletService, *, run_background: bool = True) -> FastAP
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(background(service, notifier, workers)) if run_background else None
+        tasks = (
+            [
+                asyncio.create_task(sweep_loop(service, workers)),
+                asyncio.create_task(notify_loop(service, notifier, workers)),
+            ]
+            if run_background
+            else []
+        )
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             workers.pool.shutdown(wait=True)

@@ -128,7 +128,7 @@ class Notifier:
     async def send(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         try:
             answer = await client.post(delivery.url, json=delivery.body, timeout=self.config.notify_timeout_s)
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # any failure to deliver is an attempt that failed, never a lost row
             ok, error = False, f"{type(exc).__name__}: {exc}"
         else:
             ok = is_ack(answer.status_code, answer.content)
