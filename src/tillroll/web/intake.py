@@ -27,6 +27,7 @@ from tillroll.crypto.backoffice import (
     backoffice_key,
     day_number,
     fact_signature_ok,
+    make_token,
     verify_token,
 )
 from tillroll.crypto.keystore import KeyStore, KeyStoreError
@@ -36,7 +37,16 @@ from tillroll.notify.facts import FactError as NotifyFactError
 from tillroll.notify.outbox import MessageKind
 from tillroll.store.tables import backoffice_facts, e_receipts, terminals
 from tillroll.terminal.announce import MERCHANT, fact_message_id
-from tillroll.terminal.facts import CheckedFact, ContactError, FactError, check_fact, parse_contact
+from tillroll.terminal.facts import (
+    CheckedFact,
+    ContactError,
+    FactError,
+    check_fact,
+    parse_contact,
+    slip_document,
+    utc_iso,
+)
+from tillroll.terminal.facts_wallet import check_wallet_fact, is_wallet_fact
 
 log = logging.getLogger("tillroll.web")
 
@@ -96,7 +106,12 @@ def _parse(tid: str, key: bytes, body: bytes, ttl_days: int, now: datetime) -> C
     except (ValueError, TypeError):
         return _refused(422, "bad_kind", f"kind must be one of {[k.value for k in MessageKind]}")
     try:
-        fact = check_fact(kind, tid, doc["payload"])
+        payload = doc["payload"]
+        fact = (
+            check_wallet_fact(kind, tid, payload)
+            if is_wallet_fact(payload)
+            else check_fact(kind, tid, payload)
+        )
     except FactError as exc:
         return _refused(422, "bad_fact", exc.detail, field=exc.field)
     if doc["message_id"] != fact_message_id(kind, tid, fact.reference):
@@ -105,13 +120,13 @@ def _parse(tid: str, key: bytes, body: bytes, ttl_days: int, now: datetime) -> C
     try:
         customer = kind is not MessageKind.MERCHANT_ALERT
         ok = isinstance(recipient, str) and (
-            recipient == MERCHANT or (customer and parse_contact(recipient) == recipient)
+            recipient == MERCHANT or (customer and bool(parse_contact(recipient)))
         )
     except ContactError:
         ok = False
     if not ok:
-        return _refused(422, "bad_recipient", "recipient must be 'merchant' or a normalised phone/e-mail")
-    if kind in RECEIPT_KINDS:
+        return _refused(422, "bad_recipient", "recipient must be 'merchant' or a mobile number / e-mail")
+    if kind in RECEIPT_KINDS and "receipt_token" in fact.payload:
         claims = verify_token(
             key, fact.payload["receipt_token"], today_day=day_number(now), ttl_days=max(ttl_days, 36500)
         )
@@ -144,6 +159,8 @@ def accept(
         return parsed
     doc = json.loads(body)
     message_id, recipient = doc["message_id"], doc["recipient"]
+    if recipient != MERCHANT:
+        recipient = parse_contact(recipient)  # kept and compared normalised (+8613800138000)
     payload_text = _canonical(parsed.payload)
     accepted = Answer(200, {"message_id": message_id, "status": "accepted"})
     try:
@@ -177,8 +194,12 @@ def accept(
                 return accepted
             if parsed.slip is not None:
                 _store_receipt(conn, parsed, message_id, now)
+            # The wallet rail sends no token: its link is made here, under the same key.
+            token = parsed.payload.get("receipt_token") or make_token(
+                key, tid, parsed.reference, day_number(parsed.at_utc)
+            )
             try:
-                fan_out(conn, parsed.kind, notice_fact(parsed, message_id, recipient, base_url), now)
+                fan_out(conn, parsed.kind, notice_fact(parsed, message_id, recipient, base_url, token), now)
             except (NotifyFactError, ContactRefused) as exc:  # refused there: roll back, store nothing
                 raise _Refused(_refused(422, "bad_fact", f"the notifications refuse it: {exc}")) from exc
     except _Refused as refused:
@@ -187,22 +208,32 @@ def accept(
     return accepted
 
 
-def notice_fact(fact: CheckedFact, message_id: str, recipient: str, base_url: str) -> dict[str, Any]:
+def notice_fact(
+    fact: CheckedFact, message_id: str, recipient: str, base_url: str, token: str
+) -> dict[str, Any]:
     """The fact as the notifications take it (``tillroll.notify.fan_out``): the terminal's fields,
     plus ``id`` (the message id), ``at`` (the UTC instant), ``contact`` (the customer's, when one
     was given) and ``link`` (the e-receipt's address on this back office)."""
     out = dict(fact.payload)
     out["id"] = message_id
-    out["at"] = fact.payload["at_utc"]
+    out["at"] = utc_iso(fact.at_utc)
     if recipient != MERCHANT:
         out["contact"] = recipient
-    if fact.kind in RECEIPT_KINDS:
-        out["link"] = f"{base_url}/r/{fact.payload['receipt_token']}"
+    if fact.slip is not None:
+        out["link"] = f"{base_url}/r/{token}"
+    # the names the notifications' templates show a card or code, its brand and the zone by
+    if fact.payload.get("card_masked"):
+        out.setdefault("pan_masked", fact.payload["card_masked"])
+    if fact.payload.get("issuer") and "brand" not in out:
+        out["brand"] = fact.payload["issuer"]
+    if "merchant_tz" in fact.payload:
+        out.setdefault("tz", fact.payload["merchant_tz"])
     return out
 
 
 def _store_receipt(conn: Connection, fact: CheckedFact, message_id: str, now: datetime) -> None:
-    p = fact.payload
+    p, slip = fact.payload, fact.slip
+    assert slip is not None
     conn.execute(
         _insert(conn)(e_receipts)
         .values(
@@ -212,13 +243,13 @@ def _store_receipt(conn: Connection, fact: CheckedFact, message_id: str, now: da
             mid=p["mid"],
             merchant_name=p["merchant_name"],
             rail=p["rail"],
-            trans_type=p["trans_type"],
+            trans_type=slip.trans_type.value,
             amount_minor=p["amount_minor"],
             currency=p["currency"],
-            card_masked=p["card_masked"],
+            card_masked=p.get("card_masked") or p.get("code_masked") or "",
             at_utc=fact.at_utc,
-            at_local=p["at_local"],
-            slip=json.dumps(p["slip"], ensure_ascii=False, sort_keys=True),
+            at_local=slip.when.isoformat(timespec="seconds"),
+            slip=json.dumps(slip_document(slip), ensure_ascii=False, sort_keys=True),
             created_at=now,
         )
         .on_conflict_do_nothing(index_elements=["tid", "reference"])
