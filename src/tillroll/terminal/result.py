@@ -27,7 +27,7 @@ class Result:
     e_receipt_url: str | None = None  # the receipt on the back office (its slip's QR code)
     detail: str = ""
     txn_id: int | None = None
-    order_no: str | None = None  # the wallet rail's out_trade_no (or out_refund_no of a refund)
+    order_no: str | None = None  # the wallet rail's out_trade_no (of a refund: the refunded order's)
 
     @property
     def approved(self) -> bool:

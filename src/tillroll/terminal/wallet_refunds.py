@@ -182,8 +182,8 @@ class WalletRefunds:
             trace=refund.stan,
             batch=refund.batch,
             amount_minor=refund.amount_minor,
-            detail=f"原因 cause: {cause}",
-            order_no=refund.out_refund_no,
+            detail=f"退款单号 REFUND NO. {refund.out_refund_no}; 原因 cause: {cause}",
+            order_no=order.out_trade_no,
         )
 
     def _ask(self, refund: WalletRefund) -> RefundStatus | None:
@@ -235,7 +235,7 @@ class WalletRefunds:
             batch=refund.batch,
             amount_minor=refund.amount_minor,
             detail=REFUND_DECLINE_TEXT.get(code, message),
-            order_no=refund.out_refund_no,
+            order_no=order.out_trade_no,
         )
 
     def _approve(self, refund_id: int, order: WalletOrder) -> Result:
@@ -262,6 +262,6 @@ class WalletRefunds:
             rrn=refund.refund_id,
             receipt=receipt,
             e_receipt=e_receipt,
-            detail=f"退款 refund of order {order.out_trade_no}",
-            order_no=refund.out_refund_no,
+            detail=f"退款单号 REFUND NO. {refund.out_refund_no}",
+            order_no=order.out_trade_no,
         )
