@@ -62,7 +62,7 @@ class WalletReceipts:
     def order_slip(self, order: WalletOrder) -> Slip:
         return Slip(
             merchant_name=self.merchant_name,
-            mid=self.config.wallet.merchant if self.config.wallet else self.config.mid,
+            mid=self.config.mid,  # the merchant number the merchant knows (the acquirer's)
             tid=self.config.tid,
             operator=order.operator,
             pan_masked="",
@@ -83,7 +83,7 @@ class WalletReceipts:
     def refund_slip(self, refund: WalletRefund, order: WalletOrder) -> Slip:
         return Slip(
             merchant_name=self.merchant_name,
-            mid=self.config.wallet.merchant if self.config.wallet else self.config.mid,
+            mid=self.config.mid,  # the merchant number the merchant knows (the acquirer's)
             tid=self.config.tid,
             operator=refund.operator,
             pan_masked="",
