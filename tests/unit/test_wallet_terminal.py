@@ -13,6 +13,7 @@ from fakewallet import FakeWallet
 from sqlalchemy import select
 
 from tillroll.clock import FakeClock
+from tillroll.notify.outbox import MessageKind
 from tillroll.terminal import HostAddress, IllegalTransition, InputError, Outcome, Terminal, TerminalConfig
 from tillroll.terminal.config import CONFIG_FILE, load_config, save_config
 from tillroll.terminal.journal import outbox
@@ -169,12 +170,10 @@ def test_success_prints_a_qr_pay_slip_and_keeps_the_code_masked(
     assert [m["kind"] for m in messages(term)] == ["e_receipt"]
     fact = messages(term)[0]["payload"]
     assert isinstance(fact, dict)
-    assert (
-        fact["amount_minor"] == 1250
-        and fact["rail"] == "wallet"
-        and fact["code_masked"] == mask_code(WX_CODE)
-    )
-    assert fact["time_local"].startswith("2026-11-29T17:30")  # type: ignore[union-attr]
+    assert fact["amount_minor"] == 1250 and fact["rail"] == "wallet"
+    assert fact["card_masked"] == mask_code(WX_CODE) and fact["order_no"] == r.order_no
+    assert fact["at_local"].startswith("2026-11-29T17:30")
+    assert messages(term)[0]["recipient"] == "+8613800138000"  # normalised as the back office takes it
     term.close()
     for f in (tmp_path / "pos").rglob("*"):
         if f.is_file():
@@ -188,7 +187,8 @@ def test_userpaying_is_resolved_by_polling(term: Terminal, wallet: FakeWallet, c
     assert r.outcome is Outcome.APPROVED
     assert wallet.calls == ["pay", "query", "query", "query"]
     assert clock.monotonic() - start == pytest.approx(15.0)  # every 5 s
-    assert kinds(term) == []  # no contact given: no e-receipt message, and nothing from USERPAYING
+    assert kinds(term) == ["e_receipt"]  # from the SUCCESS, nothing from USERPAYING
+    assert messages(term)[0]["recipient"] == "merchant"  # no contact given: the back office only
 
 
 def test_userpaying_never_resolving_is_reversed_at_the_deadline_and_the_customer_told(
@@ -337,7 +337,7 @@ def test_a_refund_with_no_answer_is_sent_again_as_the_same_refund(term: Terminal
     assert paid.order_no
     wallet.refund_down = 100
     r = term.refund_order(400, paid.order_no, contact="b@example.com")
-    assert r.outcome is Outcome.REFUND_UNKNOWN and kinds(term) == []
+    assert r.outcome is Outcome.REFUND_UNKNOWN and kinds(term) == ["e_receipt"]  # the payment's only
     blocked = term.refund_order(100, paid.order_no)  # the open one is finished first
     assert blocked.outcome is Outcome.REFUND_BLOCKED
     wallet.refund_down, wallet.refund_processing_queries = 0, 2
@@ -388,11 +388,11 @@ def test_the_background_queries_on_schedule_then_reverses_after_the_deadline(
     assert term.wallet.next_due_s(clock.monotonic()) is None  # type: ignore[union-attr]
 
 
-def test_every_announced_fact_reads_as_a_notify_fact(term: Terminal, wallet: FakeWallet) -> None:
-    """What the back office's intake hands to tillroll.notify: the fields it requires are there
-    (the e-receipt's link is the back office's to add), none is a full number, none is unknown."""
-    from tillroll.notify.facts import parse_fact
-    from tillroll.notify.outbox import MessageKind
+def test_every_announced_fact_is_one_the_back_office_accepts(term: Terminal, wallet: FakeWallet) -> None:
+    """The back office's intake check (``facts.check_fact``, the card rail's format) accepts every
+    wallet fact; receipt links are signed for this terminal and this fact; no full code anywhere."""
+    from tillroll.crypto.backoffice import backoffice_key, verify_token
+    from tillroll.terminal.facts import check_fact
 
     paid = term.qr(1000, WX_CODE, contact="13800138000")
     assert paid.order_no
@@ -400,13 +400,21 @@ def test_every_announced_fact_reads_as_a_notify_fact(term: Terminal, wallet: Fak
     wallet.behaviour = "never"
     term.qr(200, ALI_CODE, contact="c@example.com")
     msgs = messages(term)
-    assert sorted(str(m["kind"]) for m in msgs) == ["e_receipt", "payment_cancelled", "refund_approved"]
+    assert [str(m["kind"]) for m in msgs] == ["e_receipt", "refund_approved", "payment_cancelled"]
     for m in msgs:
         payload = dict(m["payload"])  # type: ignore[call-overload]
         kind = MessageKind(str(m["kind"]))
-        if kind is MessageKind.E_RECEIPT:
-            payload["link"] = "https://backoffice.example/r/token"
-        fact = parse_fact(kind, {**payload, "id": m["message_id"], "contact": m["recipient"]})
-        assert fact.amount_minor == payload["amount_minor"] and fact.mid == MID
-        assert fact.merchant_name == "测试便利店"
+        fact = check_fact(kind, TID, payload)
+        assert m["message_id"] == f"{kind.value}:{TID}:{fact.reference}"
+        assert (
+            payload["amount_minor"] in (1000, 100, 200)
+            and payload["mid"] == MID
+            and payload["rail"] == "wallet"
+        )
+        if "receipt_token" in payload:
+            claims = verify_token(
+                backoffice_key(TMK), payload["receipt_token"], today_day=20_786, ttl_days=365
+            )
+            assert getattr(claims, "reference", None) == fact.reference, claims
         assert WX_CODE not in json.dumps(payload) and ALI_CODE not in json.dumps(payload)
+    assert msgs[2]["payload"]["reason"] == "reversed"  # type: ignore[index]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -38,6 +37,7 @@ from tillroll.terminal.announce import announce
 from tillroll.terminal.config import TerminalConfig
 from tillroll.terminal.inputs import InputError, check_amount
 from tillroll.terminal.journal import Journal
+from tillroll.terminal.notices import parse_notify
 from tillroll.terminal.result import Result
 from tillroll.terminal.retry import AGAIN, Again, RetrySchedule, repeat
 from tillroll.terminal.states import AlertKind, Outcome, ReceiptState
@@ -51,14 +51,16 @@ from tillroll.terminal.wallet_gateway import (
     WalletGateway,
 )
 from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder
-from tillroll.terminal.wallet_receipts import WalletReceipts, order_fact
+from tillroll.terminal.wallet_receipts import (
+    WalletReceipts,
+    cancelled_order_fact,
+    order_fact,
+    wallet_reference,
+)
 from tillroll.terminal.wallet_states import PaymentCodeError, WalletState, parse_payment_code
 
 log = logging.getLogger("tillroll.terminal.wallet")
 
-CONTACT_MAX = 255
-_PHONE = re.compile(r"^\+?[0-9]{6,20}$")
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
 
 # What a refusal means for the cashier (beside the wallet's own err_code_des).
 REFUSAL_TEXT = {
@@ -75,16 +77,9 @@ REFUSAL_TEXT = {
 
 
 def check_contact(contact: str | None) -> str | None:
-    """A phone number or an e-mail address for the customer's messages (``--notify``)."""
-    if contact is None:
-        return None
-    c = contact.strip()
-    if len(c) > CONTACT_MAX or not (_PHONE.match(c) or _EMAIL.match(c)):
-        raise InputError(
-            "the contact is not a phone number or an e-mail address: write it like 13800138000 or "
-            "name@example.com"
-        )
-    return c
+    """A phone number or an e-mail address for the customer's messages (``--notify``),
+    normalised as the back office takes it (``+8613800138000``); InputError when it is neither."""
+    return parse_notify(contact)
 
 
 def order_number(tid: str, local: str, stan: str) -> str:
@@ -358,18 +353,25 @@ class WalletPayments:
                 note=None,
             )
             paid = self.wj.order(order.id, conn)
-            if paid.contact:  # the customer asked for the receipt (--notify)
-                announce(
-                    conn,
-                    kind=MessageKind.E_RECEIPT,
-                    tid=self.config.tid,
-                    reference=paid.out_trade_no,
-                    recipient=paid.contact,
-                    fact=order_fact(self.config, paid, state="paid", at=paid.paid_at or now),
-                    now=now,
-                )
+            # always (as on the card rail): the slip's QR link needs the back office to have it;
+            # to the customer when they gave a contact (--notify)
+            announce(
+                conn,
+                kind=MessageKind.E_RECEIPT,
+                tid=self.config.tid,
+                reference=wallet_reference(paid),
+                recipient=paid.contact,
+                fact=order_fact(self.receipts, paid),
+                now=now,
+            )
         receipt, e_receipt = self.receipts.issue_order(paid)
-        return self._result(self.wj.order(order.id), Outcome.APPROVED, receipt=receipt, e_receipt=e_receipt)
+        return self._result(
+            self.wj.order(order.id),
+            Outcome.APPROVED,
+            receipt=receipt,
+            e_receipt=e_receipt,
+            e_receipt_url=self.receipts.url(paid.out_trade_no, paid.paid_at),
+        )
 
     def _cancelled(self, order: WalletOrder, state: WalletState) -> Result:
         """Closed or revoked after pay was sent: the customer may have been charged (and may have
@@ -382,9 +384,14 @@ class WalletPayments:
                 conn,
                 kind=MessageKind.PAYMENT_CANCELLED,
                 tid=self.config.tid,
-                reference=done.out_trade_no,
+                reference=wallet_reference(done),
                 recipient=done.contact,
-                fact=order_fact(self.config, done, state=state.value, at=now),
+                fact=cancelled_order_fact(
+                    self.receipts,
+                    done,
+                    reason="closed" if state is WalletState.CLOSED else "reversed",
+                    at=now,
+                ),
                 now=now,
             )
         log.info("wallet order %s: %s, customer told", order.out_trade_no, state)
@@ -409,6 +416,7 @@ class WalletPayments:
         detail: str = "",
         receipt: ReceiptState | None = None,
         e_receipt: Path | None = None,
+        e_receipt_url: str | None = None,
     ) -> Result:
         if outcome is Outcome.DECLINED:
             detail = REFUSAL_TEXT.get(raw_code or "", order.note or "")
@@ -425,4 +433,5 @@ class WalletPayments:
             order_no=order.out_trade_no,
             receipt=receipt,
             e_receipt=e_receipt,
+            e_receipt_url=e_receipt_url,
         )

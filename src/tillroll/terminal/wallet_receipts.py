@@ -7,10 +7,11 @@ and the order number with the **masked** payment code in the note. A refund's sl
 slip naming the original order. A printer failure leaves the payment standing, the receipt owed
 and an HTML e-receipt written at once, as on the card rail (``receipts.py``).
 
-:func:`order_fact` / :func:`refund_fact` are what ``announce`` writes: amount, merchant, time
-(UTC and merchant-local), rail, brand, masked code — never the whole code. ``at``, ``mid``,
-``merchant_name``, ``amount_minor`` and ``currency`` are the fields ``tillroll.notify.facts``
-reads; the rest are details its templates may show.
+:func:`order_fact`, :func:`cancelled_order_fact` and :func:`refund_fact` are what ``announce``
+writes, in the card rail's fact format (``facts.py``, checked by the back office's intake): rail
+``wallet``, amount, merchant, time (UTC and merchant-local), the brand, the **masked** code in
+``card_masked``, the order (and refund) number, and for a receipt the slip and the signed token of
+its link. Never the whole code.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from tillroll.clock import Clock, to_merchant_local
-from tillroll.money import CNY, format_yuan
+from tillroll.crypto.backoffice import backoffice_key, day_number, make_token
 from tillroll.terminal.config import E_RECEIPT_DIR, TerminalConfig
+from tillroll.terminal.facts import cancelled_fact, receipt_fact
 from tillroll.terminal.journal import Journal
 from tillroll.terminal.receipt import Slip, TransType
 from tillroll.terminal.receipts import Receipts
 from tillroll.terminal.states import AlertKind, ReceiptState
 from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder, WalletRefund
+from tillroll.terminal.wallet_states import WalletState
 
 log = logging.getLogger("tillroll.terminal")
 
@@ -59,7 +62,18 @@ class WalletReceipts:
     def merchant_name(self) -> str:
         return self.config.merchant_name or self.config.mid
 
+    def token(self, reference: str, at: datetime) -> str:
+        """The signed token of a receipt's link on the back office (``crypto/backoffice.py``)."""
+        return make_token(backoffice_key(self.config.tmk), self.config.tid, reference, day_number(at))
+
+    def url(self, reference: str, at: datetime | None) -> str | None:
+        """The receipt's address on the back office (its slip's QR code), when one is set up."""
+        if self.config.backoffice_url is None or at is None:
+            return None
+        return f"{self.config.backoffice_url.rstrip('/')}/r/{self.token(reference, at)}"
+
     def order_slip(self, order: WalletOrder) -> Slip:
+        paid = order.state is WalletState.SUCCESS
         return Slip(
             merchant_name=self.merchant_name,
             mid=self.config.mid,  # the merchant number the merchant knows (the acquirer's)
@@ -78,6 +92,7 @@ class WalletReceipts:
             when=to_merchant_local(order.paid_at or order.updated_at, self.config.zone),
             amount_minor=order.amount_minor,
             reference=f"订单号 ORDER {order.out_trade_no} 付款码 CODE {order.code_masked}",
+            e_receipt_url=self.url(order.out_trade_no, order.paid_at or order.updated_at) if paid else None,
         )
 
     def refund_slip(self, refund: WalletRefund, order: WalletOrder) -> Slip:
@@ -99,6 +114,7 @@ class WalletReceipts:
             when=to_merchant_local(refund.approved_at or refund.updated_at, self.config.zone),
             amount_minor=refund.amount_minor,
             reference=f"原订单号 ORIG ORDER {order.out_trade_no} 退款单号 REFUND {refund.out_refund_no}",
+            e_receipt_url=self.url(f"{order.out_trade_no}:{refund.out_refund_no}", refund.approved_at),
         )
 
     def issue(
@@ -140,50 +156,57 @@ class WalletReceipts:
         return why
 
 
-def _times(config: TerminalConfig, at: datetime) -> dict[str, str]:
-    return {
-        "at": at.isoformat(timespec="seconds"),  # the fact's instant, UTC (notify.facts reads it)
-        "time_utc": at.isoformat(timespec="seconds") + "Z",
-        "time_local": to_merchant_local(at, config.zone).isoformat(timespec="seconds"),
-        "merchant_tz": config.merchant_tz,
-    }
+def wallet_reference(order: WalletOrder, refund: WalletRefund | None = None) -> str:
+    """The fact's key on the wallet rail: the order number (``<order>:<refund number>``)."""
+    return order.out_trade_no if refund is None else f"{order.out_trade_no}:{refund.out_refund_no}"
 
 
-def order_fact(config: TerminalConfig, order: WalletOrder, *, state: str, at: datetime) -> dict[str, Any]:
-    """What is announced of a payment (paid, or cancelled): no full code, no key."""
-    return {
-        "rail": RAIL,
-        "state": state,
-        "amount_minor": order.amount_minor,
-        "amount_yuan": format_yuan(order.amount_minor),
-        "currency": CNY,
-        "merchant_name": config.merchant_name or config.mid,
-        "mid": config.mid,  # the acquirer's merchant id: how the back office knows the merchant
-        "wallet_merchant": config.wallet.merchant if config.wallet else "",
-        "brand": order.brand.value,
-        "brand_label": order.brand.label,
-        "code_masked": order.code_masked,
-        "out_trade_no": order.out_trade_no,
-        "transaction_id": order.transaction_id or "",
-        "batch": order.batch,
-        "trace": order.stan,
-        **_times(config, at),
-    }
+def _extra(order: WalletOrder, refund: WalletRefund | None = None) -> dict[str, str]:
+    extra = {"order_no": order.out_trade_no, "brand": order.brand.value}
+    if refund is not None:
+        extra.update({"refund_no": refund.out_refund_no, "orig_reference": order.out_trade_no})
+    return extra
 
 
-def refund_fact(
-    config: TerminalConfig, refund: WalletRefund, order: WalletOrder, *, at: datetime
-) -> dict[str, Any]:
-    fact = order_fact(config, order, state="refund_approved", at=at)
-    fact.update(
-        {
-            "amount_minor": refund.amount_minor,
-            "amount_yuan": format_yuan(refund.amount_minor),
-            "order_amount_minor": order.amount_minor,
-            "out_refund_no": refund.out_refund_no,
-            "refund_id": refund.refund_id or "",
-            "batch": refund.batch,
-            "trace": refund.stan,
-        }
+def order_fact(receipts: WalletReceipts, order: WalletOrder) -> dict[str, Any]:
+    """The ``e_receipt`` fact of a paid order (``facts.py``'s format, shared with the card rail)."""
+    at = order.paid_at or order.updated_at
+    return receipt_fact(
+        receipts.order_slip(order),
+        rail=RAIL,
+        at_utc=at,
+        merchant_tz=receipts.config.merchant_tz,
+        token=receipts.token(wallet_reference(order), at),
+        card_masked=order.code_masked,
+        extra=_extra(order),
     )
+
+
+def cancelled_order_fact(
+    receipts: WalletReceipts, order: WalletOrder, *, reason: str, at: datetime
+) -> dict[str, Any]:
+    """The ``payment_cancelled`` fact of an order closed or reversed after pay was sent."""
+    fact = cancelled_fact(
+        receipts.order_slip(order),
+        rail=RAIL,
+        at_utc=at,
+        merchant_tz=receipts.config.merchant_tz,
+        reason=reason,
+        card_masked=order.code_masked,
+    )
+    fact.update(_extra(order))
     return fact
+
+
+def refund_fact(receipts: WalletReceipts, refund: WalletRefund, order: WalletOrder) -> dict[str, Any]:
+    """The ``refund_approved`` fact of an approved refund, with its own receipt link."""
+    at = refund.approved_at or refund.updated_at
+    return receipt_fact(
+        receipts.refund_slip(refund, order),
+        rail=RAIL,
+        at_utc=at,
+        merchant_tz=receipts.config.merchant_tz,
+        token=receipts.token(wallet_reference(order, refund), at),
+        card_masked=order.code_masked,
+        extra=_extra(order, refund),
+    )

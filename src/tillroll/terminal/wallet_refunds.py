@@ -35,7 +35,7 @@ from tillroll.terminal.wallet_gateway import (
     WalletGateway,
 )
 from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder, WalletRefund
-from tillroll.terminal.wallet_receipts import WalletReceipts, refund_fact
+from tillroll.terminal.wallet_receipts import WalletReceipts, refund_fact, wallet_reference
 from tillroll.terminal.wallet_states import WalletState
 
 log = logging.getLogger("tillroll.terminal.wallet")
@@ -247,9 +247,9 @@ class WalletRefunds:
                 conn,
                 kind=MessageKind.REFUND_APPROVED,
                 tid=self.config.tid,
-                reference=f"{order.out_trade_no}:{refund.out_refund_no}",
+                reference=wallet_reference(order, refund),
                 recipient=refund.contact,
-                fact=refund_fact(self.config, refund, order, at=now),
+                fact=refund_fact(self.receipts, refund, order),
                 now=now,
             )
         log.info("wallet refund %s of %s approved", refund.out_refund_no, order.out_trade_no)
@@ -262,6 +262,7 @@ class WalletRefunds:
             rrn=refund.refund_id,
             receipt=receipt,
             e_receipt=e_receipt,
+            e_receipt_url=self.receipts.url(wallet_reference(order, refund), refund.approved_at),
             detail=f"退款单号 REFUND NO. {refund.out_refund_no}",
             order_no=order.out_trade_no,
         )
