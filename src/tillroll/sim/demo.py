@@ -38,6 +38,7 @@ from tillroll.owner_only import private_file
 from tillroll.pan import mask_pan
 from tillroll.screen import wide_console
 from tillroll.sim.demo_check import closing_check, report
+from tillroll.sim.demo_wallet import CARD_CONTACT, WalletDay, wallet_check
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.foreign_client import FloodLimits, ForeignClient
 from tillroll.sim.printer_emulator import PrinterEmulator, PrinterState
@@ -64,6 +65,7 @@ OPENING_MINOR = 2_000
 # sign-in: PROFILE §6; foreign traffic contained: §7); until then the day would fail its check.
 JOURNAL_LOSS_FAULT = True
 FLOOD_FAULT = True
+WALLET_DAY = True  # issue 7: QR payments with the phone's faults, e-receipts, customers' messages
 HOST_LOG_FLOOD_MAX_BYTES = 1_000_000  # issue 6: a flood must not fill the disk
 # What a legitimate request must never meet because of someone else's traffic: no answer, a
 # reversal, a format error, a malfunction, a MAC failure (its session replaced), a duplicate.
@@ -156,7 +158,10 @@ class Demo:
         seed: int = 2026,
         journal_loss: bool = JOURNAL_LOSS_FAULT,
         flood: bool = FLOOD_FAULT,
+        wallet: bool = WALLET_DAY,
     ) -> None:
+        self.with_wallet = wallet
+        self.wallet_day: WalletDay | None = None
         self.journal_loss = journal_loss
         self.with_flood = flood
         self.work_dir = work_dir
@@ -195,6 +200,9 @@ class Demo:
         self.host = HostServer(
             self.store, clock=self.host_clock, key_lifetime_s=KEY_LIFETIME_S, fault_hook=self.store_faults
         ).start()
+        if self.with_wallet:
+            self.wallet_day = WalletDay(self.work_dir, self.store, MID, self.console)
+            self.wallet_day.start()
         self.printer = PrinterEmulator()
         self.printer.start()
         for n in (1, 2):
@@ -216,6 +224,8 @@ class Demo:
                 response_timeout_s=1.5,
                 connect_timeout_s=1.0,
                 key_lifetime_s=KEY_LIFETIME_S,
+                wallet=self.wallet_day.wallet_settings() if self.wallet_day else None,
+                backoffice_url=self.wallet_day.web_url if self.wallet_day else None,
             )
             terminal = Terminal(config, self.work_dir / f"pos-{n}")
             self.counters.append(Counter(terminal, primary, backup, tid))
@@ -231,6 +241,8 @@ class Demo:
             c.backup.stop()
         if self.printer is not None:
             self.printer.stop()
+        if self.wallet_day is not None:
+            self.wallet_day.stop()
         if self.host is not None:
             self.host.stop()
         if self.store is not None:
@@ -254,6 +266,7 @@ class Demo:
         wrong_pin: bool = False,
         pan: str | None = None,
         with_pin: bool | None = None,
+        notify: str | None = None,
     ) -> Result:
         if pan is None:
             pan, expiry, pin = self._card()
@@ -262,7 +275,7 @@ class Demo:
         amount = amount_minor or self.rng.choice([350, 1250, 1999, 4800, 8850, 12_000, 26_600, 99_900])
         use_pin = wrong_pin or (self.rng.random() < 0.5 if with_pin is None else with_pin)
         res = counter.terminal.sale(
-            amount, pan, expiry, ("000000" if wrong_pin else pin) if use_pin else None
+            amount, pan, expiry, ("000000" if wrong_pin else pin) if use_pin else None, notify=notify
         )
         self.log.results.append((f"{counter.tid} sale {format_yuan(amount)} {mask_pan(pan)}", res))
         return res
@@ -329,7 +342,24 @@ class Demo:
             steps |= {n * 30 // 100: self.flood_begins, n * 62 // 100: self.flood_ends}
         if self.journal_loss:
             steps[n * 48 // 100] = self.fault_replaced_terminal
+        if self.wallet_day is not None:
+            steps[n * 20 // 100] = self.wallet_payments
         return steps
+
+    def wallet_payments(self) -> None:
+        assert self.wallet_day is not None
+        c = self.counters[1]
+        rec = FaultRecord(
+            "wallet payments 扫码支付",
+            "seven customers pay by payment code: at once, confirmed later, never confirmed, a "
+            "SYSTEMERROR, a lost answer, a refusal, a confirmation just after the deadline",
+        )
+        self.wallet_day.pay_all(c.terminal)
+        outcomes = [f"{p.customer.name}: {p.result.outcome.value}" for p in self.wallet_day.payments]
+        rec.observed = "; ".join(outcomes)
+        rec.followed = "open orders are queried, then reversed, in the terminal's background steps"
+        rec.ok = all(p.result.order_no is not None for p in self.wallet_day.payments)
+        self.log.faults.append(rec)
 
     def fault_lost_response(self) -> None:
         c = self.counters[0]
@@ -362,7 +392,10 @@ class Demo:
         c = self.counters[0]
         rec = FaultRecord("printer jam 打印机卡纸", "the receipt printer reports a jam during a sale")
         self.printer.state = PrinterState.JAMMED
-        res = self._sale(c, amount_minor=5_500, pan=FAULT_CARD)
+        contact = CARD_CONTACT if self.wallet_day is not None else None
+        res = self._sale(c, amount_minor=5_500, pan=FAULT_CARD, notify=contact)
+        if self.wallet_day is not None:
+            self.wallet_day.card_e_receipt = res
         rec.observed = f"{res.outcome.text}; receipt {res.receipt}; e-receipt {res.e_receipt}"
         self.printer.state = PrinterState.READY
         reprint = c.terminal.reprint(res.trace)
@@ -570,13 +603,21 @@ class Demo:
             for e in c.terminal.entries(1000):
                 if e.receipt is ReceiptState.OWED:
                     c.terminal.reprint(e.stan)
+        if self.wallet_day is not None:
+            self.wallet_day.finish(
+                [c.terminal for c in self.counters], [d for c in self.counters for d in c.devices]
+            )
         self.end_of_day()
 
     # --- the closing check -----------------------------------------------------------------------
 
     def check(self) -> list[str]:
         """The closing check; every line it returns is a broken promise."""
-        return closing_check(self) + self.flood_problems
+        problems = closing_check(self) + self.flood_problems
+        if self.wallet_day is not None:
+            devices = [d for c in self.counters for d in c.devices]
+            problems += list(wallet_check(self.wallet_day, devices))
+        return problems
 
     def report(self, problems: list[str]) -> None:
         report(self, problems)
