@@ -7,6 +7,7 @@ import shutil
 import socket
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -21,9 +22,11 @@ from tillroll.sim.demo import (
     MID,
     OPENING_CARD,
     OPENING_MINOR,
+    WALLET_DAY,
     Demo,
     run_demo,
 )
+from tillroll.sim.demo_wallet import CUSTOMERS, wallet_check
 from tillroll.terminal import Outcome, Terminal
 
 
@@ -33,7 +36,7 @@ def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
     assert run_demo(tmp_path, operations=40, console=console)
     out = console.export_text()
     assert "closing check passed" in out
-    assert out.count("✔") == 6 + JOURNAL_LOSS_FAULT + FLOOD_FAULT and "✘" not in out
+    assert out.count("✔") == 6 + JOURNAL_LOSS_FAULT + FLOOD_FAULT + WALLET_DAY and "✘" not in out
     assert "Settlement report" in out
     assert ("closed by: host" in out) is JOURNAL_LOSS_FAULT
     assert ("0 lost or failed because of it" in out) is FLOOD_FAULT
@@ -102,5 +105,33 @@ def test_the_closing_check_catches_an_earlier_answer_replayed_to_a_restored_jour
         assert any(f"RRN {first.rrn} answers two payments" in p for p in problems), problems
         assert any("0011" in p and "journals give" in p for p in problems), problems
         assert any(f"trace {first.trace}: used by two devices" in p for p in problems), problems
+    finally:
+        demo.stop()
+
+
+def test_the_closing_check_catches_a_message_that_is_not_true(tmp_path: Path) -> None:
+    """The wallet customers' day, then a false "you paid" to a customer whose payment was
+    cancelled, and a second cancellation notice: the check names both."""
+    demo = Demo(tmp_path, Console(record=True), operations=20)
+    demo.start()
+    try:
+        day = demo.wallet_day
+        assert day is not None
+        terminal = demo.counters[1].terminal
+        day.pay_all(terminal)
+        day.finish([terminal], [terminal])
+        assert list(wallet_check(day, [terminal])) == []
+        never = next(c for c in CUSTOMERS if c.behaviour == "never")
+        assert never.contact.startswith("+")  # told by SMS
+        gateway = demo.wallet_day.sms_url
+        lie = f"【{MID}】电子小票：您付款¥{never.amount_minor // 100}.{never.amount_minor % 100:02d}。"
+        for n, text in enumerate([lie, "已撤销 again"]):
+            answer = httpx.post(
+                gateway + "/messages", json={"id": f"forged-{n}", "to": never.contact, "text": text}
+            )
+            assert answer.status_code == 201
+        problems = list(wallet_check(day, [terminal]))
+        assert any("told 'paid'" in p and never.name in p for p in problems), problems
+        assert any("want one cancellation notice" in p for p in problems), problems
     finally:
         demo.stop()

@@ -4,13 +4,18 @@ One process runs the acquirer host (SQLite in a temporary folder), a receipt-pri
 two fault-injecting lines (primary and backup) per terminal, and two terminals. About a hundred
 sales, voids and balance inquiries go through; on the way a response is lost, a response's MAC is
 damaged, the printer jams, the host's sign-in expires, a primary line goes down, a refund meets
-a store failure, a foreign client floods the host's port with another dialect's traffic, and one
-counter's terminal is replaced mid-day (its journal lost: PROFILE §6). The closing check then
+a store failure, a foreign client floods the host's port with another dialect's traffic, one
+counter's terminal is replaced mid-day (its journal lost: PROFILE §6), and seven customers pay by
+wallet payment code with their phones' faults, giving an e-mail or a phone for their receipts
+(:mod:`tillroll.sim.demo_wallet`: the wallet provider, the back office, a local SMTP server and SMS
+gateway run beside the host). The closing check then
 proves that every host-approved payment is receipted (printed or owed) or reversed, that every
 reversed payment's "you paid" message is followed by its reversal message, that no earlier answer
 was replayed to a new payment, that the terminals (old and new devices), the host, the bank and
 the ledger agree batch by batch, that the flood cost no legitimate request, and that nothing is
-left unknown (:mod:`tillroll.sim.demo_check`).
+left unknown (:mod:`tillroll.sim.demo_check`), and that every message each customer received —
+the bank's SMS, the wallet app's stream, our e-mails and SMS — is true of the final state of their
+payment, every e-receipt link opening the receipt (:func:`tillroll.sim.demo_wallet.wallet_check`).
 """
 
 from __future__ import annotations
