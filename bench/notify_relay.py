@@ -66,9 +66,9 @@ def main() -> None:
 
     sink = subprocess.Popen(
         [sys.executable, "-m", "tillroll.sim.smtp_sink", "--listen", "127.0.0.1:0"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+        stdout=subprocess.PIPE, text=True, env={**os.environ},
     )  # fmt: skip
-    assert sink.stdout is not None and sink.stdin is not None
+    assert sink.stdout is not None
     line = sink.stdout.readline()  # "listening on HOST:PORT"
     host, _, port = line.strip().rpartition(" ")[2].rpartition(":")
     engine = make_engine(url)
@@ -116,7 +116,8 @@ def main() -> None:
             select(func.count()).where(outbox.messages.c.state != MessageState.DELIVERED.value)
         ).scalar_one()
     engine.dispose()
-    out, _ = sink.communicate("", timeout=START_TIMEOUT_S)
+    sink.terminate()  # SIGTERM: it prints what it received and exits
+    out, _ = sink.communicate(timeout=START_TIMEOUT_S)
     received = json.loads(out.strip().splitlines()[-1])
     print(json.dumps({
         "benchmark": "notify_relay",

@@ -169,12 +169,13 @@ class SmtpSink:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tillroll.sim.smtp_sink [--listen HOST:PORT] [--show]``: serve until standard
-    input closes (or Ctrl-C), then print how many messages arrived as JSON."""
+    """``python -m tillroll.sim.smtp_sink [--listen HOST:PORT] [--show]``: serve until SIGTERM or
+    Ctrl-C, then print how many messages arrived as JSON. (Not until standard input closes: a
+    server started with ``&`` from a shell script has no input and would stop at once, and one
+    started with ``&`` at an interactive prompt would be stopped by the terminal for reading.)"""
     import argparse
-    import contextlib
     import json
-    import sys
+    import signal
 
     parser = argparse.ArgumentParser(description="A local SMTP server that keeps what it receives.")
     parser.add_argument("--listen", default="127.0.0.1:8025", help="HOST:PORT (port 0: any free port)")
@@ -187,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
 
     with SmtpSink(host or "127.0.0.1", int(port), on_message=show if args.show else None) as sink:
         print(f"listening on {sink.host}:{sink.port}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            sys.stdin.read()
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        stop.wait()
         messages = sink.messages
     distinct = len({m.message_id for m in messages})
     print(json.dumps({"received": len(messages), "distinct_message_ids": distinct}))
