@@ -14,7 +14,7 @@ from tillroll.notify.webhook import WEBHOOK_FINAL_REFUSALS
 
 
 def options(**kw: object) -> dict[str, object]:
-    return {"db": None, "journal": None, "smtp": None, "sms_url": None, "backoffice_url": None, **kw}
+    return {"db": None, "journal": None, "smtp": None, "sms_url": None, **kw}
 
 
 def test_back_office_options() -> None:
@@ -31,14 +31,8 @@ def test_back_office_options() -> None:
         ({"smtp": "host:port"}, "--smtp"),
         ({"smtp": "host:0"}, "--smtp"),
         ({"sms_url": "127.0.0.1:8026"}, "--sms-url"),
-        ({"backoffice_url": "http://x/intake"}, "for --journal"),
-        ({"journal": Path("/nonexistent")}, "--backoffice-url"),
-        ({"journal": Path("/nonexistent"), "backoffice_url": "http://x/i"}, "not a terminal's data folder"),
-        (
-            {"journal": Path("."), "backoffice_url": "http://x/i", "smtp": "h:25"},
-            "give only --backoffice-url",
-        ),
-        ({"journal": Path("."), "backoffice_url": "ftp://x/i"}, "--backoffice-url"),
+        ({"journal": Path("/nonexistent")}, "not a terminal's data folder"),
+        ({"journal": Path("."), "smtp": "h:25"}, "give no --db, --smtp or --sms-url"),
         ({"schedule_scale": -1.0}, "--schedule-scale"),
     ],
 )
@@ -48,10 +42,8 @@ def test_bad_options_are_refused_with_what_to_do(given: dict[str, object], says:
 
 
 def test_journal_options(tmp_path: Path) -> None:
-    config = NotifyConfig.from_options(
-        **options(journal=tmp_path, backoffice_url="http://127.0.0.1:8000/intake")
-    )  # type: ignore[arg-type]
-    assert config.journal == tmp_path and config.backoffice_url == "http://127.0.0.1:8000/intake"
+    config = NotifyConfig.from_options(**options(journal=tmp_path))  # type: ignore[arg-type]
+    assert config.journal == tmp_path and config.smtp is None
 
 
 def test_message_ids_are_stable_distinct_bounded_and_dot_free() -> None:

@@ -146,9 +146,6 @@ def run_cmd(
     ] = None,
     smtp: Annotated[str | None, typer.Option("--smtp", help="SMTP server HOST:PORT for e-mail")] = None,
     sms_url: Annotated[str | None, typer.Option("--sms-url", help="SMS gateway base URL")] = None,
-    backoffice_url: Annotated[
-        str | None, typer.Option("--backoffice-url", help="With --journal: the back office's fact intake URL")
-    ] = None,
     once: Annotated[bool, typer.Option("--once", help="One round, then exit")] = False,
     schedule_scale: Annotated[
         float, typer.Option("--schedule-scale", min=0.0, help="Multiply every retry delay (tests, demos)")
@@ -160,8 +157,7 @@ def run_cmd(
 
     try:
         config = NotifyConfig.from_options(
-            db=db, journal=journal, smtp=smtp, sms_url=sms_url, backoffice_url=backoffice_url,
-            schedule_scale=schedule_scale,
+            db=db, journal=journal, smtp=smtp, sms_url=sms_url, schedule_scale=schedule_scale,
         )  # fmt: skip
         relay, close = build_relay(config)
     except (ConfigError, DatabaseUrlError) as exc:

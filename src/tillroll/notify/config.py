@@ -28,7 +28,6 @@ class NotifyConfig:
     journal: Path | None  # a terminal's data folder: relay its outbox to the back office
     smtp: SmtpConfig | None
     sms_url: str | None
-    backoffice_url: str | None
     schedule_scale: float = 1.0
     lease_s: float = 60.0
     batch_max: int = 500
@@ -41,7 +40,6 @@ class NotifyConfig:
         journal: Path | None,
         smtp: str | None,
         sms_url: str | None,
-        backoffice_url: str | None,
         schedule_scale: float = 1.0,
     ) -> NotifyConfig:
         if schedule_scale < 0:
@@ -49,17 +47,12 @@ class NotifyConfig:
         if journal is not None:
             if db or smtp or sms_url:
                 raise ConfigError(
-                    "--journal relays a terminal's facts to the back office: give only --backoffice-url"
+                    "--journal relays a terminal's facts to its back office (the address it was set "
+                    "up with): give no --db, --smtp or --sms-url with it"
                 )
-            if not backoffice_url:
-                raise ConfigError("--journal needs --backoffice-url (the back office's fact intake)")
             if not journal.is_dir():
                 raise ConfigError(f"--journal {journal} is not a terminal's data folder")
-            return cls(
-                None, journal, None, None, _http_url(backoffice_url, "--backoffice-url"), schedule_scale
-            )
-        if backoffice_url:
-            raise ConfigError("--backoffice-url is for --journal")
+            return cls(None, journal, None, None, schedule_scale)
         smtp_config = None
         if smtp:
             try:
@@ -67,6 +60,5 @@ class NotifyConfig:
                 smtp_config = SmtpConfig(host, port)
             except ValueError as exc:
                 raise ConfigError(f"--smtp: {exc}") from None
-        return cls(
-            db, None, smtp_config, _http_url(sms_url, "--sms-url") if sms_url else None, None, schedule_scale
-        )
+        sms = _http_url(sms_url, "--sms-url") if sms_url else None
+        return cls(db, None, smtp_config, sms, schedule_scale)

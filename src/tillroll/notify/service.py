@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tillroll.clock import SystemClock
-from tillroll.notify.config import NotifyConfig
-from tillroll.notify.deadletter import back_office_dead_letter, journal_dead_letter
+from tillroll.notify.config import ConfigError, NotifyConfig
+from tillroll.notify.deadletter import back_office_dead_letter
 from tillroll.notify.outbox import Channel, Sender, StoredMessage
 from tillroll.notify.relay import Relay, RelayConfig, scaled_schedules
 
@@ -20,14 +20,28 @@ def build_relay(config: NotifyConfig) -> tuple[Relay, Callable[[], None]]:
     closers: list[Callable[[], None]] = []
     senders: dict[Channel, Sender] = {}
     if config.journal is not None:
-        from tillroll.notify.backoffice import BackofficeSender
+        # A terminal's facts go to its back office the terminal's own way: signed with its
+        # back-office key, to the address it was set up with (`pos init --backoffice`).
+        from tillroll.notify.deadletter import journal_dead_letter
         from tillroll.store import make_engine
-        from tillroll.terminal.config import JOURNAL_FILE
+        from tillroll.terminal.backoffice import BackOfficeSender
+        from tillroll.terminal.config import JOURNAL_FILE, load_config
         from tillroll.terminal.journal import outbox as journal_outbox
 
-        assert config.backoffice_url is not None
+        terminal = load_config(config.journal)
+        if terminal.backoffice_url is None:
+            raise ConfigError(
+                f"the terminal in {config.journal} has no back office: set one with "
+                "`tillroll pos init … --backoffice http://HOST:PORT`"
+            )
         engine = make_engine(f"sqlite:///{config.journal / JOURNAL_FILE}")
-        backoffice = BackofficeSender(config.backoffice_url)
+        backoffice = BackOfficeSender(
+            terminal.backoffice_url,
+            terminal.tid,
+            terminal.tmk,
+            timeout_s=terminal.backoffice_timeout_s,
+            clock=clock,
+        )
         senders[Channel.BACKOFFICE] = backoffice
         closers.append(backoffice.close)
         relay = Relay(engine, journal_outbox, senders, clock=clock, config=relay_config,
