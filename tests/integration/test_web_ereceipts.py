@@ -29,6 +29,7 @@ from tillroll.host import HostServer
 from tillroll.host.admin import add_card, add_merchant, add_terminal
 from tillroll.host.store import HostStore, open_store
 from tillroll.money import format_yuan
+from tillroll.notify.endpoints import add_endpoint
 from tillroll.notify.outbox import Channel, MessageKind, MessageState
 from tillroll.notify.relay import Relay
 from tillroll.notify.smtp import SmtpConfig, SmtpSender
@@ -49,6 +50,7 @@ PAN = "6222021234567890123"
 EXPIRY = "3012"
 PIN = "123456"
 CONTACT = "li.lei@example.com"
+SHOP = "owner@shop.example.com"
 MERCHANT = "一号便利店"
 RELAY_BOUND_S = 2.0
 
@@ -171,6 +173,10 @@ def journal_outbox(term: Terminal) -> list[Any]:
 def test_a_jammed_printer_sends_the_e_receipt_at_once_and_its_link_opens_it(
     tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
 ) -> None:
+    with store.engine.begin() as conn:  # the merchant is told by e-mail
+        add_endpoint(
+            conn, store.keystore, mid=MID, channel=Channel.EMAIL, address=SHOP, now=SystemClock().now()
+        )
     with PrinterEmulator() as printer:
         printer.state = PrinterState.JAMMED
         with make_terminal(tmp_path / "pos", proxy.address, web.url, printer.url) as term:
@@ -179,22 +185,29 @@ def test_a_jammed_printer_sends_the_e_receipt_at_once_and_its_link_opens_it(
             started = time.monotonic()
             sent = term.send_facts()  # what `pos sale` does right after the sale
             took_s = time.monotonic() - started
-            assert sent is not None and (sent.delivered, sent.pending) == (1, 0)
+            # the e-receipt, and the merchant's printer-fault alert
+            assert sent is not None and (sent.delivered, sent.pending) == (2, 0)
             assert took_s < RELAY_BOUND_S
             (entry,) = [e for e in term.entries() if e.kind is TxnKind.SALE]
             assert entry.approved_at is not None
             printer.state = PrinterState.READY
             assert term.reprint().outcome is Outcome.DONE
             slip_docs = printer.documents()
-    (row,) = facts_stored(store)
+    row, alert = facts_stored(store)
     assert (row.kind, row.recipient, row.tid) == ("e_receipt", CONTACT, TID)
+    assert (alert.kind, alert.recipient) == ("merchant_alert", "merchant")
+    assert json.loads(alert.payload)["alert"] == "printer_fault" and json.loads(alert.payload)["count"] == 1
     fact = json.loads(row.payload)
     url = link_of(web, fact)
-    # The back office's outbox holds the customer's e-mail, with the link; it is delivered over
-    # SMTP by the notifications' relay.
-    (mail,) = told(store)
+    # The back office's outbox holds the customer's e-mail, with the link, and the merchant's
+    # alert; they are delivered over SMTP by the notifications' relay.
+    mail, shop_mail = told(store)
     assert (mail.kind, mail.channel, mail.recipient) == ("e_receipt", "email", CONTACT)
     assert url in mail.text and "12.50" in mail.text and MERCHANT in mail.text
+    assert (shop_mail.kind, shop_mail.recipient) == (
+        "merchant_alert",
+        SHOP,
+    ) and "pos reprint" in shop_mail.text
     with SmtpSink() as sink:
         sender = SmtpSender(SmtpConfig("127.0.0.1", sink.port, timeout_s=5.0))
         try:
@@ -203,9 +216,9 @@ def test_a_jammed_printer_sends_the_e_receipt_at_once_and_its_link_opens_it(
             ).run_once()
         finally:
             sender.close()
-        assert report.delivered == 1
-        (received,) = sink.messages
-    assert received.rcpt_tos == (CONTACT,) and url in received.text
+        assert report.delivered == 2
+        received = next(m for m in sink.messages if m.rcpt_tos == (CONTACT,))
+    assert url in received.text
     # The reprinted slip's QR code is the same link.
     assert all(f"[QR] {url}" in doc for doc in slip_docs)
     local = to_merchant_local(entry.approved_at, term.config.zone)
@@ -472,6 +485,7 @@ def test_pos_run_relays_by_itself_and_a_reversal_it_finishes_reaches_the_custome
         retry_backoff_s=0.2,
         retry_backoff_cap_s=1.0,
         retry_wait_total_s=0.5,
+        reversal_alert_s=1.0,
         backoffice_url=web.url,
     )
     save_config(data_dir, config)
@@ -497,19 +511,26 @@ def test_pos_run_relays_by_itself_and_a_reversal_it_finishes_reaches_the_custome
     loop = threading.Thread(target=Resident(data_dir, stop=stop, out=lines.append).run)
     loop.start()
     try:
+        # the reversal waits past its deadline first: the merchant is alerted (pos run's alert)
+        assert wait_for(lambda: any(line.startswith("alert:") for line in lines), 15.0), lines
         proxy.up()
         web.start()
-        assert wait_for(lambda: len(facts_stored(store)) == 2, 15.0), lines
+        # (a fact that failed twice while the back office was down waits up to ~36 s: the schedule)
+        assert wait_for(lambda: len(facts_stored(store)) == 3, 45.0), lines
     finally:
         stop.set()
         loop.join(5.0)
         web.stop()
     assert not loop.is_alive()
-    assert [(r.kind, json.loads(r.payload)["amount_minor"], r.recipient) for r in facts_stored(store)] == [
+    # (arrival order follows the relay's retry schedule, not the order of the facts)
+    facts = sorted(facts_stored(store), key=lambda r: r.kind)
+    assert [(r.kind, json.loads(r.payload)["amount_minor"], r.recipient) for r in facts] == [
         ("e_receipt", 300, CONTACT),
+        ("merchant_alert", 1250, "merchant"),
         ("payment_cancelled", 1250, CONTACT),
     ]
-    assert [(t.kind, t.recipient) for t in told(store)] == [
+    assert json.loads(facts[1].payload)["alert"] == "reversal_overdue"
+    assert sorted((t.kind, t.recipient) for t in told(store)) == [
         ("e_receipt", CONTACT),
         ("payment_cancelled", CONTACT),
     ]

@@ -154,6 +154,38 @@ def cancelled_fact(
     return fact
 
 
+def alert_fact(
+    *,
+    alert: str,
+    mid: str,
+    merchant_name: str,
+    text: str,
+    at_utc: datetime,
+    count: int | None = None,
+    amount_minor: int | None = None,
+    batch: str = "",
+    trace: str = "",
+) -> dict[str, Any]:
+    """A ``merchant_alert`` fact (``alert``: one of the notifications' alert kinds, such as
+    ``printer_fault`` or ``reversal_overdue``)."""
+    fact: dict[str, Any] = {
+        "v": FACT_VERSION,
+        "mid": mid,
+        "merchant_name": merchant_name,
+        "alert": alert,
+        "text": text[:500],
+        "at_utc": utc_iso(at_utc),
+        "batch": batch,
+        "trace": trace,
+    }
+    if count is not None:
+        fact["count"] = count
+    if amount_minor is not None:
+        fact["amount_minor"] = amount_minor
+        fact["currency"] = "156"
+    return fact
+
+
 CANCEL_REASONS = frozenset({"reversed", "voided", "closed"})
 RAILS = frozenset({"card", "wallet"})
 

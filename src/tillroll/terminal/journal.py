@@ -964,13 +964,24 @@ class Journal:
 
     # --- alerts -----------------------------------------------------------------------------
 
-    def alert(self, kind: AlertKind, text: str, now: datetime, txn_id: int | None = None) -> None:
-        with self.begin() as conn:
-            conn.execute(insert(alerts).values(at=now, kind=kind, txn_id=txn_id, text=text))
-            count = conn.execute(select(func.count()).select_from(alerts)).scalar_one()
-            if count > ALERTS_KEPT_MAX:
-                oldest = select(alerts.c.id).order_by(alerts.c.id).limit(count - ALERTS_KEPT_MAX)
-                conn.execute(alerts.delete().where(alerts.c.id.in_(oldest.scalar_subquery())))
+    def alert(
+        self,
+        kind: AlertKind,
+        text: str,
+        now: datetime,
+        txn_id: int | None = None,
+        conn: Connection | None = None,
+    ) -> None:
+        """Record an alert; in ``conn``'s transaction when given (with the fact announcing it)."""
+        if conn is None:
+            with self.begin() as own:
+                self.alert(kind, text, now, txn_id, own)
+            return
+        conn.execute(insert(alerts).values(at=now, kind=kind, txn_id=txn_id, text=text))
+        count = conn.execute(select(func.count()).select_from(alerts)).scalar_one()
+        if count > ALERTS_KEPT_MAX:
+            oldest = select(alerts.c.id).order_by(alerts.c.id).limit(count - ALERTS_KEPT_MAX)
+            conn.execute(alerts.delete().where(alerts.c.id.in_(oldest.scalar_subquery())))
 
     def alerts(self, limit: int = 100) -> list[Alert]:
         with self.begin() as conn:

@@ -21,11 +21,18 @@ from sqlalchemy import Connection, insert, select
 from tillroll.notify.outbox import MessageKind
 from tillroll.terminal.announce import announce
 from tillroll.terminal.config import TerminalConfig
-from tillroll.terminal.facts import ContactError, cancelled_fact, card_reference, parse_contact, receipt_fact
+from tillroll.terminal.facts import (
+    ContactError,
+    alert_fact,
+    cancelled_fact,
+    card_reference,
+    parse_contact,
+    receipt_fact,
+)
 from tillroll.terminal.inputs import InputError
 from tillroll.terminal.journal import Entry, Journal, contacts
 from tillroll.terminal.receipts import Receipts
-from tillroll.terminal.states import TxnKind
+from tillroll.terminal.states import AlertKind, TxnKind
 
 RAIL = "card"
 
@@ -91,6 +98,30 @@ class Notices:
             reason=reason,
         )
         self._announce(conn, MessageKind.PAYMENT_CANCELLED, entry, contact, fact, now)
+
+    def reversal_overdue(self, entry: Entry, text: str, now: datetime) -> None:
+        """The journal's alert of a reversal pending past its deadline, and the merchant's
+        ``reversal_overdue`` notice of it, in one journal transaction."""
+        with self.journal.begin() as conn:
+            self.journal.alert(AlertKind.REVERSAL_OVERDUE, text, now, entry.id, conn)
+            announce(
+                conn,
+                kind=MessageKind.MERCHANT_ALERT,
+                tid=self.config.tid,
+                reference=f"{AlertKind.REVERSAL_OVERDUE.value}.{card_reference(entry.batch, entry.stan)}",
+                recipient=None,
+                fact=alert_fact(
+                    alert=AlertKind.REVERSAL_OVERDUE.value,
+                    mid=self.config.mid,
+                    merchant_name=self.config.merchant_name or self.config.mid,
+                    text=text,
+                    at_utc=now,
+                    amount_minor=entry.amount_minor,
+                    batch=entry.batch,
+                    trace=entry.stan,
+                ),
+                now=now,
+            )
 
     def _announce(
         self,

@@ -13,17 +13,19 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
 from tillroll.clock import Clock, to_merchant_local
 from tillroll.crypto.backoffice import backoffice_key, day_number, make_token
 from tillroll.iso8583.messages import CURRENCY_CNY
 from tillroll.money import format_yuan
+from tillroll.notify.outbox import MessageKind
 from tillroll.pan import mask_pan
+from tillroll.terminal.announce import announce
 from tillroll.terminal.config import E_RECEIPT_DIR, TerminalConfig
-from tillroll.terminal.facts import card_reference
+from tillroll.terminal.facts import alert_fact, card_reference
 from tillroll.terminal.inputs import parse_trace
-from tillroll.terminal.journal import Entry, Journal
+from tillroll.terminal.journal import Entry, Journal, txns
 from tillroll.terminal.printer import Printer, PrintError, PrinterStatus
 from tillroll.terminal.receipt import Copy, Slip, TransType
 from tillroll.terminal.result import Result
@@ -32,6 +34,7 @@ from tillroll.terminal.states import AlertKind, Outcome, ReceiptState, TxnKind
 log = logging.getLogger("tillroll.terminal")
 
 EReceiptWriter = Callable[[Slip, Path], Path]
+PRINTER_FAULT = "printer_fault"  # the notifications' alert kind for a printer that failed
 
 
 def default_e_receipt_writer(slip: Slip, directory: Path) -> Path:
@@ -150,9 +153,31 @@ class Receipts:
                 entry.id,
             )
         self.journal.set_receipt(entry.id, ReceiptState.OWED, now, e_receipt_path=str(path) if path else None)
-        self.journal.alert(
-            AlertKind.RECEIPT_OWED, f"receipt for trace {entry.stan} owed: {why}", now, entry.id
-        )
+        text = f"receipt for trace {entry.stan} owed: {why}"
+        with self.journal.begin() as conn:  # the alert and the merchant's notice of it: one commit
+            self.journal.alert(AlertKind.RECEIPT_OWED, text, now, entry.id, conn)
+            owed = conn.execute(
+                select(func.count()).select_from(txns).where(txns.c.receipt == ReceiptState.OWED.value)
+            ).scalar_one()
+            if self.printer is not None:  # a printer that failed (none configured: nothing to fix)
+                announce(
+                    conn,
+                    kind=MessageKind.MERCHANT_ALERT,
+                    tid=self.config.tid,
+                    reference=f"{PRINTER_FAULT}.{card_reference(entry.batch, entry.stan)}",
+                    recipient=None,
+                    fact=alert_fact(
+                        alert=PRINTER_FAULT,
+                        mid=self.config.mid,
+                        merchant_name=self.config.merchant_name or self.config.mid,
+                        text=text,
+                        at_utc=now,
+                        count=int(owed),
+                        batch=entry.batch,
+                        trace=entry.stan,
+                    ),
+                    now=now,
+                )
         log.warning(
             "receipt owed for trace %s (%s, %s): %s",
             entry.stan,

@@ -285,7 +285,7 @@ class Resident:
                 f"reversal of trace {entry.stan} (batch {entry.batch}) pending over "
                 f"{term.config.reversal_alert_s:.0f} s: the card may still be charged; check the line"
             )
-            term.journal.alert(AlertKind.REVERSAL_OVERDUE, text, now, txn_id=txn_id)
+            term.notices.reversal_overdue(entry, text, now)  # the alert, and the merchant told
             self.out(f"alert: {text}")
 
     def _settle_due(self, term: Terminal) -> bool:
