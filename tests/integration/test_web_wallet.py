@@ -90,7 +90,8 @@ def test_a_wallet_payment_and_its_refund_reach_the_customer_with_a_receipt_link(
             wallet=settings,
             backoffice_url=config.base_url,
         )
-        with Terminal(term_config, tmp_path / "pos", printer=MemoryPrinter()) as term:
+        printer = MemoryPrinter()
+        with Terminal(term_config, tmp_path / "pos", printer=printer) as term:
             paid = term.qr(1250, code, CONTACT)
             assert paid.outcome is Outcome.APPROVED, paid.text
             sent = term.send_facts()
@@ -113,6 +114,8 @@ def test_a_wallet_payment_and_its_refund_reach_the_customer_with_a_receipt_link(
         text = json.loads(messages[0].payload)["text"]
         link = next(word for word in text.split() if word.startswith(f"{config.base_url}/r/"))
         link = link.rstrip("。.")
+        # the slip printed at the counter carries the same link as a QR code
+        assert printer.printed[0].slip.e_receipt_url == link
         page = httpx.get(link, timeout=5)
         assert page.status_code == 200, page.text
         assert "扫码支付 QR PAY" in page.text and "RMB 12.50" in page.text and MCH_NAME in page.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, func, select
@@ -44,6 +45,19 @@ def default_e_receipt_writer(slip: Slip, directory: Path) -> Path:
     return path
 
 
+def receipt_token(config: TerminalConfig, reference: str, approved_at: datetime) -> str:
+    """The e-receipt token of the fact ``reference`` approved at ``approved_at`` (UTC): the one
+    the back office verifies, and makes itself for a fact that carries none (the wallet rail)."""
+    return make_token(backoffice_key(config.tmk), config.tid, reference, day_number(approved_at))
+
+
+def receipt_url(config: TerminalConfig, reference: str, approved_at: datetime) -> str | None:
+    """Its address on the back office (the slip's QR code), when a back office is configured."""
+    if config.backoffice_url is None:
+        return None
+    return f"{config.backoffice_url.rstrip('/')}/r/{receipt_token(config, reference, approved_at)}"
+
+
 class Receipts:
     def __init__(
         self,
@@ -65,14 +79,13 @@ class Receipts:
         """The signed token of the approval's e-receipt link (``crypto/backoffice.py``): the same
         for every print of it, made before the back office has seen the receipt."""
         approved = entry.approved_at or entry.created_at
-        reference = card_reference(entry.batch, entry.stan)
-        return make_token(backoffice_key(self.config.tmk), self.config.tid, reference, day_number(approved))
+        return receipt_token(self.config, card_reference(entry.batch, entry.stan), approved)
 
     def receipt_url(self, entry: Entry) -> str | None:
         """The e-receipt's address on the back office, when one is configured and approved."""
-        if self.config.backoffice_url is None or entry.approved_at is None:
+        if entry.approved_at is None:
             return None
-        return f"{self.config.backoffice_url.rstrip('/')}/r/{self.receipt_token(entry)}"
+        return receipt_url(self.config, card_reference(entry.batch, entry.stan), entry.approved_at)
 
     def slip_for(self, entry: Entry, conn: Connection | None = None) -> Slip:
         """The slip of an approval, from its journal entry (never from the request sent);
