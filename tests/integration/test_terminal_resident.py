@@ -4,6 +4,7 @@ commands work meanwhile; an overdue reversal raises one alert."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -16,15 +17,19 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from tillroll.clock import FakeClock, SystemClock
 from tillroll.host import HostServer
 from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance
 from tillroll.host.store import HostStore, open_store
+from tillroll.notify.outbox import MessageKind
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.terminal import HostAddress, Outcome, Terminal, TerminalConfig, save_config
 from tillroll.terminal.config import JOURNAL_FILE, device_keystore
-from tillroll.terminal.journal import Journal
-from tillroll.terminal.resident import Resident
+from tillroll.terminal.facts import check_fact
+from tillroll.terminal.journal import Journal, outbox
+from tillroll.terminal.resident import SIGN_IN_ALERT_AFTER, Resident
 from tillroll.terminal.states import AlertKind
 
 MID = "898310048990001"
@@ -269,3 +274,30 @@ def test_pos_run_as_a_process_sale_beside_it_alert_and_sigterm(
         assert term.recover().outcome is Outcome.DONE
         assert term.pending_reversals() == []
     assert card_balance(store, PAN) == START_MINOR - 300
+
+
+def test_repeated_sign_in_failures_raise_one_merchant_alert(tmp_path: Path, proxy: FaultProxy) -> None:
+    """The line to the host is dead and the terminal has no session: `pos run` keeps trying to sign
+    in with backoff, and at the third failure in a row raises one alert, written with the
+    merchant's notice in one journal transaction, in the shape the back office accepts."""
+    data_dir = tmp_path / "pos"
+    set_up(data_dir, proxy)
+    proxy.down()
+    clock = FakeClock(SystemClock().now())
+    lines: list[str] = []
+    resident = Resident(data_dir, stop=threading.Event(), out=lines.append, clock=clock)
+    for _ in range(SIGN_IN_ALERT_AFTER + 3):
+        resident.turn()
+        clock.advance(BACKOFF_CAP_S + 1.0)
+    with closing(journal_of(data_dir)) as j:
+        alerts = [a for a in j.alerts(100) if a.kind == AlertKind.SIGN_IN_FAILURES]
+        with j.engine.connect() as conn:
+            rows = conn.execute(select(outbox.messages)).mappings().all()
+    assert sum("sign-in:" in line for line in lines) >= SIGN_IN_ALERT_AFTER + 1, lines
+    assert len(alerts) == 1, lines
+    notices = [r for r in rows if r["kind"] == MessageKind.MERCHANT_ALERT.value]
+    assert len(notices) == 1
+    payload = json.loads(notices[0]["payload"])
+    assert payload["alert"] == "sign_in_failures" and payload["count"] == SIGN_IN_ALERT_AFTER
+    checked = check_fact(MessageKind.MERCHANT_ALERT, TID, payload)  # what the back office checks
+    assert checked.reference.startswith("sign_in_failures.")

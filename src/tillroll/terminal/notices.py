@@ -123,6 +123,29 @@ class Notices:
                 now=now,
             )
 
+    def sign_in_failures(self, count: int, text: str, now: datetime) -> None:
+        """The journal's alert that sign-in failed ``count`` times in a row (the terminal cannot
+        take card payments), and the merchant's ``sign_in_failures`` notice, in one transaction.
+        One per streak: the reference is the instant the streak reached ``count``."""
+        with self.journal.begin() as conn:
+            self.journal.alert(AlertKind.SIGN_IN_FAILURES, text, now, None, conn)
+            announce(
+                conn,
+                kind=MessageKind.MERCHANT_ALERT,
+                tid=self.config.tid,
+                reference=f"{AlertKind.SIGN_IN_FAILURES.value}.{now:%Y%m%d%H%M%S}",
+                recipient=None,
+                fact=alert_fact(
+                    alert=AlertKind.SIGN_IN_FAILURES.value,
+                    mid=self.config.mid,
+                    merchant_name=self.config.merchant_name or self.config.mid,
+                    text=text,
+                    at_utc=now,
+                    count=count,
+                ),
+                now=now,
+            )
+
     def _announce(
         self,
         conn: Connection,

@@ -43,6 +43,7 @@ BUSY_WAIT_S = 0.2  # the device lock was held by another command: try again this
 LOCK_WAIT_S = 2.0  # how long one turn waits for the device lock
 STOP_GRACE_S = 0.4  # after a stop request, how long a turn in progress may run to its end
 ABORT_GRACE_S = 0.3  # then, after its exchange is aborted, how long it has to wind down
+SIGN_IN_ALERT_AFTER = 3  # sign-in failures in a row that raise the merchant's alert
 ALERTS_READ = 1000  # alerts read back to know which reversals were already alerted on
 _SIGN_IN_KEY = "sign-in"
 
@@ -254,6 +255,14 @@ class Resident:
             else:
                 due = sign_ins.failed(_SIGN_IN_KEY, self.clock.monotonic())
                 self.out(f"sign-in: {result.text}; next try in {due - self.clock.monotonic():.1f} s")
+                failures = sign_ins.failures(_SIGN_IN_KEY)
+                if failures == SIGN_IN_ALERT_AFTER:  # once per streak; a success starts a new one
+                    text = (
+                        f"sign-in failed {failures} times in a row ({result.text}): card payments "
+                        "cannot be taken; check the line to the host and the terminal's keys"
+                    )
+                    term.notices.sign_in_failures(failures, text, self.clock.now())
+                    self.out(f"alert: {text}")
         elif step.action is Action.SETTLE:
             self.out(f"settle: {term.settle().text}")
         else:

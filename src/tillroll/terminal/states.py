@@ -264,6 +264,7 @@ class AlertKind(enum.StrEnum):
     INTERRUPTED = "interrupted"  # a request was in flight when the process stopped
     REVERSAL_PENDING = "reversal_pending"  # a reversal's tries of this run are used up
     REVERSAL_OVERDUE = "reversal_overdue"  # a reversal pending past reversal_alert_s (pos run)
+    SIGN_IN_FAILURES = "sign_in_failures"  # sign-in failed SIGN_IN_ALERT_AFTER times in a row (pos run)
     RECEIPT_OWED = "receipt_owed"  # the printer failed: the receipt is owed
     E_RECEIPT_FAILED = "e_receipt_failed"  # ... and the e-receipt could not be written either
     REFUND_UNKNOWN = "refund_unknown"

@@ -46,7 +46,6 @@ from tillroll.terminal.facts import (
     slip_document,
     utc_iso,
 )
-from tillroll.terminal.facts_wallet import check_wallet_fact, is_wallet_fact
 
 log = logging.getLogger("tillroll.web")
 
@@ -107,11 +106,7 @@ def _parse(tid: str, key: bytes, body: bytes, ttl_days: int, now: datetime) -> C
         return _refused(422, "bad_kind", f"kind must be one of {[k.value for k in MessageKind]}")
     try:
         payload = doc["payload"]
-        fact = (
-            check_wallet_fact(kind, tid, payload)
-            if is_wallet_fact(payload)
-            else check_fact(kind, tid, payload)
-        )
+        fact = check_fact(kind, tid, payload)
     except FactError as exc:
         return _refused(422, "bad_fact", exc.detail, field=exc.field)
     if doc["message_id"] != fact_message_id(kind, tid, fact.reference):
@@ -194,7 +189,8 @@ def accept(
                 return accepted
             if parsed.slip is not None:
                 _store_receipt(conn, parsed, message_id, now)
-            # The wallet rail sends no token: its link is made here, under the same key.
+            # A fact without a receipt (a cancellation) carries no token: one is made under the
+            # same key, so every message can name the same address form.
             token = parsed.payload.get("receipt_token") or make_token(
                 key, tid, parsed.reference, day_number(parsed.at_utc)
             )
