@@ -103,6 +103,10 @@ def _pg_target(config: pytest.Config) -> PgTarget:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
+    # The commands' consoles take their width when their module is first imported, and tests read
+    # the commands' output: one width for the whole run, whichever test imports them first (with
+    # several workers the order differs), so no result line is wrapped.
+    os.environ.setdefault("COLUMNS", "220")
     # Runs before hypothesis's own pytest_configure, which turns --hypothesis-seed into the seed
     # of every hypothesis test (stateful ones included). An explicit --hypothesis-seed wins.
     seed = config.getoption("hypothesis_seed", default=None)

@@ -136,7 +136,9 @@ def test_confirmed_later_is_notified_without_anyone_asking(db_url: str) -> None:
 
 def test_restart_continues_the_retries(db_url: str) -> None:
     receiver = Receiver(fail_first=1)
-    config = WalletConfig(notify_scale=0.02, sweep_interval_s=0.02)
+    # The retry is due 1.5 s after the first attempt (15 s × 0.1): time enough for the first
+    # server to stop first even on a loaded machine (0.3 s was not, once).
+    config = WalletConfig(notify_scale=0.1, sweep_interval_s=0.02)
     with receiving(receiver) as url:
         with wallet_server(db_url, config) as first:
             add_merchant(first.engine, MCH_ID, MCH_NAME, MCH_KEY, notify_url=url)
