@@ -23,7 +23,9 @@ class WebServer:
         self._sock.bind((host, port))
         self.host = host
         self.port = int(self._sock.getsockname()[1])
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # lifespan on: an app that runs background work from its lifespan (the wallet provider
+        # sweeps confirmations, closes and notifications there) gets it; one without has none.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="tillroll-web", daemon=True)
 
