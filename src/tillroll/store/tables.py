@@ -42,6 +42,8 @@ merchants = Table(
     Column("name", String(80), nullable=False),
     Column("fee_rate_ppm", Integer, nullable=False, server_default="6000"),
     Column("created_at", DateTime, nullable=False),
+    # The merchant's time zone (IANA name): its business day, reports and console times.
+    Column("tz", String(40), nullable=False, server_default="Asia/Shanghai"),
 )
 
 terminals = Table(
@@ -303,4 +305,223 @@ e_receipts = Table(
     Column("slip", Text, nullable=False),  # JSON of the slip's fields (card number masked)
     Column("created_at", DateTime, nullable=False),
     UniqueConstraint("tid", "reference", name="uq_e_receipts_tid_reference"),
+)
+
+# --- terminal journals, as uploaded to the back office (owner: journal upload; docs/web.md) ------
+
+# The back office's copy of every terminal's journal entries, one row per entry of either rail,
+# upserted by (tid, entry_key): a newer revision of an entry (its state moved) replaces the older.
+# Card numbers only masked; no request fields, no keys.
+journal_entries = Table(
+    "journal_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("entry_key", String(48), nullable=False),  # "card:<txns.id>", "wallet:<id>", "wallet_refund:<id>"
+    Column("rail", String(8), nullable=False),  # card | wallet
+    Column("kind", String(16), nullable=False),  # sale | void | balance | refund | qr_pay | qr_refund
+    Column("state", String(20), nullable=False),  # the terminal's state (TxnState, RefundState, WalletState)
+    Column("batch", String(6), nullable=False),
+    Column("stan", String(6), nullable=False),
+    Column("rrn", String(12), nullable=True),  # card rail, once answered
+    Column("order_no", String(40), nullable=True),  # wallet: out_trade_no / out_refund_no
+    Column("original_key", String(48), nullable=True),  # a void's or refund's original entry_key
+    Column("amount_minor", BigInteger, nullable=True),
+    Column("currency", String(3), nullable=False, server_default="156"),
+    Column("card_masked", String(24), nullable=False),  # PAN or payment code, first 6 last 4
+    Column("response_code", String(32), nullable=True),  # card: field 39; wallet: err_code
+    Column("receipt", String(10), nullable=False),  # ReceiptState: none | owed | printed
+    Column("prints", Integer, nullable=False, server_default="0"),
+    Column("contact", String(255), nullable=True),  # the customer's, when the cashier took one
+    Column("note", Text, nullable=True),
+    Column("approved_at", DateTime, nullable=True),  # UTC
+    Column("created_at", DateTime, nullable=False),  # UTC, the terminal's clock
+    Column("updated_at", DateTime, nullable=False),  # UTC, the terminal's clock: newer wins
+    Column("received_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "entry_key", name="uq_journal_entries_tid_entry_key"),
+    Index("ix_journal_entries_rrn", "rrn"),
+    Index("ix_journal_entries_order_no", "order_no"),
+    Index("ix_journal_entries_tid_batch_stan", "tid", "batch", "stan"),
+    Index("ix_journal_entries_created_at", "created_at"),
+)
+
+# What each terminal last said about itself with an upload (console: terminals page).
+terminal_status = Table(
+    "terminal_status",
+    metadata,
+    Column("tid", String(8), primary_key=True),
+    Column("batch", String(6), nullable=False),
+    Column("signed_in", Integer, nullable=False),  # 1: a session is open on the device
+    Column("pending_reversals", Integer, nullable=False),
+    Column("printer", String(16), nullable=False),  # ok | jammed | paper_out | unknown
+    Column("status", Text, nullable=False),  # JSON: the rest (alerts, journal_lost, cut-overs ...)
+    Column("reported_at", DateTime, nullable=False),  # the terminal's clock, UTC
+    Column("received_at", DateTime, nullable=False),
+)
+
+# --- reconciliation (owner: tillroll.recon; docs/recon.md) --------------------------------------
+
+# The wallet provider's daily statement, imported from its CSV (WALLET.md §4): one row per line.
+wallet_statement_rows = Table(
+    "wallet_statement_rows",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mch_id", String(32), nullable=False),
+    Column("bill_date", String(8), nullable=False),  # YYYYMMDD, Beijing time
+    Column("line_no", Integer, nullable=False),  # 1 = the header
+    Column("trade_time", DateTime, nullable=False),  # UTC
+    Column("out_trade_no", String(32), nullable=False),
+    Column("transaction_id", String(64), nullable=False),
+    Column("trade_state", String(12), nullable=False),  # SUCCESS | REVOKED | REFUND
+    Column("brand", String(8), nullable=False),
+    Column("total_minor", BigInteger, nullable=False),
+    Column("out_refund_no", String(40), nullable=True),
+    Column("refund_id", String(64), nullable=True),
+    Column("refund_minor", BigInteger, nullable=True),
+    Column("refund_status", String(12), nullable=True),
+    Column("imported_at", DateTime, nullable=False),
+    UniqueConstraint("mch_id", "bill_date", "line_no", name="uq_wallet_statement_rows_line"),
+    Index("ix_wallet_statement_rows_out_trade_no", "out_trade_no"),
+)
+
+# Every statement line that could not be read, with its line and reason: reported, never dropped.
+statement_problems = Table(
+    "statement_problems",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mch_id", String(32), nullable=False),
+    Column("bill_date", String(8), nullable=False),
+    Column("line_no", Integer, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("line_text", Text, nullable=False),  # as read, long digit runs masked
+    Column("imported_at", DateTime, nullable=False),
+    UniqueConstraint("mch_id", "bill_date", "line_no", name="uq_statement_problems_line"),
+)
+
+# One row per reconciliation run of a business day.
+recon_runs = Table(
+    "recon_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("business_date", String(10), nullable=False),  # YYYY-MM-DD, merchant time
+    Column("started_at", DateTime, nullable=False),
+    Column("finished_at", DateTime, nullable=True),
+    Column("summary", Text, nullable=True),  # JSON: counts per source and per class, actions
+)
+
+# The exception queue: one record per (class, key) — a rerun finds the same record, not a new one.
+recon_exceptions = Table(
+    "recon_exceptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("class", String(24), nullable=False),  # ExceptionClass
+    Column("key", String(96), nullable=False),  # natural key: "card:rrn:<rrn>", "wallet:<order>" ...
+    Column("business_date", String(10), nullable=False),
+    Column("state", String(12), nullable=False),  # ExceptionState
+    Column("mid", String(15), nullable=True),
+    Column("tid", String(8), nullable=True),
+    Column("rail", String(8), nullable=True),  # card | wallet | terminal
+    Column("rrn", String(12), nullable=True),
+    Column("order_no", String(40), nullable=True),
+    Column("batch", String(6), nullable=True),
+    Column("stan", String(6), nullable=True),
+    Column("amount_minor", BigInteger, nullable=True),
+    Column("owner", String(64), nullable=True),  # a console user name, or "auto"
+    Column("deadline", DateTime, nullable=True),  # UTC
+    Column("evidence", Text, nullable=False),  # JSON: what each source said
+    Column("diagnosis", Text, nullable=True),  # in words a merchant understands (zh and en, JSON)
+    Column("run_id", BigInteger, nullable=True),  # the run that last found it
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    UniqueConstraint("class", "key", name="uq_recon_exceptions_class_key"),
+    Index("ix_recon_exceptions_state", "state"),
+    Index("ix_recon_exceptions_business_date", "business_date"),
+)
+
+# Every action taken on an exception (automatic or by hand) with its outcome.
+recon_actions = Table(
+    "recon_actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("exception_id", BigInteger, ForeignKey("recon_exceptions.id"), nullable=False),
+    Column("action", String(24), nullable=False),  # ActionKind
+    Column("actor", String(64), nullable=False),  # "auto" or the console user
+    Column("outcome", String(12), nullable=False),  # ActionOutcome
+    Column("detail", Text, nullable=True),
+    Column("at", DateTime, nullable=False),
+    Index("ix_recon_actions_exception_id", "exception_id"),
+)
+
+# --- the console (owner: tillroll.console; docs/console.md) --------------------------------------
+
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(255), nullable=False),  # argon2id (argon2-cffi)
+    Column("role", String(16), nullable=False),  # Role
+    Column("mid", String(15), nullable=True),  # NULL only for an acquirer operator
+    Column("failed_logins", Integer, nullable=False, server_default="0"),
+    Column("locked_until", DateTime, nullable=True),
+    Column("active", Integer, nullable=False, server_default="1"),
+    Column("created_at", DateTime, nullable=False),
+)
+
+# Server-side sessions: the cookie holds a random token; the store keeps only its SHA-256.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("console_users.id"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+    Column("last_seen_at", DateTime, nullable=False),
+)
+
+# Append-only, hash-chained: hash = SHA-256(prev_hash + canonical JSON of the row's content).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", DateTime, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("mid", String(15), nullable=True),
+    Column("action", String(48), nullable=False),
+    Column("target", String(96), nullable=False),
+    Column("before", Text, nullable=True),  # JSON
+    Column("after", Text, nullable=True),  # JSON
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+
+# Refunds asked for in the console; above the merchant's limit they wait for a supervisor.
+refund_requests = Table(
+    "refund_requests",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mid", String(15), nullable=False),
+    Column("tid", String(8), nullable=False),
+    Column("rail", String(8), nullable=False),
+    Column("original_ref", String(48), nullable=False),  # card: batch.trace or RRN; wallet: order no
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("state", String(20), nullable=False),  # awaiting_approval | approved | rejected | done | failed
+    Column("requested_by", String(64), nullable=False),
+    Column("decided_by", String(64), nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# An electronic signature (电子签名) drawn on the cashier screen, kept with its transaction.
+signatures = Table(
+    "signatures",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("reference", String(64), nullable=False),  # batch.trace (card) or the order number
+    Column("png", LargeBinary, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("tid", "reference", name="uq_signatures_tid_reference"),
 )
