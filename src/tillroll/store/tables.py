@@ -359,6 +359,24 @@ terminal_status = Table(
     Column("received_at", DateTime, nullable=False),
 )
 
+# What the back office asks of a terminal (reprint a slip, retry its open refunds): handed to the
+# terminal in the answer to its next journal upload, acknowledged by the upload after it ran.
+terminal_commands = Table(
+    "terminal_commands",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tid", String(8), nullable=False),
+    Column("command", String(16), nullable=False),  # reprint | retry_refunds
+    Column("reference", String(64), nullable=True),  # batch.trace or order number
+    Column("state", String(12), nullable=False),  # pending | delivered | done | failed
+    Column("requested_by", String(64), nullable=False),  # "auto" or a console user
+    Column("exception_id", BigInteger, nullable=True),  # the exception it acts for, if any
+    Column("outcome", Text, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Index("ix_terminal_commands_tid_state", "tid", "state"),
+)
+
 # --- reconciliation (owner: tillroll.recon; docs/recon.md) --------------------------------------
 
 # The wallet provider's daily statement, imported from its CSV (WALLET.md §4): one row per line.

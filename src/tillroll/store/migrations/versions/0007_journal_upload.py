@@ -70,7 +70,25 @@ def upgrade() -> None:
     )
 
 
+    op.create_table(
+        "terminal_commands",
+        sa.Column("id", _Id, autoincrement=True, nullable=False),
+        sa.Column("tid", sa.String(length=8), nullable=False),
+        sa.Column("command", sa.String(length=16), nullable=False),
+        sa.Column("reference", sa.String(length=64), nullable=True),
+        sa.Column("state", sa.String(length=12), nullable=False),
+        sa.Column("requested_by", sa.String(length=64), nullable=False),
+        sa.Column("exception_id", sa.BigInteger(), nullable=True),
+        sa.Column("outcome", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_terminal_commands")),
+    )
+    op.create_index("ix_terminal_commands_tid_state", "terminal_commands", ["tid", "state"])
+
+
 def downgrade() -> None:
+    op.drop_table("terminal_commands")
     with op.batch_alter_table("merchants") as batch:
         batch.drop_column("tz")
     op.drop_table("terminal_status")
