@@ -106,8 +106,15 @@ class Printer(Protocol):
         """The printer's state, read with a real-time status query bounded by the adapter's timeout."""
         ...
 
-    def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
-        """Print each (slip, copy), a cut after each.
+    def print_slips(
+        self,
+        slips: Sequence[tuple[Slip, Copy]],
+        *,
+        reprint: bool = False,
+        signatures: Sequence[bytes | None] = (),
+    ) -> None:
+        """Print each (slip, copy), a cut after each; ``signatures[i]`` is the PNG of slip i's
+        electronic signature, printed on a merchant copy in the signing space.
 
         Raises :class:`PrintError` if the printer is not READY or the stream fails.
         """
@@ -155,23 +162,64 @@ def render_job(slips: Sequence[tuple[Slip, Copy]], *, reprint: bool, width_cols:
     return [render_slip(slip, copy, reprint=reprint, width_cols=width_cols) for slip, copy in slips]
 
 
-def emit_job(dev: Any, rendered: Sequence[Sequence[SlipLine]], *, width_cols: int) -> None:
-    """Write the ESC/POS stream of laid-out copies to a python-escpos printer, a cut after each."""
+def emit_job(
+    dev: Any,
+    rendered: Sequence[Sequence[SlipLine]],
+    *,
+    width_cols: int,
+    signatures: Sequence[Any | None] = (),
+) -> None:
+    """Write the ESC/POS stream of laid-out copies to a python-escpos printer, a cut after each.
+
+    ``signatures[i]``, when given, is the 1-bit image (``signature_print.signature_raster``) of
+    copy ``i``'s electronic signature: printed as a raster image (GS v 0) in the signing space."""
     dev.hw("INIT")
     dev._raw(FS_CHINESE_MODE)
-    for lines in rendered:
+    for i, lines in enumerate(rendered):
+        image = signatures[i] if i < len(signatures) else None
+        placed = False
         for line in lines:
+            if line.signature_space and image is not None:
+                if not placed:  # the image fills the whole signing space
+                    dev.set(align="center")
+                    dev.image(image, impl="bitImageRaster")
+                    placed = True
+                continue
             _emit_line(dev, line, width_cols)
         dev.set(align="left", bold=False, normal_textsize=True)
         dev.cut()
 
 
-def job_bytes(slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False, width_cols: int = 32) -> bytes:
-    """The whole ESC/POS stream of a job (pure): built before any connection is opened."""
+def job_bytes(
+    slips: Sequence[tuple[Slip, Copy]],
+    *,
+    reprint: bool = False,
+    width_cols: int = 32,
+    signatures: Sequence[bytes | None] = (),
+) -> bytes:
+    """The whole ESC/POS stream of a job (pure): built before any connection is opened.
+
+    ``signatures[i]``: the PNG of slip ``i``'s electronic signature (merchant copies only)."""
+    rendered = render_job(slips, reprint=reprint, width_cols=width_cols)
+    images: list[Any | None] = []
+    for (_, copy), png in zip(slips, signatures, strict=False):
+        images.append(_signature_image(png, width_cols) if png and copy is Copy.MERCHANT else None)
     dev = Dummy()
-    emit_job(dev, render_job(slips, reprint=reprint, width_cols=width_cols), width_cols=width_cols)
+    emit_job(dev, rendered, width_cols=width_cols, signatures=images)
     out: bytes = dev.output
     return out
+
+
+def _signature_image(png: bytes, width_cols: int) -> Any:
+    # Imported when first needed: Pillow is only loaded by terminals that print signatures.
+    from tillroll.terminal.signature_print import signature_raster
+
+    return signature_raster(png, width_dots=dots_per_line(width_cols))
+
+
+def dots_per_line(width_cols: int) -> int:
+    """Printable dots of a line: 384 on 58 mm paper (32 columns), 576 on 80 mm (48 columns)."""
+    return width_cols * 12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,10 +291,16 @@ class NetworkPrinter:
         finally:
             dev.close()
 
-    def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
+    def print_slips(
+        self,
+        slips: Sequence[tuple[Slip, Copy]],
+        *,
+        reprint: bool = False,
+        signatures: Sequence[bytes | None] = (),
+    ) -> None:
         if not slips:
             return
-        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols)
+        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols, signatures=signatures)
         try:
             dev = self._open()
         except DeviceNotFoundError as e:
@@ -300,10 +354,16 @@ class FilePrinter:
     def status(self) -> PrinterStatus:
         return PrinterStatus.READY
 
-    def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
+    def print_slips(
+        self,
+        slips: Sequence[tuple[Slip, Copy]],
+        *,
+        reprint: bool = False,
+        signatures: Sequence[bytes | None] = (),
+    ) -> None:
         if not slips:
             return
-        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols)
+        job = job_bytes(slips, reprint=reprint, width_cols=self.width_cols, signatures=signatures)
         dev = _AppendFile(str(self.path), auto_flush=False)
         try:
             dev.open()
@@ -331,6 +391,7 @@ class PrintedCopy:
     slip: Slip
     copy: Copy
     reprint: bool
+    signature: bytes | None = None  # the PNG printed in the signing space (merchant copy)
 
 
 @dataclass
@@ -347,11 +408,21 @@ class MemoryPrinter:
     def status(self) -> PrinterStatus:
         return self.current
 
-    def print_slips(self, slips: Sequence[tuple[Slip, Copy]], *, reprint: bool = False) -> None:
-        render_job(slips, reprint=reprint, width_cols=self.width_cols)
+    def print_slips(
+        self,
+        slips: Sequence[tuple[Slip, Copy]],
+        *,
+        reprint: bool = False,
+        signatures: Sequence[bytes | None] = (),
+    ) -> None:
+        job_bytes(slips, reprint=reprint, width_cols=self.width_cols, signatures=signatures)
         if self.current is not PrinterStatus.READY:
             raise PrintError(self.current, "nothing was printed / 未打印")
-        self.printed.extend(PrintedCopy(slip, copy, reprint) for slip, copy in slips)
+        sigs = list(signatures) + [None] * (len(slips) - len(signatures))
+        self.printed.extend(
+            PrintedCopy(slip, copy, reprint, sig if copy is Copy.MERCHANT else None)
+            for (slip, copy), sig in zip(slips, sigs, strict=False)
+        )
 
     def texts(self) -> list[str]:
         """The plain text of every printed copy, in order."""

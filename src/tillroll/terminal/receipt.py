@@ -143,6 +143,9 @@ class SlipLine:
     double_height: bool = False
     align: Align = Align.LEFT
     is_qr: bool = False
+    # The blank space a cardholder signs in (merchant copy): a printer with the customer's
+    # electronic signature prints its image there instead (printer.py, signature_print.py).
+    signature_space: bool = False
 
 
 @dataclass(frozen=True)
@@ -373,7 +376,8 @@ def render_slip(slip: Slip, copy: Copy, *, reprint: bool = False, width_cols: in
     lines.append(rule)
     if copy is Copy.MERCHANT:
         lines += _wrapped(f"{SIGNATURE_LABEL}:", width_cols)
-        lines += [SlipLine(""), SlipLine(""), SlipLine("_" * width_cols)]
+        lines += [SlipLine("", signature_space=True), SlipLine("", signature_space=True)]
+        lines.append(SlipLine("_" * width_cols))
         lines += _wrapped(CONSENT_ZH, width_cols)
         lines += _wrapped(CONSENT_EN, width_cols)
     url = qr_url(slip)
