@@ -10,6 +10,7 @@ wallet provider (HTTP), an ESC/POS printer emulator (TCP) and a terminal data di
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from tillroll.terminal.config import save_config
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.wallet import admin as wallet_admin
 from tillroll.wallet.config import WalletConfig
+from tillroll.web import WebConfig, WebServer, create_app
 
 MID = "898310048990001"
 TID = "10000001"
@@ -42,6 +44,12 @@ WAIT_S = 20.0  # every wait on a condition is bounded by this
 
 # A short wallet schedule: query every 0.2 s for 1.5 s; the provider closes unconfirmed orders after 3 s.
 PROVIDER = WalletConfig(userpaying_close_s=3.0, refund_settle_s=0.2, sweep_interval_s=0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def signature_png(width: int = 400, height: int = 150) -> bytes:
@@ -76,6 +84,7 @@ class Stack:
     wallet: WalletServer
     printer: PrinterEmulator
     data_dir: Path
+    web_url: str | None = None
     _exit: ExitStack = field(default_factory=ExitStack)
 
     def user(self, name: str, balance_fen: int = 100_00, behaviour: str = "ok") -> str:
@@ -94,7 +103,9 @@ class Stack:
 
 
 @contextmanager
-def cashier_stack(db_url: str, tmp_path: Path, *, backoffice_url: str | None = None) -> Iterator[Stack]:
+def cashier_stack(db_url: str, tmp_path: Path, *, web: bool = False) -> Iterator[Stack]:
+    """The stack; ``web``: also the back office (``tillroll.web.create_app``) the terminal
+    delivers its facts to (``stack.web_url``)."""
     with ExitStack() as stack:
         store = open_store(db_url)
         stack.callback(store.engine.dispose)
@@ -106,6 +117,12 @@ def cashier_stack(db_url: str, tmp_path: Path, *, backoffice_url: str | None = N
         wallet = stack.enter_context(wallet_server(db_url, PROVIDER))
         wallet_admin.add_merchant(wallet.engine, MCH_ID, MCH_NAME, MCH_KEY)
         printer = stack.enter_context(PrinterEmulator())
+        web_url = None
+        if web:
+            port = free_port()
+            server = WebServer(create_app(WebConfig(port=port), store), port=port).start()
+            stack.callback(server.stop)
+            web_url = server.url
         data_dir = tmp_path / "pos"
         config = TerminalConfig(
             tid=TID,
@@ -120,7 +137,7 @@ def cashier_stack(db_url: str, tmp_path: Path, *, backoffice_url: str | None = N
             retry_wait_total_s=1.0,  # the cashier's command gives up soon: the rest is in doubt
             reversal_retries_max=2,
             printer_url=printer.url,
-            backoffice_url=backoffice_url,
+            backoffice_url=web_url,
             wallet=WalletSettings(
                 url=wallet.base_url,
                 merchant=MCH_ID,
@@ -132,6 +149,6 @@ def cashier_stack(db_url: str, tmp_path: Path, *, backoffice_url: str | None = N
             ),
         )
         save_config(data_dir, config)
-        s = Stack(store, host, proxy, wallet, printer, data_dir)
+        s = Stack(store, host, proxy, wallet, printer, data_dir, web_url)
         with s._exit:
             yield s
