@@ -36,6 +36,10 @@ ROUTER_MODULES = (
     "tillroll.console.pages_settlements",
     "tillroll.console.pages_notifications",
     "tillroll.console.pages_analytics",
+    "tillroll.console.exceptions_page",  # the ops pages (part E)
+    "tillroll.console.refunds_page",
+    "tillroll.console.cashier_page",
+    "tillroll.console.selfservice",
 )
 
 
