@@ -17,6 +17,7 @@ at all; nothing of either is logged or shown.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -24,10 +25,16 @@ from fastapi.responses import HTMLResponse
 
 from tillroll.console.auth import ConsoleProblem, CsrfChecked, CurrentUser, Principal
 from tillroll.console.cashier_engine import CashierBusy, CashierEngine, Job, Operation, ScreenState
-from tillroll.console.cashier_signature import SignatureRefused, store_signature
+from tillroll.console.cashier_signature import SignatureRefused, load_signature, store_signature
 from tillroll.console.context import ConsoleContext, Ctx
 from tillroll.console.i18n import add
-from tillroll.console.refunds_page import RefundAsk, RefundRefused, refund_limit_minor, request_refund
+from tillroll.console.refunds_page import (
+    OpsConfig,
+    RefundAsk,
+    RefundRefused,
+    refund_limit_minor,
+    request_refund,
+)
 from tillroll.console.users import Role
 from tillroll.money import AmountError, parse_yuan
 
@@ -85,6 +92,25 @@ add(
         "cash.bad_amount": ("金额格式不对，例如 12.50", "Write the amount like 12.50"),
     }
 )
+
+
+def attach_ops(
+    app: Any, *, terminal_dir: str | Path | None = None, refund_limit_minor: int | None = None
+) -> CashierEngine | None:
+    """Give the console the ops pages' settings and, for ``tillroll web --terminal DIR``, the
+    terminal engine of that data dir (started here; the caller stops it)."""
+    ctx: ConsoleContext = app.state.console
+    if refund_limit_minor is not None:
+        ctx.extras["ops"] = OpsConfig(refund_limit_minor=refund_limit_minor)
+    if terminal_dir is None:
+        return None
+    engine = CashierEngine(
+        Path(terminal_dir),
+        signature_lookup=lambda tid, ref: load_signature(ctx.store.engine, tid, ref),
+        clock=ctx.clock,
+    ).start()
+    ctx.extras["cashier"] = engine
+    return engine
 
 
 def attached(ctx: ConsoleContext) -> CashierEngine | None:

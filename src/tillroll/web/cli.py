@@ -31,6 +31,16 @@ def web(
     receipt_ttl_days: Annotated[
         int, typer.Option("--receipt-ttl-days", help="Days an e-receipt link works after the sale.")
     ] = 180,
+    terminal: Annotated[
+        str | None,
+        typer.Option(
+            "--terminal",
+            help="A terminal data dir (pos init) whose engine the cashier screen runs in this process.",
+        ),
+    ] = None,
+    refund_limit: Annotated[
+        str, typer.Option("--refund-limit", help="Refunds above this many yuan wait for a supervisor.")
+    ] = "500.00",
 ) -> None:
     """Serve the back office: e-receipts at /r/<token>, terminals' facts at /api/v1/…, the console."""
     if ctx.invoked_subcommand is not None:
@@ -46,8 +56,18 @@ def web(
     except WebConfigError as exc:
         typer.secho(f"bad input: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
+    from tillroll.money import AmountError, parse_yuan
+
+    try:
+        limit_minor = parse_yuan(refund_limit)
+    except AmountError as exc:
+        typer.secho(f"bad input: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(2) from None
     store = open_store(db)
     app = create_app(config, store)
+    from tillroll.console.cashier_page import attach_ops
+
+    cashier = attach_ops(app, terminal_dir=terminal, refund_limit_minor=limit_minor)
     typer.echo(
         f"web: serving on {config.base_url} (e-receipts at {config.base_url}/r/<token>, "
         f"console at {config.base_url}/console)"
@@ -55,6 +75,8 @@ def web(
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
+        if cashier is not None:
+            cashier.stop()
         store.engine.dispose()
 
 

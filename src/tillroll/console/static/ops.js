@@ -70,6 +70,12 @@
     }
   });
 
+  // A cashier form is emptied once sent: the card number and PIN do not stay on the screen.
+  document.addEventListener("htmx:afterRequest", function (ev) {
+    var form = ev.detail && ev.detail.elt;
+    if (form && form.tagName === "FORM" && form.id && form.id.indexOf("form-") === 0) { form.reset(); }
+  });
+
   document.addEventListener("DOMContentLoaded", function () { padsIn(document); });
   document.addEventListener("htmx:afterSettle", function (ev) { padsIn(ev.target); });
 })();

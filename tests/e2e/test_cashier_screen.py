@@ -1,0 +1,133 @@
+"""The cashier screen in headless Chromium against a live stack: the acquirer host (TCP), the
+wallet provider (HTTP), an ESC/POS printer emulator and the terminal engine running inside the
+console's web process.
+
+- a card sale with an electronic signature drawn with the mouse on the pad: the merchant copy
+  prints with the signature as a raster image (GS v 0), the PNG is stored with the transaction
+  and its audit row;
+- a QR payment confirmed late by the customer shows **in doubt** (处理中) while the wallet is
+  queried, then done;
+- a refund above the merchant's limit is not sent for a cashier: it waits for a supervisor, a
+  cashier's approval is refused (403), the supervisor's approval sends it through the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cashier_kit import attached_terminal, csrf_of, draw_signature, png_size, raster_images
+from consolekit import EXPIRY, MID_A, PAN, PIN, TID_A1, add_console_user, console_login, screenshot
+from sqlalchemy import select
+
+from tillroll.console.users import Role
+from tillroll.store.tables import audit_log, refund_requests, signatures, transactions
+from tillroll.wallet.admin import add_user, issue_code
+
+WAIT_MS = 20_000
+
+
+def test_signed_sale_and_qr_payment(
+    live_console: Any, live_host: Any, live_wallet: Any, tmp_path: Path, page: Any
+) -> None:
+    password = add_console_user(live_console.store, "cashier1", Role.CASHIER, MID_A)
+    with attached_terminal(live_console, live_host, live_wallet, tmp_path) as term:
+        console_login(page, live_console.url, "cashier1", password)
+        page.goto(f"{live_console.url}/console/cashier")
+        page.fill("#sale-amount", "88.00")
+        page.fill("#sale-pan", PAN)
+        page.fill("#sale-expiry", EXPIRY)
+        page.fill("#sale-pin", PIN)
+        assert page.is_checked("#sale-signature")
+        page.click("#sale-go")
+        page.wait_for_selector("#current .job[data-state=succeeded] canvas.sigpad", timeout=WAIT_MS)
+        docs = term.printer.documents()
+        assert len(docs) == 1 and "CARDHOLDER COPY" in docs[0]  # the merchant copy waits for the signature
+        draw_signature(page, "#current canvas.sigpad")
+        screenshot(page, "cashier-signature")
+        page.click("#current button.sig-ok")
+        page.wait_for_selector("#current .job-signed", timeout=WAIT_MS)
+        docs = term.printer.documents()
+        assert len(docs) == 2 and "MERCHANT COPY" in docs[1]
+        images = raster_images(term.printer.received())
+        assert len(images) == 1 and images[0][0] > 0 and images[0][1] > 0, images
+        assert "merchant copy printed" in page.inner_text("#current")
+        screenshot(page, "cashier-signed")
+
+        with live_console.store.engine.connect() as conn:
+            sig = conn.execute(select(signatures)).mappings().one()
+            sale = conn.execute(select(transactions).where(transactions.c.kind == "sale")).mappings().one()
+            audit = [r.action for r in conn.execute(select(audit_log.c.action))]
+        assert sig["tid"] == TID_A1 and sig["reference"] == f"{sale['batch']}.{sale['stan']}"
+        assert png_size(bytes(sig["png"])) == (480, 160) and "signature.stored" in audit
+
+        add_user(live_wallet.engine, "alice", 100_00, behaviour="confirm:1.5")
+        page.fill("#qr-amount", "12.50")
+        page.fill("#qr-code", issue_code(live_wallet.engine, "alice"))
+        page.click("#qr-go")
+        page.wait_for_selector("#current .job[data-state=in_doubt]", timeout=WAIT_MS)
+        assert "处理中" in page.inner_text("#current .job-state")
+        screenshot(page, "cashier-in-doubt")
+        page.wait_for_selector("#current .job[data-state=succeeded]", timeout=WAIT_MS)
+        assert "QR PAY" in term.printer.documents()[-1]
+        screenshot(page, "cashier-qr-done")
+
+
+def test_refund_above_the_limit_waits_for_a_supervisor(
+    live_console: Any,
+    live_host: Any,
+    live_wallet: Any,
+    tmp_path: Path,
+    new_browser_context: Callable[[], Any],
+) -> None:
+    cashier_pw = add_console_user(live_console.store, "cashier2", Role.CASHIER, MID_A)
+    super_pw = add_console_user(live_console.store, "super1", Role.SUPERVISOR, MID_A)
+    with attached_terminal(live_console, live_host, live_wallet, tmp_path, refund_limit_minor=100_00) as term:
+        sale = term.engine.wait(
+            term.engine.submit("sale", amount_minor=300_00, pan=PAN, expiry=EXPIRY, pin=PIN).id, 20.0
+        )
+        assert sale is not None and sale.state.value == "succeeded" and sale.trace
+
+        cashier = new_browser_context().new_page()
+        console_login(cashier, live_console.url, "cashier2", cashier_pw)
+        cashier.goto(f"{live_console.url}/console/cashier")
+        cashier.fill("#refund-amount", "250.00")
+        cashier.fill("#refund-trace", sale.trace)
+        cashier.click("#refund-go")
+        cashier.wait_for_selector("#cash-note", timeout=WAIT_MS)
+        assert "supervisor" in cashier.inner_text("#cash-note") or "主管" in cashier.inner_text("#cash-note")
+        with live_console.store.engine.connect() as conn:
+            req = conn.execute(select(refund_requests)).mappings().one()
+        assert req["state"] == "awaiting_approval" and req["amount_minor"] == 250_00
+        assert req["original_ref"] == f"{sale.batch}.{sale.trace}"
+        screenshot(cashier, "cashier-refund-waits")
+
+        cashier.goto(f"{live_console.url}/console/refunds")
+        assert cashier.locator(f"#approve-{req['id']}").count() == 0  # no button for a cashier
+        answer = cashier.request.post(
+            f"{live_console.url}/console/refunds/{req['id']}/approve", form={"csrf_token": csrf_of(cashier)}
+        )
+        assert answer.status == 403  # and not by hand either
+
+        boss = new_browser_context().new_page()
+        console_login(boss, live_console.url, "super1", super_pw)
+        boss.goto(f"{live_console.url}/console/refunds")
+        with boss.expect_navigation():
+            boss.click(f"#approve-{req['id']}")
+        assert boss.get_attribute(f"#ref-{req['id']}", "data-state") == "done"
+        screenshot(boss, "refunds-approved")
+        with live_console.store.engine.connect() as conn:
+            req = conn.execute(select(refund_requests)).mappings().one()
+            refund = (
+                conn.execute(select(transactions).where(transactions.c.kind == "refund")).mappings().one()
+            )
+            actions = [r.action for r in conn.execute(select(audit_log.c.action))]
+        assert (
+            req["decided_by"] == "super1"
+            and refund["amount_minor"] == 250_00
+            and refund["status"] == "approved"
+        )
+        assert {"refund.requested", "refund.approved", "refund.done"} <= set(actions)
+        assert httpx.get(f"{live_console.url}/healthz", timeout=5).status_code == 200
