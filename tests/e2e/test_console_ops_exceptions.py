@@ -60,11 +60,19 @@ def test_work_the_queue(
     sale = make_terminal().sale(45_00, PAN, EXPIRY, PIN)
     assert sale.approved
     charged = _exception(
-        store, **{"class": "charged_no_receipt"}, key=f"card:rrn:{sale.rrn}", mid=MID_A, tid=TID_A1, rail="card",
-        rrn=sale.rrn, batch=sale.batch, stan=sale.trace, amount_minor=45_00,
+        store,
+        **{"class": "charged_no_receipt"},
+        key=f"card:rrn:{sale.rrn}",
+        mid=MID_A,
+        tid=TID_A1,
+        rail="card",
+        rrn=sale.rrn,
+        batch=sale.batch,
+        stan=sale.trace,
+        amount_minor=45_00,
         evidence=json.dumps({"terminal_saw_approval": False, "planned": ["reverse"]}),
         diagnosis=json.dumps({"zh": "终端未收到批准", "en": "the terminal never saw the approval"}),
-    )  # fmt: skip
+    )
     odd = [
         _exception(
             store,
@@ -74,7 +82,7 @@ def test_work_the_queue(
             tid=TID_A1,
             rail="card",
             amount_minor=1_00 * i,
-        )  # fmt: skip
+        )
         for i in (1, 2)
     ]
     theirs = _exception(
