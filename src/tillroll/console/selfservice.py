@@ -238,7 +238,8 @@ async def help_lookup(
 
     def work() -> tuple[Lookup, str | None]:
         with ctx.store.engine.begin() as conn:
-            found = lookup(conn, ctx.store.keystore, q, base_url=ctx.base_url)
+            # the link on this page stays on this origin (the address the customer came to)
+            found = lookup(conn, ctx.store.keystore, q, base_url="")
             reference = None
             if found.needs_case and cases.allow(_client(request)):
                 reference, _ = open_case(conn, q, found, now=ctx.clock.now())
@@ -289,7 +290,7 @@ async def help_case(
 
     def work() -> str:
         with ctx.store.engine.begin() as conn:
-            found = lookup(conn, ctx.store.keystore, q, base_url=ctx.base_url)
+            found = lookup(conn, ctx.store.keystore, q, base_url=ctx.base_url)  # evidence: the full link
             reference, _ = open_case(conn, q, found, now=ctx.clock.now())
         return reference
 
