@@ -4,7 +4,7 @@ console's web process.
 
 - a card sale with an electronic signature drawn with the mouse on the pad: the merchant copy
   prints with the signature as a raster image (GS v 0), the PNG is stored with the transaction
-  and its audit row;
+  and its audit row, and the customer's e-receipt (HTML and PDF) carries it;
 - a QR payment confirmed late by the customer shows **in doubt** (处理中) while the wallet is
   queried, then done;
 - a refund above the merchant's limit is not sent for a cashier: it waits for a supervisor, a
@@ -13,20 +13,43 @@ console's web process.
 
 from __future__ import annotations
 
+import io
+import threading
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pypdf
 from cashier_kit import attached_terminal, csrf_of, draw_signature, png_size, raster_images
-from consolekit import EXPIRY, MID_A, PAN, PIN, TID_A1, add_console_user, console_login, screenshot
+from consolekit import EXPIRY, MID_A, PAN, PIN, TID_A1, TMK, add_console_user, console_login, screenshot
 from sqlalchemy import select
 
 from tillroll.console.users import Role
-from tillroll.store.tables import audit_log, refund_requests, signatures, transactions
+from tillroll.crypto.backoffice import backoffice_key, day_number, make_token
+from tillroll.store.tables import audit_log, e_receipts, refund_requests, signatures, transactions
 from tillroll.wallet.admin import add_user, issue_code
 
 WAIT_MS = 20_000
+WAIT_S = 20.0
+
+
+def wait_for_e_receipt(store: Any, tid: str, reference: str) -> datetime:
+    """The e-receipt's approval instant once the engine's relay has delivered it (bounded)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        with store.engine.connect() as conn:
+            at = conn.execute(
+                select(e_receipts.c.at_utc).where(
+                    e_receipts.c.tid == tid, e_receipts.c.reference == reference
+                )
+            ).scalar()
+        if at is not None:
+            return at  # type: ignore[no-any-return]
+        threading.Event().wait(0.05)
+    raise AssertionError(f"no e-receipt {tid} {reference} within {WAIT_S} s")
 
 
 def test_signed_sale_and_qr_payment(
@@ -62,6 +85,17 @@ def test_signed_sale_and_qr_payment(
             audit = [r.action for r in conn.execute(select(audit_log.c.action))]
         assert sig["tid"] == TID_A1 and sig["reference"] == f"{sale['batch']}.{sale['stan']}"
         assert png_size(bytes(sig["png"])) == (480, 160) and "signature.stored" in audit
+
+        # the signature is attached to the e-receipt the customer opens (HTML and PDF)
+        reference = sig["reference"]
+        at_utc = wait_for_e_receipt(live_console.store, TID_A1, reference)
+        token = make_token(backoffice_key(TMK), TID_A1, reference, day_number(at_utc))
+        html = httpx.get(f"{live_console.url}/r/{token}", timeout=5).text
+        assert 'id="signature"' in html and f"/r/{token}/signature.png" in html
+        image = httpx.get(f"{live_console.url}/r/{token}/signature.png", timeout=5)
+        assert image.status_code == 200 and image.content == bytes(sig["png"])
+        pdf = pypdf.PdfReader(io.BytesIO(httpx.get(f"{live_console.url}/r/{token}.pdf", timeout=5).content))
+        assert len(pdf.pages[0].images) == 1
 
         add_user(live_wallet.engine, "alice", 100_00, behaviour="confirm:1.5")
         page.fill("#qr-amount", "12.50")

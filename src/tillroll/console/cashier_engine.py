@@ -23,6 +23,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -45,6 +46,7 @@ log = logging.getLogger("tillroll.console.cashier")
 QUEUE_MAX = 8  # operations waiting for the terminal; more is "busy"
 JOBS_KEPT = 200  # finished jobs the screen can still show
 STOP_TIMEOUT_S = 10.0
+FACTS_INTERVAL_S = 5.0  # facts still due are relayed again this often between operations
 
 
 class ScreenState(enum.StrEnum):
@@ -162,6 +164,7 @@ class CashierEngine:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._start_error: BaseException | None = None
+        self._last_relay = 0.0
         self.printer: SignaturePrinter | None = None
         self.terminal: Terminal | None = None  # owned by the worker thread: read-only elsewhere
 
@@ -224,6 +227,7 @@ class CashierEngine:
                 if self._stop.is_set():
                     break
                 self._resolve(terminal)
+                self._relay(terminal, force=job is not None)
         finally:
             terminal.close()
 
@@ -370,6 +374,19 @@ class CashierEngine:
         if op is Operation.QR_REFUND:
             return terminal.refund_order(int(p["amount_minor"]), p["order_no"], contact)
         return terminal.reprint(p.get("trace") or None)
+
+    def _relay(self, terminal: Terminal, *, force: bool) -> None:
+        """The journal's facts (e-receipts, notices, alerts) to the back office: after each
+        operation and every ``FACTS_INTERVAL_S`` otherwise, bounded by the terminal's
+        ``backoffice_timeout_s`` (a back office that does not answer delays nothing for long)."""
+        now = time.monotonic()
+        if not force and now - self._last_relay < FACTS_INTERVAL_S:
+            return
+        self._last_relay = now
+        try:
+            terminal.send_facts()
+        except (TerminalError, OSError) as exc:
+            log.warning("facts not delivered now (they wait in the journal): %s", exc)
 
     def _resolve(self, terminal: Terminal) -> None:
         """One round of the engine's own background steps for every job still in doubt."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tillroll.owner_only import private_dir
 from tillroll.terminal.receipt import (
+    SIGNATURE_LABEL,
     TITLE_EN,
     TITLE_ZH,
     Copy,
@@ -56,8 +57,9 @@ def e_receipt_filename(slip: Slip) -> str:
     return f"{slip.tid}-{slip.batch}-{slip.trace}.html"
 
 
-def render_e_receipt(slip: Slip, *, pdf_url: str | None = None) -> str:
-    """The HTML page (pure); the web app serves the same page with a link to its PDF."""
+def render_e_receipt(slip: Slip, *, pdf_url: str | None = None, signature_url: str | None = None) -> str:
+    """The HTML page (pure); the web app serves the same page with a link to its PDF and, when
+    the cardholder signed on the cashier screen, the signature's image (same origin)."""
     e = html.escape
     rows = []
     for f in slip_fields(slip):
@@ -70,6 +72,14 @@ def render_e_receipt(slip: Slip, *, pdf_url: str | None = None) -> str:
         link = f'<p class="sub"><a href="{e(url)}" rel="noopener noreferrer">电子凭证 E-RECEIPT</a></p>'
     if pdf_url is not None:
         link += f'<p class="sub"><a href="{e(pdf_url)}">下载 PDF / Download PDF</a></p>'
+    signed = ""
+    if signature_url is not None:
+        signed = (
+            f'<p class="sub">{e(SIGNATURE_LABEL)}</p>'
+            f'<p class="sub"><img id="signature" src="{e(signature_url)}" alt="{e(SIGNATURE_LABEL)}" '
+            'style="max-width:100%;height:auto;border-bottom:1px solid #999"></p>'
+        )
+    img_src = " img-src 'self';" if signature_url is not None else ""
     title = f"{TITLE_ZH} {TITLE_EN} · {clean_text(slip.merchant_name)} · {slip.trace}"
     return "\n".join(
         [
@@ -79,7 +89,7 @@ def render_e_receipt(slip: Slip, *, pdf_url: str | None = None) -> str:
             '<meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             '<meta http-equiv="Content-Security-Policy" '
-            "content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+            f"content=\"default-src 'none';{img_src} style-src 'unsafe-inline'\">",
             f"<title>{e(title)}</title>",
             f"<style>{_CSS}</style>",
             "</head>",
@@ -91,6 +101,7 @@ def render_e_receipt(slip: Slip, *, pdf_url: str | None = None) -> str:
             "<table>",
             *rows,
             "</table>",
+            signed,
             link,
             "</main>",
             "</body>",

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tillroll.clock import Clock, SystemClock
 from tillroll.console.app import console_csp, is_console_path, mount_console
+from tillroll.console.cashier_signature import load_signature
 from tillroll.crypto.backoffice import SIGNATURE_HEADER
 from tillroll.host.store import HostStore
 from tillroll.notify.routing import fan_out as notify_fan_out
@@ -158,13 +159,27 @@ def create_app(
         if isinstance(found, Missing):
             return problem(found.value, found.status)
         assert isinstance(found, Found)
+        signature = load_signature(store.engine, found.claims.tid, found.claims.reference)
         if want_pdf:
             name = f"receipt-{found.slip.tid}-{found.slip.batch}-{found.slip.trace}.pdf"
             return Response(
-                receipt_pdf(found.slip),
+                receipt_pdf(found.slip, signature),
                 media_type="application/pdf",
                 headers={"Content-Disposition": f'inline; filename="{name}"'},
             )
-        return HTMLResponse(render_e_receipt(found.slip, pdf_url=f"/r/{token}.pdf"))
+        sig_url = f"/r/{token}/signature.png" if signature is not None else None
+        return HTMLResponse(render_e_receipt(found.slip, pdf_url=f"/r/{token}.pdf", signature_url=sig_url))
+
+    @app.get("/r/{token}/signature.png")
+    def receipt_signature(token: str) -> Response:
+        """The cardholder's electronic signature of that receipt (cashier screen), if any."""
+        found = find(store.engine, store.keystore, clock, token, config.receipt_ttl_days)
+        if isinstance(found, Missing):
+            return problem(found.value, found.status)
+        assert isinstance(found, Found)
+        signature = load_signature(store.engine, found.claims.tid, found.claims.reference)
+        if signature is None:
+            return problem("not_found", 404)
+        return Response(signature, media_type="image/png")
 
     return app

@@ -21,7 +21,7 @@ from tillroll.crypto.backoffice import TokenClaims, TokenError, day_number, read
 from tillroll.crypto.keystore import KeyStore
 from tillroll.store.tables import e_receipts
 from tillroll.terminal.facts import slip_from_document
-from tillroll.terminal.receipt import TITLE_EN, TITLE_ZH, Copy, Slip, slip_fields
+from tillroll.terminal.receipt import SIGNATURE_LABEL, TITLE_EN, TITLE_ZH, Copy, Slip, slip_fields
 from tillroll.web.intake import terminal_key
 
 CJK_FONT = "STSong-Light"
@@ -81,8 +81,9 @@ def _register_font() -> None:
             _font_ready = True
 
 
-def receipt_pdf(slip: Slip) -> bytes:
-    """The cardholder copy as a one-page PDF (80 mm wide, as long as it needs)."""
+def receipt_pdf(slip: Slip, signature_png: bytes | None = None) -> bytes:
+    """The cardholder copy as a one-page PDF (80 mm wide, as long as it needs), with the
+    cardholder's electronic signature under it when there is one."""
     from reportlab.lib.units import mm
     from reportlab.lib.utils import simpleSplit
     from reportlab.pdfgen import canvas
@@ -100,7 +101,8 @@ def receipt_pdf(slip: Slip) -> bytes:
         rows.append((label, "left", size, size * 1.5, rule))
         for part in simpleSplit(value, CJK_FONT, fsize, usable) or [""]:
             rows.append((part, "right", fsize, fsize * 1.5, False))
-    height = 30 * mm + sum(r[3] for r in rows) + 6 * mm
+    sig_h = 22 * mm if signature_png else 0.0
+    height = 30 * mm + sum(r[3] for r in rows) + 6 * mm + sig_h
     buf = io.BytesIO()
     c = canvas.Canvas(buf, pagesize=(width, height), invariant=1)
     c.setTitle(f"{TITLE_ZH} {TITLE_EN} {slip.tid} {slip.trace}")
@@ -127,6 +129,16 @@ def receipt_pdf(slip: Slip) -> bytes:
             c.drawRightString(width - margin, y, text)
         y -= step
     c.line(margin, y + 2 * mm, width - margin, y + 2 * mm)
+    if signature_png:
+        from reportlab.lib.utils import ImageReader
+
+        y -= 4 * mm
+        c.setFont(CJK_FONT, size)
+        c.drawString(margin, y, SIGNATURE_LABEL)
+        c.drawImage(
+            ImageReader(io.BytesIO(signature_png)), margin, y - 17 * mm, width=usable, height=15 * mm,
+            preserveAspectRatio=True, anchor="w", mask="auto",
+        )  # fmt: skip
     c.showPage()
     c.save()
     return buf.getvalue()
