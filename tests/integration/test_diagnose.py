@@ -174,8 +174,8 @@ def test_wallet_order_and_nothing_found(store: HostStore) -> None:
         conn.execute(
             insert(wallet_statement_rows).values(
                 mch_id="1900000109", bill_date="20261202", line_no=2, trade_time=T0,
-                out_trade_no="T1202190200001", transaction_id="42000000001", trade_state="SUCCESS", brand="WX",
-                total_minor=3300, imported_at=T0,
+                out_trade_no="T1202190200001", transaction_id="42000000001", trade_state="SUCCESS",
+                brand="WX", total_minor=3300, imported_at=T0,
             )
         )  # fmt: skip
     with store.engine.connect() as conn:
