@@ -1,7 +1,7 @@
 """`tillroll recon …`: reconcile a business day; import the wallet's statement.
 
-    tillroll recon run --date YYYY-MM-DD [--db URL]
-    tillroll recon import-statement FILE --mch-id M --date YYYY-MM-DD [--db URL]
+tillroll recon run --date YYYY-MM-DD [--db URL]
+tillroll recon import-statement FILE --mch-id M --date YYYY-MM-DD [--db URL]
 """
 
 from __future__ import annotations
@@ -14,11 +14,15 @@ import typer
 
 from tillroll.store import DatabaseUrlError
 
-app = typer.Typer(no_args_is_help=True, help="Reconciliation: match a business day's sources, open exceptions.")
+app = typer.Typer(
+    no_args_is_help=True, help="Reconciliation: match a business day's sources, open exceptions."
+)
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", help="Back-office database URL (default: $TILLROLL_DB, else ./tillroll-data/host.db)"),
+    typer.Option(
+        "--db", help="Back-office database URL (default: $TILLROLL_DB, else ./tillroll-data/host.db)"
+    ),
 ]
 DateOption = Annotated[str, typer.Option("--date", help="The business day, YYYY-MM-DD (merchant time zone)")]
 
@@ -59,11 +63,15 @@ def run_cmd(
         raise _fail(str(exc)) from None
     engine = _engine(db)
     try:
-        result = run_day(engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s))
+        result = run_day(
+            engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s)
+        )
     finally:
         engine.dispose()
     if as_json:
-        typer.echo(json.dumps({"run_id": result.run_id, "opened": result.opened, **result.summary}, sort_keys=True))
+        typer.echo(
+            json.dumps({"run_id": result.run_id, "opened": result.opened, **result.summary}, sort_keys=True)
+        )
         return
     s = result.summary
     typer.echo(f"reconciliation run {result.run_id} of {result.business_date} / 对账 {result.business_date}")
@@ -71,7 +79,9 @@ def run_cmd(
     if not s["statement"]["imported"]:
         typer.echo("wallet statement not imported: wallet payments are pending / 钱包对账单未导入")
     if s["statement"]["problems"]:
-        typer.echo(f"statement lines that could not be read: {s['statement']['problems']} / 对账单无法读取的行")
+        typer.echo(
+            f"statement lines that could not be read: {s['statement']['problems']} / 对账单无法读取的行"
+        )
     pending = sum(s["pending"].values())
     if pending:
         typer.echo(f"pending (other side may still come): {pending} / 待定")
@@ -84,7 +94,9 @@ def run_cmd(
 
 @app.command("import-statement")
 def import_statement_cmd(
-    file: Annotated[Path, typer.Argument(help="The statement CSV (WALLET.md §4)", exists=True, dir_okay=False)],
+    file: Annotated[
+        Path, typer.Argument(help="The statement CSV (WALLET.md §4)", exists=True, dir_okay=False)
+    ],
     mch_id: Annotated[str, typer.Option("--mch-id", help="The wallet merchant id the statement is of")],
     day: DateOption,
     db: DbOption = None,

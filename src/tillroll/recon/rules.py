@@ -117,8 +117,12 @@ def _planned(cls: Any, reprint: Any) -> Any:
     """The automatic action's steps for a class (charged_no_receipt: which branch)."""
     whens = [(cls == k.value, literal(v)) for k, v in PLANNED.items()]
     return json_raw(
-        case((and_(cls == EC.CHARGED_NO_RECEIPT.value, reprint == 1), literal(REPRINT)),
-             (cls == EC.CHARGED_NO_RECEIPT.value, literal(REVERSE)), *whens, else_=literal("[]"))
+        case(
+            (and_(cls == EC.CHARGED_NO_RECEIPT.value, reprint == 1), literal(REPRINT)),
+            (cls == EC.CHARGED_NO_RECEIPT.value, literal(REVERSE)),
+            *whens,
+            else_=literal("[]"),
+        )
     )
 
 
@@ -141,15 +145,34 @@ def classify_card(conn: Connection, p: Params) -> int:
     recent = c.at >= p.recent_from
     cls = case(
         (and_(both, c.j_amount != c.h_amount), EC.AMOUNT_MISMATCH.value),
-        (and_(sale, c.h_status == "approved", c.j_id.is_not(None), c.j_state.not_in(("approved", "voided")),
-              not_(recent)), EC.CHARGED_NO_RECEIPT.value),
-        (and_(sale, c.j_state == "approved", c.j_receipt.in_(("printed", "owed")),
-              or_(c.h_id.is_(None), c.h_status != "approved")), EC.RECEIPT_NO_PAYMENT.value),
-        (and_(sale, c.j_state == "approved", c.h_status == "approved", c.j_receipt != "printed"),
-         EC.CHARGED_NO_RECEIPT.value),
+        (
+            and_(
+                sale,
+                c.h_status == "approved",
+                c.j_id.is_not(None),
+                c.j_state.not_in(("approved", "voided")),
+                not_(recent),
+            ),
+            EC.CHARGED_NO_RECEIPT.value,
+        ),
+        (
+            and_(
+                sale,
+                c.j_state == "approved",
+                c.j_receipt.in_(("printed", "owed")),
+                or_(c.h_id.is_(None), c.h_status != "approved"),
+            ),
+            EC.RECEIPT_NO_PAYMENT.value,
+        ),
+        (
+            and_(sale, c.j_state == "approved", c.h_status == "approved", c.j_receipt != "printed"),
+            EC.CHARGED_NO_RECEIPT.value,
+        ),
         (and_(c.j_id.is_(None), c.h_status == "approved", not_(recent)), EC.MISSING_ON_ONE_SIDE.value),
-        (and_(c.kind != "sale", c.j_state == "approved", or_(c.h_id.is_(None), c.h_status != "approved")),
-         EC.MISSING_ON_ONE_SIDE.value),
+        (
+            and_(c.kind != "sale", c.j_state == "approved", or_(c.h_id.is_(None), c.h_status != "approved")),
+            EC.MISSING_ON_ONE_SIDE.value,
+        ),
         (and_(c.kind == "refund", c.j_state.in_(OPEN_REFUND), c.at < p.stuck_before), EC.REFUND_STUCK.value),
     ).label("cls")
     reprint = case((c.j_state == "approved", 1), else_=0).label("reprint")
@@ -157,20 +180,51 @@ def classify_card(conn: Connection, p: Params) -> int:
     k = inner.c
     evidence = json_obj(
         ("rule", literal("card")),
-        ("journal", json_raw(json_obj(("found", case((k.j_id.is_(None), 0), else_=1)), ("id", k.j_id),
-                                      ("state", k.j_state), ("amount_minor", k.j_amount),
-                                      ("receipt", k.j_receipt), ("at", text_of(k.j_at))))),
-        ("host", json_raw(json_obj(("found", case((k.h_id.is_(None), 0), else_=1)), ("id", k.h_id),
-                                   ("status", k.h_status), ("amount_minor", k.h_amount),
-                                   ("response_code", k.h_code), ("at", text_of(k.h_at))))),
+        (
+            "journal",
+            json_raw(
+                json_obj(
+                    ("found", case((k.j_id.is_(None), 0), else_=1)),
+                    ("id", k.j_id),
+                    ("state", k.j_state),
+                    ("amount_minor", k.j_amount),
+                    ("receipt", k.j_receipt),
+                    ("at", text_of(k.j_at)),
+                )
+            ),
+        ),
+        (
+            "host",
+            json_raw(
+                json_obj(
+                    ("found", case((k.h_id.is_(None), 0), else_=1)),
+                    ("id", k.h_id),
+                    ("status", k.h_status),
+                    ("amount_minor", k.h_amount),
+                    ("response_code", k.h_code),
+                    ("at", text_of(k.h_at)),
+                )
+            ),
+        ),
         ("matched_by", k.matched_by),
         ("kind", k.kind),
         ("terminal_saw_approval", json_raw(case((k.reprint == 1, "true"), else_="false"))),
         ("planned", _planned(k.cls, k.reprint)),
     )
     query = select(
-        k.cls, _card_key(k), literal("card"), k.mid, k.tid, literal("card"), k.rrn, literal(None, String),
-        k.batch, k.stan, func.coalesce(k.h_amount, k.j_amount), evidence, literal(0),
+        k.cls,
+        _card_key(k),
+        literal("card"),
+        k.mid,
+        k.tid,
+        literal("card"),
+        k.rrn,
+        literal(None, String),
+        k.batch,
+        k.stan,
+        func.coalesce(k.h_amount, k.j_amount),
+        evidence,
+        literal(0),
     ).where(k.cls.is_not(None))
     return _insert(conn, query)
 
@@ -196,39 +250,94 @@ def classify_wallet(conn: Connection, p: Params) -> int:
     amount_j = case((pay, w.s_total), else_=w.s_refund)
     cls = case(
         (and_(w.j_id.is_not(None), w.s_state.is_not(None), w.j_amount != amount_j), EC.AMOUNT_MISMATCH.value),
-        (and_(pay, w.s_state == "SUCCESS", w.j_id.is_not(None), w.j_state != "success", w.at < p.recent_from),
-         EC.CHARGED_NO_RECEIPT.value),
-        (and_(pay, w.j_state == "success", w.j_receipt.in_(("printed", "owed")),
-              or_(w.s_state == "REVOKED", s_missing)), EC.RECEIPT_NO_PAYMENT.value),
-        (and_(pay, w.j_state == "success", w.j_receipt != "printed", or_(w.s_state == "SUCCESS",
-              w.s_state.is_(None))), EC.CHARGED_NO_RECEIPT.value),
-        (and_(w.j_id.is_(None), or_(and_(pay, w.s_state == "SUCCESS"), w.s_refund_status == "SUCCESS")),
-         EC.MISSING_ON_ONE_SIDE.value),
+        (
+            and_(
+                pay, w.s_state == "SUCCESS", w.j_id.is_not(None), w.j_state != "success", w.at < p.recent_from
+            ),
+            EC.CHARGED_NO_RECEIPT.value,
+        ),
+        (
+            and_(
+                pay,
+                w.j_state == "success",
+                w.j_receipt.in_(("printed", "owed")),
+                or_(w.s_state == "REVOKED", s_missing),
+            ),
+            EC.RECEIPT_NO_PAYMENT.value,
+        ),
+        (
+            and_(
+                pay,
+                w.j_state == "success",
+                w.j_receipt != "printed",
+                or_(w.s_state == "SUCCESS", w.s_state.is_(None)),
+            ),
+            EC.CHARGED_NO_RECEIPT.value,
+        ),
+        (
+            and_(w.j_id.is_(None), or_(and_(pay, w.s_state == "SUCCESS"), w.s_refund_status == "SUCCESS")),
+            EC.MISSING_ON_ONE_SIDE.value,
+        ),
         (and_(w.kind == "refund", w.j_state == "approved", s_missing), EC.MISSING_ON_ONE_SIDE.value),
-        (and_(w.kind == "refund", or_(and_(w.j_state.in_(OPEN_REFUND), w.at < p.stuck_before),
-              w.s_refund_status == "CHANGE")), EC.REFUND_STUCK.value),
+        (
+            and_(
+                w.kind == "refund",
+                or_(and_(w.j_state.in_(OPEN_REFUND), w.at < p.stuck_before), w.s_refund_status == "CHANGE"),
+            ),
+            EC.REFUND_STUCK.value,
+        ),
     ).label("cls")
     reprint = case((w.j_state == "success", 1), else_=0).label("reprint")
     inner = select(rc_wallet, cls, reprint).where(w.core == 1).subquery("k")
     k = inner.c
     evidence = json_obj(
         ("rule", literal("wallet")),
-        ("journal", json_raw(json_obj(("found", case((k.j_id.is_(None), 0), else_=1)), ("id", k.j_id),
-                                      ("state", k.j_state), ("amount_minor", k.j_amount),
-                                      ("receipt", k.j_receipt), ("at", text_of(k.j_at))))),
-        ("statement", json_raw(json_obj(("found", case((k.s_state.is_(None), 0), else_=1)),
-                                        ("lines", k.s_lines), ("trade_state", k.s_state),
-                                        ("total_minor", k.s_total), ("refund_minor", k.s_refund),
-                                        ("refund_status", k.s_refund_status), ("at", text_of(k.s_at))))),
+        (
+            "journal",
+            json_raw(
+                json_obj(
+                    ("found", case((k.j_id.is_(None), 0), else_=1)),
+                    ("id", k.j_id),
+                    ("state", k.j_state),
+                    ("amount_minor", k.j_amount),
+                    ("receipt", k.j_receipt),
+                    ("at", text_of(k.j_at)),
+                )
+            ),
+        ),
+        (
+            "statement",
+            json_raw(
+                json_obj(
+                    ("found", case((k.s_state.is_(None), 0), else_=1)),
+                    ("lines", k.s_lines),
+                    ("trade_state", k.s_state),
+                    ("total_minor", k.s_total),
+                    ("refund_minor", k.s_refund),
+                    ("refund_status", k.s_refund_status),
+                    ("at", text_of(k.s_at)),
+                )
+            ),
+        ),
         ("kind", k.kind),
         ("out_trade_no", k.out_trade_no),
         ("terminal_saw_approval", json_raw(case((k.reprint == 1, "true"), else_="false"))),
         ("planned", _planned(k.cls, k.reprint)),
     )
     query = select(
-        k.cls, "wallet:" + k.order_no, literal("wallet"), k.mid, k.tid, literal("wallet"), literal(None, String),
-        k.order_no, literal(None, String), literal(None, String), func.coalesce(k.j_amount, k.s_total, k.s_refund),
-        evidence, literal(0),
+        k.cls,
+        "wallet:" + k.order_no,
+        literal("wallet"),
+        k.mid,
+        k.tid,
+        literal("wallet"),
+        literal(None, String),
+        k.order_no,
+        literal(None, String),
+        literal(None, String),
+        func.coalesce(k.j_amount, k.s_total, k.s_refund),
+        evidence,
+        literal(0),
     ).where(k.cls.is_not(None))
     return _insert(conn, query)
 
@@ -250,15 +359,41 @@ def ledger_and_issuer(conn: Connection, p: Params) -> int:
     evidence = json_obj(
         ("rule", literal("ledger")),
         ("host", json_raw(json_obj(("id", c.h_id), ("status", c.h_status), ("amount_minor", c.h_amount)))),
-        ("ledger", json_raw(json_obj(("found", case((leg.c.reference.is_(None), 0), else_=1)),
-                                     ("clearing_minor", leg.c.amount_minor)))),
-        ("issuer", json_raw(json_obj(("found", case((ia.c.id.is_(None), 0), else_=1)),
-                                     ("amount_minor", ia.c.amount_minor)))),
+        (
+            "ledger",
+            json_raw(
+                json_obj(
+                    ("found", case((leg.c.reference.is_(None), 0), else_=1)),
+                    ("clearing_minor", leg.c.amount_minor),
+                )
+            ),
+        ),
+        (
+            "issuer",
+            json_raw(
+                json_obj(
+                    ("found", case((ia.c.id.is_(None), 0), else_=1)), ("amount_minor", ia.c.amount_minor)
+                )
+            ),
+        ),
         ("planned", json_raw(literal("[]"))),
     )
     query = (
-        select(cls, "ledger:rrn:" + c.rrn, literal("ledger"), c.mid, c.tid, literal("card"), c.rrn,
-               literal(None, String), c.batch, c.stan, c.h_amount, evidence, literal(0))
+        select(
+            cls,
+            "ledger:rrn:" + c.rrn,
+            literal("ledger"),
+            c.mid,
+            c.tid,
+            literal("card"),
+            c.rrn,
+            literal(None, String),
+            c.batch,
+            c.stan,
+            c.h_amount,
+            evidence,
+            literal(0),
+        )
         .select_from(rc_card)
         .outerjoin(leg, leg.c.reference == c.rrn)
         .outerjoin(ia, ia.c.id == c.h_issuer_ref)
@@ -277,29 +412,54 @@ def card_duplicates(conn: Connection, p: Params) -> int:
     within ``duplicate_window_s`` seconds: the customer was likely charged twice. The later one is
     the exception (``card:rrn:<later RRN>``); a window function, not a self-join."""
     t = transactions
-    at = epoch_s(t.c.created_at)
     part = (t.c.tid, t.c.pan_masked, t.c.amount_minor)
+    order = (t.c.created_at, t.c.id)
     ranked = (
         select(
-            t.c.mid, t.c.tid, t.c.rrn, t.c.batch, t.c.stan, t.c.amount_minor, t.c.pan_masked, at.label("at"),
-            func.lag(at).over(partition_by=part, order_by=(t.c.created_at, t.c.id)).label("prev_at"),
-            func.lag(t.c.rrn).over(partition_by=part, order_by=(t.c.created_at, t.c.id)).label("prev_rrn"),
+            t.c.mid,
+            t.c.tid,
+            t.c.rrn,
+            t.c.batch,
+            t.c.stan,
+            t.c.amount_minor,
+            t.c.pan_masked,
+            t.c.created_at.label("at"),
+            func.lag(t.c.created_at).over(partition_by=part, order_by=order).label("prev_at"),
+            func.lag(t.c.rrn).over(partition_by=part, order_by=order).label("prev_rrn"),
         )
         .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(t.c.kind == "sale", t.c.status == "approved", t.c.created_at >= rc_day.c.lo,
-               t.c.created_at < rc_day.c.hi)
+        .where(
+            t.c.kind == "sale",
+            t.c.status == "approved",
+            t.c.created_at >= rc_day.c.lo,
+            t.c.created_at < rc_day.c.hi,
+        )
         .subquery("r")
     )
     r = ranked.c
     evidence = json_obj(
         ("rule", literal("card_duplicate")),
-        ("first_rrn", r.prev_rrn), ("second_rrn", r.rrn), ("card_masked", r.pan_masked),
-        ("seconds_apart", r.at - r.prev_at), ("planned", json_raw(literal("[]"))),
+        ("first_rrn", r.prev_rrn),
+        ("second_rrn", r.rrn),
+        ("card_masked", r.pan_masked),
+        ("seconds_apart", epoch_s(r.at) - epoch_s(r.prev_at)),
+        ("planned", json_raw(literal("[]"))),
     )
     query = select(
-        literal(EC.DUPLICATE.value), "card:rrn:" + r.rrn, literal("card_duplicate"), r.mid, r.tid,
-        literal("card"), r.rrn, literal(None, String), r.batch, r.stan, r.amount_minor, evidence, literal(0),
-    ).where(r.prev_at.is_not(None), r.at - r.prev_at <= p.duplicate_window_s)
+        literal(EC.DUPLICATE.value),
+        "card:rrn:" + r.rrn,
+        literal("card_duplicate"),
+        r.mid,
+        r.tid,
+        literal("card"),
+        r.rrn,
+        literal(None, String),
+        r.batch,
+        r.stan,
+        r.amount_minor,
+        evidence,
+        literal(0),
+    ).where(r.prev_at.is_not(None), epoch_s(r.at) - epoch_s(r.prev_at) <= p.duplicate_window_s)
     return _insert(conn, query)
 
 
@@ -307,13 +467,27 @@ def statement_duplicates(conn: Connection, p: Params) -> int:
     """Rule D2 duplicate: one payment or refund on more than one line of the statement."""
     s = rc_stmt.c
     evidence = json_obj(
-        ("rule", literal("statement_duplicate")), ("lines", s.lines), ("first_line", s.first_line),
-        ("bill_date", s.bill_date), ("kind", s.kind), ("planned", json_raw(literal("[]"))),
+        ("rule", literal("statement_duplicate")),
+        ("lines", s.lines),
+        ("first_line", s.first_line),
+        ("bill_date", s.bill_date),
+        ("kind", s.kind),
+        ("planned", json_raw(literal("[]"))),
     )
     query = select(
-        literal(EC.DUPLICATE.value), "wallet:stmt:" + s.ref, literal("statement_duplicate"), literal(None, String),
-        literal(None, String), literal("wallet"), literal(None, String), s.ref, literal(None, String),
-        literal(None, String), func.coalesce(s.refund, s.total), evidence, literal(0),
+        literal(EC.DUPLICATE.value),
+        "wallet:stmt:" + s.ref,
+        literal("statement_duplicate"),
+        literal(None, String),
+        literal(None, String),
+        literal("wallet"),
+        literal(None, String),
+        s.ref,
+        literal(None, String),
+        literal(None, String),
+        func.coalesce(s.refund, s.total),
+        evidence,
+        literal(0),
     ).where(s.lines > 1, s.bill_date == p.business_date.replace("-", ""))
     return _insert(conn, query)
 
@@ -340,13 +514,28 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
         .subquery("sums")
     )
     evidence = json_obj(
-        ("rule", literal("card_refunds")), ("sale_minor", sale.c.amount_minor), ("given_back_minor", sums.c.given),
-        ("count", sums.c.n), ("planned", json_raw(literal("[]"))),
+        ("rule", literal("card_refunds")),
+        ("sale_minor", sale.c.amount_minor),
+        ("given_back_minor", sums.c.given),
+        ("count", sums.c.n),
+        ("planned", json_raw(literal("[]"))),
     )
     card = (
-        select(literal(EC.AMOUNT_MISMATCH.value), "card:refunds:rrn:" + sale.c.rrn, literal("card_refunds"),
-               sale.c.mid, sale.c.tid, literal("card"), sale.c.rrn, literal(None, String), sale.c.batch,
-               sale.c.stan, sale.c.amount_minor, evidence, literal(0))
+        select(
+            literal(EC.AMOUNT_MISMATCH.value),
+            "card:refunds:rrn:" + sale.c.rrn,
+            literal("card_refunds"),
+            sale.c.mid,
+            sale.c.tid,
+            literal("card"),
+            sale.c.rrn,
+            literal(None, String),
+            sale.c.batch,
+            sale.c.stan,
+            sale.c.amount_minor,
+            evidence,
+            literal(0),
+        )
         .join(sums, sums.c.original_id == sale.c.id)
         .where(sums.c.given > sale.c.amount_minor)
     )
@@ -354,21 +543,38 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
     s = wallet_statement_rows
     orders = select(rc_stmt.c.out_trade_no).where(rc_stmt.c.kind == "refund").distinct().subquery("o")
     wsum = (
-        select(s.c.out_trade_no, func.max(s.c.total_minor).label("total"), func.sum(s.c.refund_minor).label("given"),
-               func.count().label("n"))
+        select(
+            s.c.out_trade_no,
+            func.max(s.c.total_minor).label("total"),
+            func.sum(s.c.refund_minor).label("given"),
+            func.count().label("n"),
+        )
         .join(orders, orders.c.out_trade_no == s.c.out_trade_no)
         .where(s.c.trade_state == "REFUND", s.c.refund_status != "CHANGE")
         .group_by(s.c.out_trade_no)
         .subquery("w")
     )
     wev = json_obj(
-        ("rule", literal("wallet_refunds")), ("total_minor", wsum.c.total), ("given_back_minor", wsum.c.given),
-        ("count", wsum.c.n), ("planned", json_raw(literal("[]"))),
+        ("rule", literal("wallet_refunds")),
+        ("total_minor", wsum.c.total),
+        ("given_back_minor", wsum.c.given),
+        ("count", wsum.c.n),
+        ("planned", json_raw(literal("[]"))),
     )
     wallet = select(
-        literal(EC.AMOUNT_MISMATCH.value), "wallet:refunds:" + wsum.c.out_trade_no, literal("wallet_refunds"),
-        literal(None, String), literal(None, String), literal("wallet"), literal(None, String), wsum.c.out_trade_no,
-        literal(None, String), literal(None, String), wsum.c.total, wev, literal(0),
+        literal(EC.AMOUNT_MISMATCH.value),
+        "wallet:refunds:" + wsum.c.out_trade_no,
+        literal("wallet_refunds"),
+        literal(None, String),
+        literal(None, String),
+        literal("wallet"),
+        literal(None, String),
+        wsum.c.out_trade_no,
+        literal(None, String),
+        literal(None, String),
+        wsum.c.total,
+        wev,
+        literal(0),
     ).where(wsum.c.given > wsum.c.total)
     return n + _insert(conn, wallet)
 
@@ -385,28 +591,68 @@ def notified_not_final(conn: Connection, p: Params) -> int:
     The facts' reference is ``batch.trace`` on the card rail, the order number on the wallet's."""
     c = rc_card.c
     ref = c.batch + "." + c.stan
-    ev = json_obj(("rule", literal("notice_card")), ("host_status", c.h_status), ("journal_state", c.j_state),
-                  ("told", literal("e_receipt")), ("planned", json_raw(literal(PLANNED[EC.NOTIFIED_NOT_FINAL]))))
+    ev = json_obj(
+        ("rule", literal("notice_card")),
+        ("host_status", c.h_status),
+        ("journal_state", c.j_state),
+        ("told", literal("e_receipt")),
+        ("planned", json_raw(literal(PLANNED[EC.NOTIFIED_NOT_FINAL]))),
+    )
     card = select(
-        literal(EC.NOTIFIED_NOT_FINAL.value), _card_key(c), literal("notice_card"), c.mid, c.tid, literal("card"),
-        c.rrn, literal(None, String), c.batch, c.stan, func.coalesce(c.h_amount, c.j_amount), ev, literal(0),
+        literal(EC.NOTIFIED_NOT_FINAL.value),
+        _card_key(c),
+        literal("notice_card"),
+        c.mid,
+        c.tid,
+        literal("card"),
+        c.rrn,
+        literal(None, String),
+        c.batch,
+        c.stan,
+        func.coalesce(c.h_amount, c.j_amount),
+        ev,
+        literal(0),
     ).where(
-        c.core == 1, c.kind == "sale", c.j_id.is_not(None),
-        or_(c.h_status.in_(("reversed", "voided", "declined")), and_(c.h_id.is_(None), c.j_state != "approved")),
-        _fact("e_receipt", c.tid, ref), ~_fact("payment_cancelled", c.tid, ref),
+        c.core == 1,
+        c.kind == "sale",
+        c.j_id.is_not(None),
+        or_(
+            c.h_status.in_(("reversed", "voided", "declined")),
+            and_(c.h_id.is_(None), c.j_state != "approved"),
+        ),
+        _fact("e_receipt", c.tid, ref),
+        ~_fact("payment_cancelled", c.tid, ref),
     )
     n = _insert(conn, card)
     w = rc_wallet.c
-    wev = json_obj(("rule", literal("notice_wallet")), ("journal_state", w.j_state), ("statement_state", w.s_state),
-                   ("told", literal("e_receipt")), ("planned", json_raw(literal(PLANNED[EC.NOTIFIED_NOT_FINAL]))))
+    wev = json_obj(
+        ("rule", literal("notice_wallet")),
+        ("journal_state", w.j_state),
+        ("statement_state", w.s_state),
+        ("told", literal("e_receipt")),
+        ("planned", json_raw(literal(PLANNED[EC.NOTIFIED_NOT_FINAL]))),
+    )
     wallet = select(
-        literal(EC.NOTIFIED_NOT_FINAL.value), "wallet:" + w.order_no, literal("notice_wallet"), w.mid, w.tid,
-        literal("wallet"), literal(None, String), w.order_no, literal(None, String), literal(None, String),
-        w.j_amount, wev, literal(0),
+        literal(EC.NOTIFIED_NOT_FINAL.value),
+        "wallet:" + w.order_no,
+        literal("notice_wallet"),
+        w.mid,
+        w.tid,
+        literal("wallet"),
+        literal(None, String),
+        w.order_no,
+        literal(None, String),
+        literal(None, String),
+        w.j_amount,
+        wev,
+        literal(0),
     ).where(
-        w.core == 1, w.kind == "pay", w.j_id.is_not(None),
+        w.core == 1,
+        w.kind == "pay",
+        w.j_id.is_not(None),
         or_(w.j_state.in_(("revoked", "closed")), w.s_state == "REVOKED"),
-        _fact("e_receipt", w.tid, w.order_no), ~_fact("payment_cancelled", w.tid, w.order_no),
+        _fact("e_receipt", w.tid, w.order_no),
+        ~_fact("payment_cancelled", w.tid, w.order_no),
     )
     return n + _insert(conn, wallet)
 
@@ -420,8 +666,12 @@ def signin_failures(conn: Connection, p: Params) -> int:
         select(f.c.tid.label("tid"), literal(1).label("alert"), literal(0).label("expired"))
         .join(terminals, terminals.c.tid == f.c.tid)
         .join(rc_day, rc_day.c.mid == terminals.c.mid)
-        .where(f.c.kind == "merchant_alert", f.c.payload.like('%"alert": "sign_in_failures"%'),
-               f.c.received_at >= rc_day.c.lo, f.c.received_at < rc_day.c.hi)
+        .where(
+            f.c.kind == "merchant_alert",
+            f.c.payload.like('%"alert": "sign_in_failures"%'),
+            f.c.received_at >= rc_day.c.lo,
+            f.c.received_at < rc_day.c.hi,
+        )
     )
     later = sessions.alias("later")
     expired = (
@@ -429,9 +679,13 @@ def signin_failures(conn: Connection, p: Params) -> int:
         .join(terminals, terminals.c.tid == sessions.c.tid)
         .join(rc_day, rc_day.c.mid == terminals.c.mid)
         .where(
-            sessions.c.expires_at >= rc_day.c.bh_lo, sessions.c.expires_at < rc_day.c.bh_hi,
-            ~exists().where(later.c.tid == sessions.c.tid, later.c.id > sessions.c.id,
-                            later.c.signed_in_at <= sessions.c.expires_at),
+            sessions.c.expires_at >= rc_day.c.bh_lo,
+            sessions.c.expires_at < rc_day.c.bh_hi,
+            ~exists().where(
+                later.c.tid == sessions.c.tid,
+                later.c.id > sessions.c.id,
+                later.c.signed_in_at <= sessions.c.expires_at,
+            ),
         )
     )
     both = alerts.union_all(expired).subquery("s")
@@ -440,21 +694,44 @@ def signin_failures(conn: Connection, p: Params) -> int:
         .group_by(both.c.tid)
         .subquery("per")
     )
-    ev = json_obj(("rule", literal("signin")), ("alerts", per.c.alerts), ("sessions_expired", per.c.expired),
-                  ("planned", json_raw(literal(PLANNED[EC.SIGNIN_FAILURES]))))
+    ev = json_obj(
+        ("rule", literal("signin")),
+        ("alerts", per.c.alerts),
+        ("sessions_expired", per.c.expired),
+        ("planned", json_raw(literal(PLANNED[EC.SIGNIN_FAILURES]))),
+    )
     query = (
-        select(literal(EC.SIGNIN_FAILURES.value), "terminal:" + per.c.tid + ":" + p.business_date,
-               literal("signin"), terminals.c.mid, per.c.tid, literal("terminal"), literal(None, String),
-               literal(None, String), literal(None, String), literal(None, String), literal(None, BigInteger),
-               ev, literal(0))
+        select(
+            literal(EC.SIGNIN_FAILURES.value),
+            "terminal:" + per.c.tid + ":" + p.business_date,
+            literal("signin"),
+            terminals.c.mid,
+            per.c.tid,
+            literal("terminal"),
+            literal(None, String),
+            literal(None, String),
+            literal(None, String),
+            literal(None, String),
+            literal(None, BigInteger),
+            ev,
+            literal(0),
+        )
         .join(terminals, terminals.c.tid == per.c.tid)
         .where(true())  # SQLite: an INSERT ... SELECT with ON CONFLICT needs a WHERE
     )
     return _insert(conn, query)
 
 
-RULES = (classify_card, classify_wallet, ledger_and_issuer, card_duplicates, statement_duplicates,
-         refunds_exceed_sale, notified_not_final, signin_failures)
+RULES = (
+    classify_card,
+    classify_wallet,
+    ledger_and_issuer,
+    card_duplicates,
+    statement_duplicates,
+    refunds_exceed_sale,
+    notified_not_final,
+    signin_failures,
+)
 
 
 def pending_counts(conn: Connection, p: Params) -> dict[str, int]:
@@ -462,15 +739,23 @@ def pending_counts(conn: Connection, p: Params) -> dict[str, int]:
     c, w = rc_card.c, rc_wallet.c
     card = conn.execute(
         select(func.count()).where(
-            c.core == 1, c.at >= p.recent_from,
-            or_(and_(c.j_id.is_(None), c.h_status == "approved"),
-                and_(c.kind == "sale", c.h_status == "approved", c.j_state.not_in(("approved", "voided")))),
+            c.core == 1,
+            c.at >= p.recent_from,
+            or_(
+                and_(c.j_id.is_(None), c.h_status == "approved"),
+                and_(c.kind == "sale", c.h_status == "approved", c.j_state.not_in(("approved", "voided"))),
+            ),
         )
     ).scalar_one()
     tail = exists().where(rc_day.c.mid == w.mid, w.at >= rc_day.c.tail_from)
     waiting = or_(literal(not p.stmt_ready), and_(literal(not p.stmt_next_ready), tail))
     wallet = conn.execute(
-        select(func.count()).where(w.core == 1, w.j_id.is_not(None), w.s_state.is_(None),
-                                   w.j_state.in_(("success", "approved")), waiting)
+        select(func.count()).where(
+            w.core == 1,
+            w.j_id.is_not(None),
+            w.s_state.is_(None),
+            w.j_state.in_(("success", "approved")),
+            waiting,
+        )
     ).scalar_one()
     return {"card": int(card), "wallet": int(wallet)}

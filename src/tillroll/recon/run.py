@@ -104,18 +104,49 @@ def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> lis
     """rc_found into recon_exceptions by (class, key); the ids of the records that are new."""
     e, f = recon_exceptions, rc_found
     conn.execute(
-        update(f)
-        .where(exists().where(e.c["class"] == f.c.cls, e.c.key == f.c.key))
-        .values(existed=1)
+        update(f).where(exists().where(e.c["class"] == f.c.cls, e.c.key == f.c.key)).values(existed=1)
     )
-    cols = ["class", "key", "business_date", "state", "mid", "tid", "rail", "rrn", "order_no", "batch",
-            "stan", "amount_minor", "deadline", "evidence", "run_id", "created_at", "updated_at"]
+    cols = [
+        "class",
+        "key",
+        "business_date",
+        "state",
+        "mid",
+        "tid",
+        "rail",
+        "rrn",
+        "order_no",
+        "batch",
+        "stan",
+        "amount_minor",
+        "deadline",
+        "evidence",
+        "run_id",
+        "created_at",
+        "updated_at",
+    ]
     source = select(
-        f.c.cls, f.c.key, literal(p.business_date), literal(ExceptionState.OPEN.value), f.c.mid, f.c.tid,
-        f.c.rail, f.c.rrn, f.c.order_no, f.c.batch, f.c.stan, f.c.amount_minor, literal(deadline),
-        f.c.evidence, literal(run_id), literal(p.now), literal(p.now),
+        f.c.cls,
+        f.c.key,
+        literal(p.business_date),
+        literal(ExceptionState.OPEN.value),
+        f.c.mid,
+        f.c.tid,
+        f.c.rail,
+        f.c.rrn,
+        f.c.order_no,
+        f.c.batch,
+        f.c.stan,
+        f.c.amount_minor,
+        literal(deadline),
+        f.c.evidence,
+        literal(run_id),
+        literal(p.now),
+        literal(p.now),
     ).where(literal(1) == 1)  # SQLite: an INSERT ... SELECT with ON CONFLICT needs a WHERE
-    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(e).from_select(cols, source)
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(e).from_select(
+        cols, source
+    )
     ins = ins.on_conflict_do_update(
         index_elements=["class", "key"],
         set_={
@@ -139,19 +170,26 @@ def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> lis
 def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
     c, w, f = stage.rc_card.c, stage.rc_wallet.c, rc_found.c
     sources = {
-        "journal_card": conn.execute(select(func.count()).where(c.core == 1, c.j_id.is_not(None))).scalar_one(),
+        "journal_card": conn.execute(
+            select(func.count()).where(c.core == 1, c.j_id.is_not(None))
+        ).scalar_one(),
         "host": conn.execute(select(func.count()).where(c.core == 1, c.h_id.is_not(None))).scalar_one(),
         "journal_wallet": conn.execute(
             select(func.count()).where(w.core == 1, w.j_id.is_not(None))
         ).scalar_one(),
-        "statement": conn.execute(select(func.count()).where(w.core == 1, w.s_state.is_not(None))).scalar_one(),
+        "statement": conn.execute(
+            select(func.count()).where(w.core == 1, w.s_state.is_not(None))
+        ).scalar_one(),
     }
-    matched = dict(
-        conn.execute(select(c.matched_by, func.count()).where(c.core == 1, c.matched_by.is_not(None))
-                     .group_by(c.matched_by)).all()
+    matched: dict[Any, Any] = dict(
+        conn.execute(
+            select(c.matched_by, func.count())
+            .where(c.core == 1, c.matched_by.is_not(None))
+            .group_by(c.matched_by)
+        ).all()
     )
-    classes = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
-    by_rule = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
+    classes: dict[Any, Any] = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
+    by_rule: dict[Any, Any] = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
     problems = conn.execute(
         select(func.count()).where(statement_problems.c.bill_date == day.strftime("%Y%m%d"))
     ).scalar_one()
@@ -161,12 +199,17 @@ def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
         "classes": {str(k): int(v) for k, v in classes.items()},
         "rules": {str(k): int(v) for k, v in by_rule.items()},
         "pending": rules.pending_counts(conn, p),
-        "statement": {"imported": p.stmt_ready, "next_day_imported": p.stmt_next_ready,
-                      "problems": int(problems)},
+        "statement": {
+            "imported": p.stmt_ready,
+            "next_day_imported": p.stmt_next_ready,
+            "problems": int(problems),
+        },
     }
 
 
-def _run(conn: Connection, day: date, now: datetime, config: ReconConfig) -> tuple[dict[str, Any], int, list[int]]:
+def _run(
+    conn: Connection, day: date, now: datetime, config: ReconConfig
+) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
     run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
     p = Params(

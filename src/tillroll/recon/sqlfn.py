@@ -16,7 +16,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement, cast, literal
 
 
-class json_obj(FunctionElement[str]):  # noqa: N801 - an SQL function's name
+class json_obj(FunctionElement[str]):
     """``json_obj("k1", v1, "k2", v2, ...)``: a JSON object as text."""
 
     type = Text()
@@ -39,7 +39,7 @@ def _json_obj_pg(element: json_obj, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST(json_build_object({compiler.process(element.clauses, **kw)}) AS TEXT)"
 
 
-class json_raw(FunctionElement[str]):  # noqa: N801
+class json_raw(FunctionElement[str]):
     """Text that is JSON, put into a ``json_obj`` as JSON (an object or a list), not as a string."""
 
     type = Text()
@@ -56,7 +56,7 @@ def _json_raw_pg(element: json_raw, compiler: SQLCompiler, **kw: Any) -> str:
     return f"CAST({compiler.process(element.clauses, **kw)} AS JSON)"
 
 
-class epoch_s(FunctionElement[int]):  # noqa: N801
+class epoch_s(FunctionElement[int]):
     """Whole seconds since 1970 of a (naive UTC) timestamp column."""
 
     type = Integer()

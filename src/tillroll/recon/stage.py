@@ -18,6 +18,9 @@ side's rows that no journal entry names): no Python loop over rows.
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -135,8 +138,8 @@ def drop(conn: Connection) -> None:
         table.drop(conn, checkfirst=True)
 
 
-def _core(at: object) -> object:
-    return case((and_(at >= rc_day.c.lo, at < rc_day.c.hi), 1), else_=0)  # type: ignore[operator]
+def _core(at: Any) -> Any:
+    return case((and_(at >= rc_day.c.lo, at < rc_day.c.hi), 1), else_=0)
 
 
 def fill_card(conn: Connection) -> None:
@@ -144,7 +147,7 @@ def fill_card(conn: Connection) -> None:
     by_rrn = transactions.alias("h1")
     by_stan = transactions.alias("h2")
 
-    def h(col: str) -> object:
+    def h(col: str) -> Any:
         return func.coalesce(by_rrn.c[col], by_stan.c[col])
 
     journal_side = (
@@ -234,7 +237,7 @@ def fill_card(conn: Connection) -> None:
     conn.execute(rc_card.insert().from_select(cols, host_side))
 
 
-def fill_statement(conn: Connection, *, lo: object, hi: object) -> None:
+def fill_statement(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     """rc_stmt: statement lines in [lo, hi), one row per payment or refund (GROUP BY)."""
     s = wallet_statement_rows
     kind = case((s.c.trade_state == "REFUND", "refund"), else_="pay")
@@ -259,7 +262,7 @@ def fill_statement(conn: Connection, *, lo: object, hi: object) -> None:
     conn.execute(rc_stmt.insert().from_select([c.name for c in rc_stmt.c], folded))
 
 
-def fill_wallet(conn: Connection, *, stmt_lo: object, stmt_hi: object) -> None:
+def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> None:
     """rc_wallet: the journal's wallet orders and refunds with their statement row, then the
     statement's rows of the day that no journal entry names."""
     kind = case((je.c.kind == "qr_refund", "refund"), else_="pay")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,9 +27,9 @@ BEIJING = timedelta(hours=8)  # statement times are Beijing time (UTC+8), whatev
 STATES = frozenset({"SUCCESS", "REVOKED", "REFUND"})
 REFUND_STATUSES = frozenset({"PROCESSING", "SUCCESS", "CHANGE"})
 BRANDS = frozenset({"wx", "ali"})
-_YUAN = re.compile(r"^\d{1,10}\.\d{2}$")  # exactly two decimals, as the wallets publish them
-_ORDER = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-_DAY = re.compile(r"^\d{8}$")
+_YUAN = re.compile(r"[0-9]{1,10}\.[0-9]{2}")  # exactly two decimals, ASCII digits
+_ORDER = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_DAY = re.compile(r"[0-9]{8}")
 _LONG_DIGITS = re.compile(r"\d{12,}")  # a stray card number or payment code in a bad line
 
 
@@ -69,7 +68,7 @@ class Statement:
 
 def yuan_to_fen(text: str) -> int:
     """'12.50' -> 1250, exactly; raises ValueError unless digits with exactly two decimals."""
-    if not _YUAN.match(text):
+    if not _YUAN.fullmatch(text):
         raise ValueError(f"amount {text!r} is not yuan with exactly two decimals (like 12.50)")
     try:
         fen = Decimal(text) * 100
@@ -81,7 +80,7 @@ def yuan_to_fen(text: str) -> int:
 
 
 def _beijing_time(text: str) -> datetime:
-    if not re.fullmatch(r"\d{14}", text):
+    if not re.fullmatch(r"[0-9]{14}", text):
         raise ValueError(f"trade_time {text!r} is not yyyyMMddHHmmss")
     try:
         local = datetime.strptime(text, "%Y%m%d%H%M%S")
@@ -104,7 +103,7 @@ def _read_line(line_no: int, cols: list[str], mch_id: str) -> StatementRow:
     at = _beijing_time(time_s)
     if mch != mch_id:
         raise ValueError(f"mch_id {mch!r} is not this statement's merchant {mch_id!r}")
-    if not _ORDER.match(order):
+    if not _ORDER.fullmatch(order):
         raise ValueError(f"out_trade_no {order!r} is not 1-32 characters [A-Za-z0-9_-]")
     if not txn_id:
         raise ValueError("transaction_id is empty")
@@ -122,8 +121,10 @@ def _read_line(line_no: int, cols: list[str], mch_id: str) -> StatementRow:
             raise ValueError(f"a {state} row has refund columns filled")
         return StatementRow(line_no, at, mch, order, txn_id, state, brand, total, None, None, None, None)
     if not all(refund_cols):
-        raise ValueError("a REFUND row without its refund columns (out_refund_no, refund_id, refund_fee, status)")
-    if not _ORDER.match(refund_no):
+        raise ValueError(
+            "a REFUND row without its refund columns (out_refund_no, refund_id, refund_fee, status)"
+        )
+    if not _ORDER.fullmatch(refund_no):
         raise ValueError(f"out_refund_no {refund_no!r} is not 1-32 characters [A-Za-z0-9_-]")
     try:
         refund = yuan_to_fen(refund_s)
@@ -133,7 +134,9 @@ def _read_line(line_no: int, cols: list[str], mch_id: str) -> StatementRow:
         raise ValueError(f"unknown refund_status {refund_status!r} (PROCESSING, SUCCESS or CHANGE)")
     if refund > total:
         raise ValueError(f"refund_fee {refund_s} is more than the order's total_fee {total_s}")
-    return StatementRow(line_no, at, mch, order, txn_id, state, brand, total, refund_no, refund_id, refund, refund_status)
+    return StatementRow(
+        line_no, at, mch, order, txn_id, state, brand, total, refund_no, refund_id, refund, refund_status
+    )
 
 
 def parse_statement(text: str, *, mch_id: str) -> Statement:
@@ -155,7 +158,9 @@ def parse_statement(text: str, *, mch_id: str) -> Statement:
             out.problems.append(Problem(index, "empty line", ""))
             continue
         if not good_header:
-            out.problems.append(Problem(index, "not read: the header is not the statement's", _masked(line)[:500]))
+            out.problems.append(
+                Problem(index, "not read: the header is not the statement's", _masked(line)[:500])
+            )
             continue
         try:
             cols = next(csv.reader([line]))
@@ -163,9 +168,14 @@ def parse_statement(text: str, *, mch_id: str) -> Statement:
         except (ValueError, csv.Error) as exc:
             out.problems.append(Problem(index, str(exc)[:200], _masked(line)[:500]))
             continue
-        key = (row.trade_state if row.trade_state == "REFUND" else "PAY", row.out_refund_no or row.out_trade_no)
+        key = (
+            row.trade_state if row.trade_state == "REFUND" else "PAY",
+            row.out_refund_no or row.out_trade_no,
+        )
         if key in seen:  # kept as a row too: the duplicate class is the matcher's to open
-            out.problems.append(Problem(index, f"duplicate of line {seen[key]} ({key[1]})", _masked(line)[:500]))
+            out.problems.append(
+                Problem(index, f"duplicate of line {seen[key]} ({key[1]})", _masked(line)[:500])
+            )
         else:
             seen[key] = index
         out.rows.append(row)
@@ -178,9 +188,11 @@ class ImportResult:
     problems: list[Problem]
 
 
-def import_statement(engine: Engine, text: str, *, mch_id: str, bill_date: str, now: datetime) -> ImportResult:
+def import_statement(
+    engine: Engine, text: str, *, mch_id: str, bill_date: str, now: datetime
+) -> ImportResult:
     """Parse and store one (merchant, day)'s statement, replacing what an earlier import stored."""
-    if not _DAY.match(bill_date):
+    if not _DAY.fullmatch(bill_date):
         raise StatementError(f"bill date {bill_date!r} is not YYYYMMDD")
     parsed = parse_statement(text, mch_id=mch_id)
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -194,7 +206,8 @@ def import_statement(engine: Engine, text: str, *, mch_id: str, bill_date: str, 
         )
         conn.execute(
             delete(wallet_statement_imports).where(
-                (wallet_statement_imports.c.mch_id == mch_id) & (wallet_statement_imports.c.bill_date == bill_date)
+                (wallet_statement_imports.c.mch_id == mch_id)
+                & (wallet_statement_imports.c.bill_date == bill_date)
             )
         )
         if parsed.rows:
@@ -253,12 +266,18 @@ def fetch_statement(base_url: str, *, mch_id: str, key: str, bill_date: str, tim
     params = signed({"mch_id": mch_id, "bill_date": bill_date, "nonce_str": new_nonce()}, key)
     try:
         answer = httpx.get(
-            base_url.rstrip("/") + "/v1/bill", params={k: str(v) for k, v in params.items()}, timeout=timeout_s
+            base_url.rstrip("/") + "/v1/bill",
+            params={k: str(v) for k, v in params.items()},
+            timeout=timeout_s,
         )
     except httpx.HTTPError as exc:
-        raise StatementError(f"the wallet at {base_url} could not be reached ({exc}); try again later") from exc
+        raise StatementError(
+            f"the wallet at {base_url} could not be reached ({exc}); try again later"
+        ) from exc
     if answer.status_code != 200:
-        raise StatementError(f"the wallet answered HTTP {answer.status_code} for the statement of {bill_date}")
+        raise StatementError(
+            f"the wallet answered HTTP {answer.status_code} for the statement of {bill_date}"
+        )
     if not answer.headers.get("content-type", "").startswith("text/csv"):
         try:
             doc = answer.json()
