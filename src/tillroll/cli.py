@@ -9,6 +9,7 @@ import typer
 
 from tillroll.host.cli import app as host_app
 from tillroll.notify.cli import app as notify_app
+from tillroll.recon.cli import app as recon_app
 from tillroll.recon.diagnose_cli import diagnose_command
 from tillroll.terminal.cli import app as pos_app
 from tillroll.wallet.cli import app as wallet_app
@@ -20,6 +21,7 @@ app.add_typer(pos_app, name="pos")
 app.add_typer(wallet_app, name="wallet")
 app.command("web")(web_command)
 app.add_typer(notify_app, name="notify")
+app.add_typer(recon_app, name="recon")
 app.command("diagnose")(diagnose_command)
 
 
