@@ -11,7 +11,9 @@ acknowledged, each acknowledgement with its audit row.
 from __future__ import annotations
 
 import json
+import queue
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, insert, select
+from typer.testing import CliRunner
 
 from tillroll.clock import SystemClock
 from tillroll.crypto.backoffice import JOURNAL_PREFIX, SIGNATURE_HEADER, backoffice_key, sign_fact
@@ -29,8 +32,10 @@ from tillroll.host.store import HostStore, open_store
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator
 from tillroll.store.tables import audit_log, journal_entries, terminal_commands, terminal_status
-from tillroll.terminal import HostAddress, Outcome, RefundState, Terminal, TerminalConfig
+from tillroll.terminal import HostAddress, Outcome, RefundState, Terminal, TerminalConfig, save_config
+from tillroll.terminal.cli import app as pos_app
 from tillroll.terminal.journal_upload import JournalUploader
+from tillroll.terminal.resident import Resident
 from tillroll.web import WebConfig, WebServer, create_app
 
 MID = "898310048990001"
@@ -411,3 +416,82 @@ def test_an_acknowledgement_of_another_terminals_command_refuses_the_upload(
     assert entries(store) == {} and commands(store)[theirs]["state"] == "pending"
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(audit_log)).scalar_one() == 0
+
+
+def saved_terminal(data_dir: Path, proxy: FaultProxy, web: Web, **kw: Any) -> None:
+    config = TerminalConfig(
+        tid=TID, mid=MID, tmk=TMK, host=HostAddress(*proxy.address), merchant_name="一号便利店",
+        response_timeout_s=2.0, connect_timeout_s=1.0, backoffice_url=web.url, **kw,
+    )  # fmt: skip
+    save_config(data_dir, config)
+
+
+def test_pos_run_uploads_on_its_turns_and_runs_the_commands(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    data_dir = tmp_path / "pos"
+    with PrinterEmulator() as printer:
+        saved_terminal(data_dir, proxy, web, printer_url=printer.url)
+        web.stop()  # the sale's own upload fails: `pos run` sends it
+        with Terminal.open(data_dir) as term:
+            sale = term.sale(1250, PAN, EXPIRY, PIN)
+            assert sale.approved
+        web.start()
+        command = add_command(store, "reprint", f"{sale.batch}.{sale.trace}")
+        lines: queue.Queue[str] = queue.Queue()
+        stop = threading.Event()
+        resident = Resident(data_dir, stop=stop, out=lines.put)
+        worker = threading.Thread(target=resident.run)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                if line.startswith("upload:") and "1 command(s) run" in line:
+                    break
+        finally:
+            stop.set()
+            worker.join(5)
+        assert any("重打印 REPRINT" in d for d in printer.documents())
+    assert f"card:{sale.txn_id}" in entries(store)
+    assert commands(store)[command]["state"] == "done"
+    status = status_row(store)
+    assert status is not None and status["printer"] == "ok"  # `pos run` asks the printer itself
+
+
+def test_pos_upload_says_what_it_did(tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore) -> None:
+    data_dir = tmp_path / "pos"
+    saved_terminal(data_dir, proxy, web)
+    web.stop()
+    with Terminal.open(data_dir) as term:
+        assert term.sale(1000, PAN, EXPIRY, PIN).approved
+    runner = CliRunner()
+    down = runner.invoke(pos_app, ["--dir", str(data_dir), "upload"])
+    assert down.exit_code == 1 and "upload not finished" in down.output and "not reached" in down.output
+    web.start()
+    up = runner.invoke(pos_app, ["--dir", str(data_dir), "upload"])
+    assert up.exit_code == 0, up.output
+    assert "1 条流水已上送 / entries sent" in up.output
+    everything = runner.invoke(pos_app, ["--dir", str(data_dir), "upload", "--all"])
+    assert everything.exit_code == 0 and "1 条流水已上送" in everything.output
+    assert len(entries(store)) == 1
+
+
+def test_settlement_uploads_the_batch_in_its_final_state(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with make_terminal(tmp_path / "pos", proxy.address, web.url) as term:
+        web.stop()  # every upload of the day fails, and the backoff runs
+        sales = [term.sale(amount, PAN, EXPIRY, PIN) for amount in (1000, 2000)]
+        assert all(s.approved for s in sales)
+        web.start()
+        assert term.uploader is not None and not term.uploader.due()
+        settled = term.settle()
+        assert settled.outcome in (Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED), settled.text
+        next_batch = term.batch
+    got = entries(store)
+    assert {got[f"card:{s.txn_id}"]["state"] for s in sales} == {"approved"}
+    status = status_row(store)
+    assert status is not None and status["batch"] == next_batch != sales[0].batch
+    last = json.loads(status["status"])["last_settlement"]
+    assert last["batch"] == sales[0].batch and last["state"] in ("balanced", "uploaded")

@@ -301,7 +301,9 @@ class Terminal:
         first, so only afterwards does every entry of the batch stand in its final state, and the
         status carries the settlement's outcome and the next batch (docs/terminal.md)."""
         result = self.settler.settle()
-        self._upload_quietly(budget_s=SETTLEMENT_UPLOAD_BUDGET_S, query_printer=True, commands=True)
+        self._upload_quietly(
+            budget_s=SETTLEMENT_UPLOAD_BUDGET_S, query_printer=True, commands=True, force=True
+        )
         return result
 
     @boundary
@@ -444,10 +446,13 @@ class Terminal:
         finally:
             self._uploading = False
 
-    def _upload_quietly(self, *, budget_s: float, query_printer: bool, commands: bool) -> None:
+    def _upload_quietly(
+        self, *, budget_s: float, query_printer: bool, commands: bool, force: bool = False
+    ) -> None:
+        """``force``: even while a failed upload's backoff runs (at settlement)."""
         uploader = self.uploader
         # A command's reprint inside an upload does not start another upload: the round goes on.
-        if uploader is None or self._uploading or not uploader.due():
+        if uploader is None or self._uploading or not (force or uploader.due()):
             return
         self._uploading = True
         try:

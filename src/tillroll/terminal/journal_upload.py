@@ -620,6 +620,11 @@ class JournalUploader:
                 )
         return len(todo)
 
+    def has_work(self) -> bool:
+        """Entries after the watermark, or command outcomes not yet acknowledged (range reads)."""
+        with self.journal.begin() as conn:
+            return bool(self.pending_page(conn)) or bool(self._acks(conn))
+
     def commands(self) -> list[dict[str, Any]]:
         """The commands this terminal received, newest first (``pos upload`` shows them)."""
         with self.journal.begin() as conn:
