@@ -56,7 +56,8 @@ class Spike:
 
     @property
     def baseline_text(self) -> str:
-        return f"{float(self.baseline):.2f}"
+        hundredths = round(self.baseline * 100)
+        return f"{hundredths // 100}.{hundredths % 100:02d}"
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,16 @@ def _yuan(amount_minor: int | None) -> str:
     return "" if amount_minor is None else format_yuan(int(amount_minor))
 
 
-def _local(instant: datetime | None, tz: str = "Asia/Shanghai") -> str:
-    if instant is None:
+def _local(instant: datetime | str | None, tz: str = "Asia/Shanghai") -> str:
+    """A naive-UTC instant (or its ISO text, as stories and status documents carry it) in the
+    merchant's local time."""
+    if instant is None or instant == "":
         return ""
+    if isinstance(instant, str):
+        try:
+            instant = datetime.fromisoformat(instant.removesuffix("Z"))
+        except ValueError:
+            return instant
     return to_merchant_local(instant, merchant_zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 

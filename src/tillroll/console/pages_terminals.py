@@ -37,6 +37,9 @@ add(
         "term.yes": ("是", "yes"),
         "term.no": ("否", "no"),
         "term.never": ("从未", "never"),
+        "term.receipts_owed": ("待补打小票", "Receipts owed"),
+        "term.open_refunds": ("未完成退款", "Refunds not final"),
+        "term.open_wallet_orders": ("未完成扫码单", "Wallet orders not final"),
     }
 )
 
