@@ -62,12 +62,14 @@ def _local(instant: datetime | str | None, tz: str = "Asia/Shanghai") -> str:
     merchant's local time."""
     if instant is None or instant == "":
         return ""
+    when = instant
     if isinstance(instant, str):
         try:
-            instant = datetime.fromisoformat(instant.removesuffix("Z"))
+            when = datetime.fromisoformat(instant.removesuffix("Z"))
         except ValueError:
             return instant
-    return to_merchant_local(instant, merchant_zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
+    assert isinstance(when, datetime)
+    return to_merchant_local(when, merchant_zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def templates() -> Environment:
