@@ -24,6 +24,8 @@ from consolekit import (
     TID_A1,
     TID_A2,
     TID_B1,
+    WALLET_KEY,
+    WALLET_MCH,
     add_console_user,
     console_login,
     screenshot,
@@ -243,3 +245,42 @@ def test_a_cashier_cannot_resend_and_another_merchants_staff_do_not_see_the_mess
     console_login(page, live_console.url, "baker", other)
     page.goto(f"{live_console.url}/console/notifications")
     assert page.locator("tr.message").count() == 0
+
+
+def test_a_wallet_payment_found_by_its_order_and_the_z_report_against_the_statement(
+    live_console: Any,
+    live_wallet: Any,
+    wallet_settings: Any,
+    make_terminal: Callable[..., Terminal],
+    page: Any,
+) -> None:
+    from tillroll.recon.statement import fetch_statement, import_statement
+    from tillroll.wallet.admin import add_user as add_wallet_user
+    from tillroll.wallet.admin import issue_code
+
+    add_wallet_user(live_wallet.engine, "alice", 100_00)
+    term = make_terminal(TID_A2, MID_A, wallet=wallet_settings)
+    paid = term.qr(1_999, issue_code(live_wallet.engine, "alice"))
+    assert paid.approved and paid.order_no
+    assert term.upload_journal() is not None
+    password = add_console_user(live_console.store, "wang.fang", Role.CASHIER, MID_A)
+    console_login(page, live_console.url, "wang.fang", password)
+    page.goto(f"{live_console.url}/console/payments?order={paid.order_no}")
+    (row,) = page.locator("#payments tr.payment").all()
+    assert "扫码" in row.inner_text() and "19.99" in row.inner_text() and "success" in row.inner_text()
+    with page.expect_navigation():
+        row.locator("a").click()
+    assert page.url.endswith(f"/console/payments/{TID_A2}/{paid.order_no}")
+    assert paid.order_no in page.inner_text("#identity")
+    # Before the statement is imported the Z report shows the wallet line not agreeing; after, it does.
+    page.goto(f"{live_console.url}/console/settlements/z/{TID_A2}")
+    line = page.locator("tr.zline[data-line='z.wallet_paid']")
+    assert "1 · ¥19.99" in line.inner_text() and "✘" in line.inner_text()
+    bill_date = page.inner_text("h1").rsplit("·", 1)[1].strip().replace("-", "")
+    text = fetch_statement(live_wallet.base_url, mch_id=WALLET_MCH, key=WALLET_KEY, bill_date=bill_date)
+    import_statement(
+        live_console.store.engine, text, mch_id=WALLET_MCH, bill_date=bill_date, now=live_console.clock.now()
+    )
+    page.reload()
+    line = page.locator("tr.zline[data-line='z.wallet_paid']")
+    assert line.inner_text().count("1 · ¥19.99") == 2 and "✔" in line.inner_text()
