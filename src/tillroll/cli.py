@@ -9,6 +9,8 @@ import typer
 
 from tillroll.host.cli import app as host_app
 from tillroll.notify.cli import app as notify_app
+from tillroll.recon.cli import app as recon_app
+from tillroll.recon.diagnose_cli import diagnose_command
 from tillroll.terminal.cli import app as pos_app
 from tillroll.wallet.cli import app as wallet_app
 from tillroll.web.cli import app as web_app
@@ -19,6 +21,8 @@ app.add_typer(pos_app, name="pos")
 app.add_typer(wallet_app, name="wallet")
 app.add_typer(web_app, name="web")
 app.add_typer(notify_app, name="notify")
+app.add_typer(recon_app, name="recon")
+app.command("diagnose")(diagnose_command)
 
 
 @app.command()

@@ -61,10 +61,19 @@ def _yuan(amount_minor: int | None) -> str:
     return "" if amount_minor is None else format_yuan(int(amount_minor))
 
 
-def _local(instant: datetime | None, tz: str = "Asia/Shanghai") -> str:
-    if instant is None:
+def _local(instant: datetime | str | None, tz: str = "Asia/Shanghai") -> str:
+    """A naive-UTC instant (or its ISO text, as stories and status documents carry it) in the
+    merchant's local time."""
+    if instant is None or instant == "":
         return ""
-    return to_merchant_local(instant, merchant_zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
+    when = instant
+    if isinstance(instant, str):
+        try:
+            when = datetime.fromisoformat(instant.removesuffix("Z"))
+        except ValueError:
+            return instant
+    assert isinstance(when, datetime)
+    return to_merchant_local(when, merchant_zone(tz)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def templates() -> Environment:

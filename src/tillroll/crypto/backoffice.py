@@ -6,12 +6,15 @@ distributed::
 
     backoffice_key = HMAC-SHA256(TMK, "tillroll back office v1")          (32 bytes)
 
-It signs two things, each with its own prefix so a signature of one is never valid as the other:
+It signs three things, each with its own prefix so a signature of one is never valid as the other:
 
 - a delivery of a fact to ``POST /api/v1/terminals/{tid}/facts``:
   ``HMAC-SHA256(key, "tillroll-fact-v1\\n" + tid + "\\n" + body)``, hex, sent as
   ``X-Tillroll-Signature: v1=<64 hex>``. No timestamp: every delivery is idempotent by its
   message id, so a replayed request changes nothing.
+- a journal upload to ``POST /api/v1/terminals/{tid}/journal``: the same, with the prefix
+  ``"tillroll-journal-v1\n"`` (its own, so a signed fact is never a valid upload, nor the reverse);
+  a replay changes nothing (an entry is kept only when newer than the stored one).
 - an e-receipt token (the ``/r/<token>`` link, printed as a QR code before the back office has
   seen the receipt): ``<payload>.<mac>``, both base64url without padding, where ``payload`` is
   ``tid|reference|issued_day`` (``issued_day``: days since 1970-01-01 of the approval, UTC) and
@@ -33,6 +36,7 @@ from datetime import date, datetime
 
 KEY_INFO = b"tillroll back office v1"
 FACT_PREFIX = b"tillroll-fact-v1\n"
+JOURNAL_PREFIX = b"tillroll-journal-v1\n"  # a journal upload (docs/web.md): never valid as a fact
 TOKEN_PREFIX = b"tillroll-receipt-v1\n"
 SIGNATURE_HEADER = "X-Tillroll-Signature"
 SIGNATURE_SCHEME = "v1="
@@ -52,17 +56,21 @@ def backoffice_key(tmk: bytes) -> bytes:
     return hmac.new(tmk, KEY_INFO, hashlib.sha256).digest()
 
 
-def sign_fact(key: bytes, tid: str, body: bytes) -> str:
-    """The header value ``v1=<hex>`` for one delivery of ``body`` by terminal ``tid``."""
-    mac = hmac.new(key, FACT_PREFIX + tid.encode("ascii") + b"\n" + body, hashlib.sha256).hexdigest()
+def sign_fact(key: bytes, tid: str, body: bytes, *, prefix: bytes = FACT_PREFIX) -> str:
+    """The header value ``v1=<hex>`` for one delivery of ``body`` by terminal ``tid``
+    (``prefix``: :data:`FACT_PREFIX`, or :data:`JOURNAL_PREFIX` for a journal upload)."""
+    mac = hmac.new(key, prefix + tid.encode("ascii") + b"\n" + body, hashlib.sha256).hexdigest()
     return SIGNATURE_SCHEME + mac
 
 
-def fact_signature_ok(key: bytes, tid: str, body: bytes, header: str | None) -> bool:
+def fact_signature_ok(
+    key: bytes, tid: str, body: bytes, header: str | None, *, prefix: bytes = FACT_PREFIX
+) -> bool:
     """True when ``header`` is the signature of ``body`` (constant-time comparison)."""
     if header is None or len(header) > 100:
         return False
-    return hmac.compare_digest(header.strip().encode("ascii", "replace"), sign_fact(key, tid, body).encode())
+    expected = sign_fact(key, tid, body, prefix=prefix).encode()
+    return hmac.compare_digest(header.strip().encode("ascii", "replace"), expected)
 
 
 def _b64(data: bytes) -> str:

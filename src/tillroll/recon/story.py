@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
+
+from tillroll.notify.contacts import ContactError, parse_contact
 
 # A leaf value of a record: what a JSON document can hold without conversion.
 Scalar = str | int | bool | None
@@ -118,6 +122,250 @@ class Story:
 
 def payment_story(conn: Connection, reference: str) -> Story:
     """Everything about the payment ``reference`` names (see the module docstring)."""
-    from tillroll.recon.diagnose import build_story  # the gathering lives with the diagnosis
+    from tillroll.recon.diagnose import diagnose_evidence, gather  # the gathering is the diagnosis's
 
-    return build_story(conn, reference)
+    ev = gather(conn, reference)
+    return _story(ev, diagnose_evidence(ev))
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else None
+
+
+def _scalar(value: object) -> Scalar:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, bytes):
+        return None  # never shown (a signature image, a sealed key)
+    return str(value)
+
+
+def _fields(row: Any, keep: tuple[str, ...]) -> dict[str, Scalar]:
+    return {k: _scalar(row[k]) for k in keep if k in row}
+
+
+def _masked_contact(text: object) -> Scalar:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return parse_contact(text).masked()
+    except ContactError:
+        return "***"
+
+
+_JOURNAL = (
+    "tid",
+    "entry_key",
+    "rail",
+    "kind",
+    "state",
+    "batch",
+    "stan",
+    "rrn",
+    "order_no",
+    "original_key",
+    "amount_minor",
+    "currency",
+    "card_masked",
+    "response_code",
+    "receipt",
+    "prints",
+    "note",
+    "approved_at",
+    "created_at",
+    "updated_at",
+    "received_at",
+)
+_HOST = (
+    "rrn",
+    "tid",
+    "mid",
+    "batch",
+    "stan",
+    "kind",
+    "status",
+    "response_code",
+    "amount_minor",
+    "currency",
+    "pan_masked",
+    "auth_code",
+    "local_date",
+    "created_at",
+    "updated_at",
+)
+_STATEMENT = (
+    "mch_id",
+    "bill_date",
+    "line_no",
+    "trade_time",
+    "out_trade_no",
+    "transaction_id",
+    "trade_state",
+    "brand",
+    "total_minor",
+    "out_refund_no",
+    "refund_id",
+    "refund_minor",
+    "refund_status",
+)
+
+
+def _story(ev: Any, diagnosis: Diagnosis) -> Story:
+    journal = []
+    for e in ev.journal:
+        f = _fields(e, _JOURNAL)
+        f["contact"] = _masked_contact(e["contact"])
+        journal.append(
+            Record("journal", _iso(e["updated_at"]), f"终端日志 {e['kind']}", f"journal {e['kind']}", f)
+        )
+    host = [
+        Record("host", _iso(r["created_at"]), f"主机 {r['kind']}", f"host {r['kind']}", _fields(r, _HOST))
+        for r in ev.host
+    ]
+    ledger = []
+    for entry, postings in ev.ledger:
+        for p in postings:
+            f = {
+                "entry_kind": entry["kind"],
+                "reference": entry["reference"],
+                **_fields(p, ("account", "amount_minor", "currency")),
+            }
+            ledger.append(Record("ledger", _iso(entry["created_at"]), "记账", "ledger posting", f))
+    issuer = [
+        Record(
+            "issuer",
+            _iso(m["created_at"]),
+            "银行通知持卡人",
+            "bank message to the cardholder",
+            _fields(m, ("text", "reason", "amount_minor")),
+        )
+        for m in ev.issuer
+    ]
+    statement = [
+        Record(
+            "wallet_statement",
+            _iso(s["trade_time"]),
+            "钱包对账单",
+            "wallet statement row",
+            _fields(s, _STATEMENT),
+        )
+        for s in ev.statement
+    ]
+    notes = []
+    for msg, tries in ev.messages:
+        recipient = str(msg["recipient"])
+        shown = recipient if msg["channel"] == "webhook" else str(_masked_contact(recipient))
+        notes.append(
+            Notification(
+                message_id=str(msg["message_id"]),
+                kind=str(msg["kind"]),
+                channel=str(msg["channel"]),
+                recipient=shown,
+                state=str(msg["state"]),
+                created_at=str(_iso(msg["created_at"])),
+                delivered_at=_iso(msg["delivered_at"]),
+                attempts=[_fields(a, ("attempt", "outcome", "detail", "at")) for a in tries],
+            )
+        )
+    receipts = [
+        Record(
+            "e_receipt",
+            _iso(r["created_at"]),
+            "电子小票",
+            "e-receipt",
+            _fields(r, ("tid", "reference", "rail", "trans_type", "amount_minor", "card_masked", "at_local")),
+        )
+        for r in ev.e_receipts
+    ]
+    commands = [
+        Record(
+            "terminal_command",
+            _iso(c["created_at"]),
+            f"终端指令 {c['command']}",
+            f"terminal command {c['command']}",
+            _fields(c, ("tid", "command", "reference", "state", "requested_by", "outcome", "updated_at")),
+        )
+        for c in ev.commands
+    ]
+    exceptions = []
+    for exc, actions in ev.exceptions:
+        try:
+            evidence = json.loads(exc["evidence"] or "{}")
+        except ValueError:
+            evidence = {}
+        exceptions.append(
+            ExceptionRecord(
+                id=int(exc["id"]),
+                klass=str(exc["class"]),
+                key=str(exc["key"]),
+                state=str(exc["state"]),
+                owner=exc["owner"],
+                business_date=str(exc["business_date"]),
+                deadline=_iso(exc["deadline"]),
+                evidence=evidence if isinstance(evidence, dict) else {},
+                actions=[_fields(a, ("id", "action", "actor", "outcome", "detail", "at")) for a in actions],
+            )
+        )
+    audit_rows = [
+        Record(
+            "audit",
+            _iso(a["at"]),
+            f"审计 {a['action']}",
+            f"audit {a['action']}",
+            _fields(a, ("id", "actor", "action", "target", "before", "after", "hash")),
+        )
+        for a in ev.audit
+    ]
+    moments = [
+        Record(
+            "exception",
+            _iso(x["created_at"]),
+            "对账异常",
+            "reconciliation exception",
+            _fields(x, ("id", "class", "state", "owner")),
+        )
+        for x, _ in ev.exceptions
+    ]
+    moments += [
+        Record(
+            "action",
+            _iso(a["at"]),
+            f"处理 {a['action']}",
+            f"action {a['action']}",
+            _fields(a, ("exception_id", "action", "actor", "outcome")),
+        )
+        for _, acts in ev.exceptions
+        for a in acts
+    ]
+    moments += [
+        Record(
+            "notification",
+            n.created_at,
+            f"通知 {n.channel}",
+            f"notification {n.channel}",
+            {"message_id": n.message_id, "state": n.state, "attempts": len(n.attempts)},
+        )
+        for n in notes
+    ]
+    everything = journal + host + ledger + issuer + statement + receipts + commands + audit_rows + moments
+    timeline = sorted(everything, key=lambda r: (r.at is None, r.at or ""))
+    identity = {k: v for k, v in diagnosis.facts.items()}
+    return Story(
+        reference=ev.reference,
+        found=ev.found,
+        identity=identity,
+        timeline=timeline,
+        journal=journal,
+        host=host,
+        ledger=ledger,
+        issuer=issuer,
+        wallet_statement=statement,
+        notifications=notes,
+        e_receipts=receipts,
+        terminal_commands=commands,
+        exceptions=exceptions,
+        audit=audit_rows,
+        diagnosis=diagnosis,
+    )

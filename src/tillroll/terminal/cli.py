@@ -402,6 +402,35 @@ def reprint(
 
 
 @app.command()
+def upload(
+    ctx: typer.Context,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Send every entry again from the first (idempotent).")
+    ] = False,
+) -> None:
+    """Upload the journal to the back office now (上送流水): changed entries, the terminal's
+    status, and the back office's commands run and reported (`pos run` does it by itself)."""
+    term = _open(ctx)
+    try:
+        if term.uploader is None:
+            _bad_input("no back office is set up: run `tillroll pos init … --backoffice http://HOST:PORT`")
+        done = term.upload_journal(everything=everything)
+    except TerminalError as exc:
+        err_console.print(f"[bold red]终端故障 / terminal error:[/] {exc}")
+        raise typer.Exit(EXIT_DECLINED) from None
+    finally:
+        term.close()
+    assert done is not None
+    line = f"{done.entries} 条流水已上送 / entries sent, {done.commands_run} 条指令已执行 / command(s) run"
+    if done.failed is not None:
+        console.print(f"[bold yellow]上送未完成 / upload not finished: {done.failed}[/]")
+        console.print(f"  {line}; 其余留在终端，稍后重试 / the rest waits in the journal, retried later")
+        raise typer.Exit(EXIT_DECLINED)
+    more = "" if done.caught_up else "; 还有更多 / more to send: run it again"
+    console.print(f"[green]上送完成 / uploaded:[/] {line}{more}")
+
+
+@app.command()
 def recover(ctx: typer.Context) -> None:
     """Send pending reversals now, then every open refund again (the same request)."""
     _run(ctx, "recover")

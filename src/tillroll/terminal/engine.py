@@ -21,7 +21,9 @@ translates the device's own IO failures into :class:`TerminalError` at its publi
 
 from __future__ import annotations
 
+import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from tillroll.terminal.financial import Transactions
 from tillroll.terminal.hostlink import HostLink, SocketFactory, TcpHostLink
 from tillroll.terminal.inputs import InputError, parse_trace
 from tillroll.terminal.journal import Alert, Entry, Journal, Settlement
+from tillroll.terminal.journal_upload import AFTER_TRANSACTION_TIMEOUT_S, JournalUploader, UploadRound
 from tillroll.terminal.notices import Notices
 from tillroll.terminal.preflight import Preflight
 from tillroll.terminal.printer import Printer, open_printer
@@ -50,6 +53,11 @@ from tillroll.terminal.wallet_gateway import HttpWalletGateway, WalletGateway
 from tillroll.terminal.wallet_journal import WalletJournal, WalletOrder, WalletRefund
 from tillroll.terminal.wallet_receipts import WalletReceipts
 from tillroll.terminal.wallet_refunds import WalletRefunds
+from tillroll.terminal.wallet_states import WalletState
+
+log = logging.getLogger("tillroll.terminal")
+SETTLEMENT_UPLOAD_BUDGET_S = 20.0  # at the end of the day the whole batch goes, page after page
+_CARD_REFERENCE = re.compile(r"^([0-9]{6})\.([0-9]{6})$")
 
 __all__ = [
     "InputError",
@@ -144,6 +152,8 @@ class Terminal:
                 self.data_dir,
             )
             self._open_wallet(wallet_gateway, rng)
+            self._uploader: JournalUploader | None = None
+            self._uploading = False
         except BaseException:
             self._lock.release()
             raise
@@ -219,7 +229,7 @@ class Terminal:
 
     @boundary
     def balance(self, pan: str, expiry_yymm: str, pin: str) -> Result:
-        return self.transactions.balance(pan, expiry_yymm, pin)
+        return self._uploaded(self.transactions.balance(pan, expiry_yymm, pin))
 
     @boundary
     def sale(
@@ -232,11 +242,11 @@ class Terminal:
         notify: str | None = None,
     ) -> Result:
         """A sale; ``notify``: the customer's phone or e-mail for the e-receipt and notices."""
-        return self.transactions.sale(amount_minor, pan, expiry_yymm, pin, notify=notify)
+        return self._uploaded(self.transactions.sale(amount_minor, pan, expiry_yymm, pin, notify=notify))
 
     @boundary
     def void(self, trace: str) -> Result:
-        return self.transactions.void(trace)
+        return self._uploaded(self.transactions.void(trace))
 
     @boundary
     def refund(
@@ -255,20 +265,22 @@ class Terminal:
 
         When the sale is in this journal its card, trace and batch come from there; otherwise
         ``trace`` and ``batch`` (and, for the slip, ``pan``/``expiry``) are read off its slip."""
-        return self.refunds.refund(
-            amount_minor, rrn, date_mmdd, trace=trace, batch=batch, pan=pan, expiry=expiry, notify=notify
+        return self._uploaded(
+            self.refunds.refund(
+                amount_minor, rrn, date_mmdd, trace=trace, batch=batch, pan=pan, expiry=expiry, notify=notify
+            )
         )
 
     @boundary
     def qr(self, amount_minor: int, code: str, contact: str | None = None) -> Result:
         """Wallet payment (扫码支付) with the customer's payment code; ``contact`` (phone or
         e-mail) gets the e-receipt and, should it be cancelled, the notice (wallet.py)."""
-        return self._need_wallet()[0].pay(amount_minor, code, contact)
+        return self._uploaded(self._need_wallet()[0].pay(amount_minor, code, contact))
 
     @boundary
     def refund_order(self, amount_minor: int, order_no: str, contact: str | None = None) -> Result:
         """Refund of a wallet order named by its order number (out_trade_no), partial or whole."""
-        return self._need_wallet()[1].refund(order_no, amount_minor, contact)
+        return self._uploaded(self._need_wallet()[1].refund(order_no, amount_minor, contact))
 
     @boundary
     def wallet_step(self) -> WalletStep:
@@ -284,13 +296,23 @@ class Terminal:
     @boundary
     def settle(self) -> Result:
         """End of day: 0500 with the journal's totals; batch upload when not balanced; then the
-        next batch and a new sign-in."""
-        return self.settler.settle()
+        next batch and a new sign-in. Then the journal is uploaded to the back office — after the
+        0500, not before: the settlement's preflight sends pending reversals and open refunds
+        first, so only afterwards does every entry of the batch stand in its final state, and the
+        status carries the settlement's outcome and the next batch (docs/terminal.md)."""
+        result = self.settler.settle()
+        self._upload_quietly(
+            budget_s=SETTLEMENT_UPLOAD_BUDGET_S, query_printer=True, commands=True, force=True
+        )
+        return result
 
     @boundary
     def recover(self) -> Result:
         """Settle anything left in flight, send every pending reversal now, then every open
         refund again (the same request each); open wallet orders and refunds likewise."""
+        return self._uploaded(self._recover())
+
+    def _recover(self) -> Result:
         wallet = self._recover_wallet()
         card = self._recover_card()
         if wallet is None:
@@ -359,6 +381,9 @@ class Terminal:
         """Print the slips of the approval with that trace (the last one when None), marked
         REPRINT; an owed receipt is cleared when it prints. Covers wallet payments: the newer of
         the card approval and the paid wallet order with that trace is reprinted."""
+        return self._uploaded(self._reprint(trace))
+
+    def _reprint(self, trace: str | None) -> Result:
         stan = parse_trace(trace) if trace is not None else None
         order = self.wallet_journal.receipted_order(stan)
         if order is not None:
@@ -382,6 +407,133 @@ class Terminal:
             detail="重打印 reprinted",
             order_no=order.out_trade_no,
         )
+
+    # --- the journal's copy at the back office (journal_upload.py) ---------------------------
+
+    @property
+    def uploader(self) -> JournalUploader | None:
+        """None when no back office is configured (the entries wait in the journal)."""
+        if self.config.backoffice_url is None:
+            return None
+        if self._uploader is None:
+            self._uploader = JournalUploader(
+                self.journal,
+                tid=self.config.tid,
+                tmk=self.config.tmk,
+                base_url=self.config.backoffice_url,
+                timeout_s=self.config.backoffice_timeout_s,
+                clock=self.clock,
+                printer=self.printer,
+            )
+        return self._uploader
+
+    @boundary
+    def upload_journal(
+        self, *, budget_s: float | None = None, commands: bool = True, everything: bool = False
+    ) -> UploadRound | None:
+        """Upload the entries changed since the last upload, the status and the outcomes of the
+        back office's commands; with ``commands``, run the commands it hands over (reprint, retry
+        refunds) and report them in the same round. ``everything``: from the first entry again."""
+        uploader = self.uploader
+        if uploader is None:
+            return None
+        if everything:
+            uploader.reset()
+        budget = 4 * self.config.backoffice_timeout_s if budget_s is None else budget_s
+        self._uploading = True
+        try:
+            return uploader.upload(budget_s=budget, run_command=self.run_command if commands else None)
+        finally:
+            self._uploading = False
+
+    def _upload_quietly(
+        self, *, budget_s: float, query_printer: bool, commands: bool, force: bool = False
+    ) -> None:
+        """``force``: even while a failed upload's backoff runs (at settlement)."""
+        uploader = self.uploader
+        # A command's reprint inside an upload does not start another upload: the round goes on.
+        if uploader is None or self._uploading or not (force or uploader.due()):
+            return
+        self._uploading = True
+        try:
+            uploader.upload(
+                budget_s=budget_s,
+                run_command=self.run_command if commands else None,
+                query_printer=query_printer,
+            )
+        except Exception:  # the transaction stands whatever the upload does; it is retried later
+            log.exception("terminal %s: journal upload after a transaction failed", self.config.tid)
+        finally:
+            self._uploading = False
+
+    def _uploaded(self, result: Result) -> Result:
+        """After a transaction, when the line allows: one short upload (no printer query, no
+        commands run: the cashier is waiting for the next sale), skipped while an earlier
+        failure's backoff runs. Never changes or delays the outcome beyond its short timeout."""
+        timeout_s = min(self.config.backoffice_timeout_s, AFTER_TRANSACTION_TIMEOUT_S)
+        self._upload_quietly(budget_s=timeout_s, query_printer=False, commands=False)
+        return result
+
+    def run_command(self, command: str, reference: str | None) -> tuple[bool, str]:
+        """Run one of the back office's commands through the engine's own operations: ``reprint``
+        (the reprint of ``pos reprint``), ``retry_refunds`` (the open refunds sent again, as
+        ``pos recover`` does; ``reference``: only those of that original RRN or order number)."""
+        if command == "reprint":
+            return self._command_reprint(reference)
+        if command == "retry_refunds":
+            return self._command_retry_refunds(reference)
+        return False, f"unknown command {command!r}"
+
+    def _command_reprint(self, reference: str | None) -> tuple[bool, str]:
+        if reference is None:
+            return False, "reprint needs a reference: batch.trace or an order number"
+        m = _CARD_REFERENCE.match(reference)
+        if m is None:
+            order = self.wallet_journal.find_order(reference)
+            if order is None or order.state is not WalletState.SUCCESS:
+                return False, f"no paid wallet order {reference} in this terminal's journal"
+            result = self._reprint_order(order)
+        else:
+            batch, stan = m.groups()
+            entry = self.journal.find_receipted(stan)
+            order = self.wallet_journal.receipted_order(stan)
+            if not (
+                (entry is not None and entry.batch == batch) or (order is not None and order.batch == batch)
+            ):
+                return False, f"no approval with trace {stan} in batch {batch} in this terminal's journal"
+            result = self._reprint(stan)
+        return result.outcome is Outcome.DONE, result.text if result.outcome is not Outcome.DONE else (
+            f"reprinted trace {result.trace} / 已重打印"
+        )
+
+    def _command_retry_refunds(self, reference: str | None) -> tuple[bool, str]:
+        card = self.journal.open_refunds(orig_rrn=reference if reference and reference.isdigit() else None)
+        wallet: list[WalletRefund] = []
+        if self.wallet_refunds is not None:
+            wallet = self.wallet_refunds.open()
+            if reference:
+                parent = self.wallet_journal.find_order(reference)
+                wallet = [
+                    r
+                    for r in wallet
+                    if (parent is not None and r.order_id == parent.id) or r.out_refund_no == reference
+                ]
+        if reference and not reference.isdigit():
+            card = []
+        if not card and not wallet:
+            return True, "no open refund to retry / 无待处理退货"
+        results = []
+        if card:
+            if not self.sessions.ensure():
+                return False, f"{len(card)} card refund(s) not retried: sign-in failed"
+            results += self.refunds.retry_open(card)
+        if wallet and self.wallet_refunds is not None:
+            results += self.wallet_refunds.retry_open(wallet)
+        still = [r for r in results if r.outcome is Outcome.REFUND_UNKNOWN]
+        finished = len(results) - len(still)
+        if still:
+            return False, f"{finished} refund(s) finished, {len(still)} still open: {still[0].detail}"
+        return True, f"{finished} refund(s) finished / 退货已完成"
 
     def send_facts(self, *, budget_s: float | None = None) -> RelayRound | None:
         """Deliver the journal's due facts to the back office for at most ``budget_s`` (default

@@ -14,6 +14,11 @@ is seen next turn through the journal. The steps, in order of precedence:
 4. the configured daily settlement time (merchant-local) has passed and today is not settled;
 5. the line was idle for ``echo_interval_s`` → echo test (0820).
 
+Before the steps, every turn relays the facts that are due and uploads the journal when there is
+something to upload (entries changed, command outcomes to report) or every
+:data:`UPLOAD_HEARTBEAT_S` (the status: the back office's "last seen"), unless a failed upload's
+backoff runs; the back office's commands it answers with are run in that upload's round.
+
 :func:`plan` decides (pure, seconds in, action out); :class:`Resident` does the IO. The wait
 between turns is an ``Event.wait`` so a stop request wakes it at once, and it is at most
 ``LOOK_S`` so that work left by another command is picked up promptly.
@@ -46,6 +51,7 @@ ABORT_GRACE_S = 0.3  # then, after its exchange is aborted, how long it has to w
 SIGN_IN_ALERT_AFTER = 3  # sign-in failures in a row that raise the merchant's alert
 ALERTS_READ = 1000  # alerts read back to know which reversals were already alerted on
 _SIGN_IN_KEY = "sign-in"
+UPLOAD_HEARTBEAT_S = 30.0  # the status goes up at least this often, entries or not
 
 
 class Action(enum.Enum):
@@ -146,6 +152,7 @@ class Resident:
         self._busy = False
         self._current: Terminal | None = None  # the terminal of the turn in progress
         self._failure: BaseException | None = None
+        self._uploaded_s: float | None = None  # clock.monotonic() of the last upload answered 200
 
     def run(self) -> None:
         """Turn until ``stop`` is set, and return within about a second of it.
@@ -208,6 +215,7 @@ class Resident:
 
     def _step(self, term: Terminal) -> float:
         self._send_facts(term)
+        self._upload(term)
         config = term.config
         reversals, sign_ins = self._schedules(config)
         term.reversals.schedule = reversals  # the backoff outlives this turn's Terminal
@@ -278,6 +286,30 @@ class Resident:
             return
         if done is not None and (done.delivered or done.dead):
             self.out(f"facts: {done.delivered} delivered, {done.dead} refused, {done.pending} pending")
+
+    def _upload(self, term: Terminal) -> None:
+        """The journal's changes, the status and command outcomes to the back office (bounded by
+        the back-office timeout per request; skipped while a failure's backoff runs)."""
+        uploader = term.uploader
+        if uploader is None or not uploader.due():
+            return
+        now_s = self.clock.monotonic()
+        heartbeat = self._uploaded_s is None or now_s - self._uploaded_s >= UPLOAD_HEARTBEAT_S
+        try:
+            if not heartbeat and not uploader.has_work():
+                return
+            done = term.upload_journal(budget_s=term.config.backoffice_timeout_s)
+        except Exception as exc:  # the loop's other duties go on; the entries wait in the journal
+            self.out(f"upload: not sent ({type(exc).__name__})")
+            return
+        if done is None:
+            return
+        if done.failed is not None:
+            self.out(f"upload: {done.failed}; the entries wait in the journal")
+            return
+        self._uploaded_s = now_s
+        if done.entries or done.commands_run:
+            self.out(f"upload: {done.entries} entries sent, {done.commands_run} command(s) run")
 
     def _alert_overdue(self, term: Terminal, pending: list[tuple[int, datetime]]) -> None:
         if not pending:

@@ -28,6 +28,7 @@ from tillroll.notify.routing import fan_out as notify_fan_out
 from tillroll.terminal.ereceipt import render_e_receipt
 from tillroll.web.config import WebConfig
 from tillroll.web.intake import FanOut, accept
+from tillroll.web.journal_intake import accept_journal
 from tillroll.web.receipts import Found, Missing, find, receipt_pdf
 
 log = logging.getLogger("tillroll.web")
@@ -126,22 +127,47 @@ def create_app(
     def healthz() -> dict[str, bool]:
         return {"ok": True}
 
-    @app.post("/api/v1/terminals/{tid}/facts")
-    async def intake(tid: str, request: Request) -> JSONResponse:
+    async def read_body(request: Request) -> bytes | None:
+        """The body, or None when it is larger than ``body_max_bytes`` (refused unread)."""
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > config.body_max_bytes):
-            return JSONResponse({"error": "too_large", "detail": "the body is too large"}, 413)
+            return None
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > config.body_max_bytes:
-                return JSONResponse({"error": "too_large", "detail": "the body is too large"}, 413)
+                return None
+        return bytes(body)
+
+    too_large = {"error": "too_large", "detail": "the body is too large"}
+
+    @app.post("/api/v1/terminals/{tid}/journal")
+    async def journal_intake(tid: str, request: Request) -> JSONResponse:
+        body = await read_body(request)
+        if body is None:
+            return JSONResponse(too_large, 413)
+        answer = await run_in_threadpool(
+            accept_journal,
+            store.engine,
+            store.keystore,
+            tid=tid,
+            body=body,
+            signature=request.headers.get(SIGNATURE_HEADER),
+            now=clock.now(),
+        )
+        return JSONResponse(answer.body, answer.status)
+
+    @app.post("/api/v1/terminals/{tid}/facts")
+    async def intake(tid: str, request: Request) -> JSONResponse:
+        body = await read_body(request)
+        if body is None:
+            return JSONResponse(too_large, 413)
         answer = await run_in_threadpool(
             accept,
             store.engine,
             store.keystore,
             tid=tid,
-            body=bytes(body),
+            body=body,
             signature=request.headers.get(SIGNATURE_HEADER),
             now=clock.now(),
             fan_out=fan,

@@ -69,7 +69,6 @@ def upgrade() -> None:
         "merchants", sa.Column("tz", sa.String(length=40), server_default="Asia/Shanghai", nullable=False)
     )
 
-
     op.create_table(
         "terminal_commands",
         sa.Column("id", _Id, autoincrement=True, nullable=False),

@@ -1,0 +1,497 @@
+"""The journal upload end to end: a real terminal engine, the real acquirer host over TCP and the
+real web intake over HTTP (uvicorn on 127.0.0.1), on SQLite and PostgreSQL.
+
+A sale is uploaded right after it; with the back office down (refused, or a line that swallows
+the request) the sale is unaffected and its entry goes up later; a replayed or older upload
+changes nothing; one bad entry refuses the whole delivery; a full card number is refused; the
+back office's commands (reprint, retry refunds) are handed over, run by the engine and
+acknowledged, each acknowledgement with its audit row.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, insert, select
+from typer.testing import CliRunner
+
+from tillroll.clock import SystemClock
+from tillroll.crypto.backoffice import JOURNAL_PREFIX, SIGNATURE_HEADER, backoffice_key, sign_fact
+from tillroll.host import HostServer
+from tillroll.host.admin import add_card, add_merchant, add_terminal
+from tillroll.host.store import HostStore, open_store
+from tillroll.sim.fault_proxy import Fault, FaultProxy
+from tillroll.sim.printer_emulator import PrinterEmulator
+from tillroll.store.tables import audit_log, journal_entries, terminal_commands, terminal_status
+from tillroll.terminal import HostAddress, Outcome, RefundState, Terminal, TerminalConfig, save_config
+from tillroll.terminal.cli import app as pos_app
+from tillroll.terminal.journal_upload import JournalUploader
+from tillroll.terminal.resident import Resident
+from tillroll.web import WebConfig, WebServer, create_app
+
+MID = "898310048990001"
+TID = "10000001"
+TMK = bytes.fromhex("70F2A84CCBC2AE8625CBB0F2C22AB923")
+PAN = "6222021234567890123"
+MASKED = "622202*********0123"
+EXPIRY = "3012"
+PIN = "123456"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[HostStore]:
+    s = open_store(db_url)
+    add_merchant(s, MID, "一号便利店")
+    add_terminal(s, TID, MID, TMK)
+    add_card(s, PAN, EXPIRY, PIN, 100_000)
+    yield s
+    s.engine.dispose()
+
+
+@pytest.fixture
+def host(store: HostStore) -> Iterator[HostServer]:
+    with HostServer(store, key_lifetime_s=3600) as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(host: HostServer) -> Iterator[FaultProxy]:
+    with FaultProxy(host.address) as p:
+        yield p
+
+
+class Web:
+    """The web app on a port chosen now, started and stopped at will (the back office down)."""
+
+    def __init__(self, store: HostStore) -> None:
+        self.port = free_port()
+        self.config = WebConfig(port=self.port)
+        self.store = store
+        self.server: WebServer | None = None
+
+    @property
+    def url(self) -> str:
+        return self.config.base_url
+
+    def start(self) -> None:
+        self.server = WebServer(create_app(self.config, self.store), port=self.port).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+@pytest.fixture
+def web(store: HostStore) -> Iterator[Web]:
+    w = Web(store)
+    w.start()
+    yield w
+    w.stop()
+
+
+def make_terminal(
+    data_dir: Path, address: tuple[str, int], backoffice: str, *, printer_url: str | None = None, **kw: Any
+) -> Terminal:
+    config = TerminalConfig(
+        tid=TID,
+        mid=MID,
+        tmk=TMK,
+        host=HostAddress(*address),
+        merchant_name="一号便利店",
+        response_timeout_s=2.0,
+        connect_timeout_s=1.0,
+        printer_url=printer_url,
+        backoffice_url=backoffice,
+        refund_retries_max=2,
+        retry_backoff_s=0.01,
+        **kw,
+    )
+    return Terminal(config, data_dir)
+
+
+def entries(store: HostStore) -> dict[str, dict[str, Any]]:
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(journal_entries).where(journal_entries.c.tid == TID)).mappings()
+        return {r["entry_key"]: dict(r) for r in rows}
+
+
+def status_row(store: HostStore) -> dict[str, Any] | None:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(terminal_status).where(terminal_status.c.tid == TID)).mappings().first()
+        return dict(row) if row else None
+
+
+def post(url: str, body: bytes, *, prefix: bytes = JOURNAL_PREFIX, to: str = TID) -> httpx.Response:
+    sig = sign_fact(backoffice_key(TMK), TID, body, prefix=prefix)
+    return httpx.post(
+        f"{url}/api/v1/terminals/{to}/journal",
+        content=body,
+        headers={SIGNATURE_HEADER: sig, "Content-Type": "application/json"},
+        timeout=10,
+        trust_env=False,
+    )
+
+
+class Recorder(httpx.HTTPTransport):
+    """The uploads' bodies as sent (to replay them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.bodies.append(request.read())
+        return super().handle_request(request)
+
+
+def test_a_sale_is_uploaded_right_after_it(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with make_terminal(tmp_path / "pos", proxy.address, web.url) as term:
+        res = term.sale(1250, PAN, EXPIRY, PIN, notify="li.lei@example.com")
+        assert res.approved, res.text
+        got = entries(store)
+        sale = got[f"card:{res.txn_id}"]
+        assert (sale["rail"], sale["kind"], sale["state"]) == ("card", "sale", "approved")
+        assert (sale["amount_minor"], sale["rrn"], sale["stan"], sale["batch"]) == (
+            1250,
+            res.rrn,
+            res.trace,
+            res.batch,
+        )
+        assert sale["card_masked"] == MASKED and sale["contact"] == "li.lei@example.com"
+        assert sale["receipt"] == "owed"  # no printer here: owed, with an e-receipt
+        status = status_row(store)
+        assert status is not None and (status["batch"], status["signed_in"]) == (res.batch, 1)
+        assert status["pending_reversals"] == 0 and status["printer"] == "none"
+        assert json.loads(status["status"])["receipts_owed"] == 1
+        # The watermark moved: the next upload sends no entry again.
+        again = term.upload_journal()
+        assert again is not None and again.caught_up and again.entries == 0 and again.failed is None
+        # A void changes the sale (voided) and adds the void: both go up after the void.
+        void = term.void(res.trace or "")
+        assert void.approved, void.text
+    got = entries(store)
+    assert got[f"card:{res.txn_id}"]["state"] == "voided"
+    assert got[f"card:{void.txn_id}"]["kind"] == "void"
+    assert got[f"card:{void.txn_id}"]["original_key"] == f"card:{res.txn_id}"
+    with store.engine.connect() as conn:  # no full card number anywhere in the copy
+        rows = conn.execute(select(journal_entries)).mappings().all()
+    assert PAN not in json.dumps([dict(r) for r in rows], default=str)
+
+
+def test_with_the_back_office_down_the_sale_stands_and_its_entry_goes_up_later(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    web.stop()
+    with make_terminal(tmp_path / "pos", proxy.address, web.url) as term:
+        first = term.sale(1000, PAN, EXPIRY, PIN)
+        assert first.approved, first.text
+        assert entries(store) == {}
+        assert term.uploader is not None and not term.uploader.due()  # backing off: the next sale won't wait
+        second = term.sale(2000, PAN, EXPIRY, PIN)
+        assert second.approved
+        web.start()
+        done = term.upload_journal()  # what `pos upload` and `pos run` do
+        assert done is not None and done.failed is None and done.caught_up, done
+    got = entries(store)
+    assert {got[f"card:{r.txn_id}"]["amount_minor"] for r in (first, second)} == {1000, 2000}
+    assert all(got[f"card:{r.txn_id}"]["state"] == "approved" for r in (first, second))
+
+
+def test_a_line_that_swallows_the_upload_does_not_hold_the_sale(
+    tmp_path: Path, proxy: FaultProxy, store: HostStore
+) -> None:
+    # A listening socket that never answers: the request goes out, no answer ever comes.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        url = f"http://127.0.0.1:{hole.getsockname()[1]}"
+        # 10 s per back-office delivery (facts), but the after-sale upload waits at most 1 s.
+        with make_terminal(tmp_path / "pos", proxy.address, url, backoffice_timeout_s=10.0) as term:
+            assert term.sign_in().outcome is Outcome.DONE
+            started = time.monotonic()
+            res = term.sale(1000, PAN, EXPIRY, PIN)
+            took_s = time.monotonic() - started
+            assert res.approved, res.text
+            assert took_s < 8.0, took_s  # the sale's own exchange plus at most the short upload timeout
+            assert term.uploader is not None and not term.uploader.due()
+    assert entries(store) == {}
+
+
+def test_a_replayed_or_older_upload_changes_nothing(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    recorder = Recorder()
+    with make_terminal(tmp_path / "pos", proxy.address, web.url) as term:
+        res = term.sale(1250, PAN, EXPIRY, PIN)
+        assert res.approved
+        with httpx.Client(transport=recorder, trust_env=False) as client:
+            uploader = JournalUploader(
+                term.journal, tid=TID, tmk=TMK, base_url=web.url, timeout_s=5.0, clock=SystemClock(),
+                client=client,
+            )  # fmt: skip
+            uploader.reset()
+            assert uploader.upload(budget_s=10).failed is None
+        first = recorder.bodies[0]
+        assert term.void(res.trace or "").approved
+    key = f"card:{res.txn_id}"
+    before_entries, before_status = entries(store), status_row(store)
+    assert before_entries[key]["state"] == "voided"
+    # the recorded upload again, as it was signed: accepted, nothing changes
+    answer = post(web.url, first)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 0 and answer.json()["unchanged"] == 1
+    # an older revision, freshly signed (a delayed upload): nothing changes either
+    doc = json.loads(first)
+    doc["entries"][0]["updated_at"] = "2020-01-01T00:00:00.000000Z"
+    doc["entries"][0]["created_at"] = "2020-01-01T00:00:00.000000Z"
+    doc["status"]["reported_at"] = "2020-01-01T00:00:00.000000Z"
+    doc["status"]["batch"] = "000999"
+    older = post(web.url, json.dumps(doc).encode())
+    assert older.status_code == 200 and older.json()["stored"] == 0
+    assert entries(store) == before_entries
+    assert status_row(store) == before_status
+
+
+def good_entry(n: int, **over: Any) -> dict[str, Any]:
+    at = "2026-12-01T06:00:00.000000Z"
+    e: dict[str, Any] = {
+        "entry_key": f"card:{n}", "rail": "card", "kind": "sale", "state": "approved",
+        "batch": "000001", "stan": f"{n:06d}", "rrn": f"{n:012d}", "order_no": None,
+        "original_key": None, "amount_minor": 100 * n, "currency": "156", "card_masked": MASKED,
+        "response_code": "00", "receipt": "printed", "prints": 1, "contact": None, "note": None,
+        "approved_at": at, "created_at": at, "updated_at": f"2026-12-01T06:00:0{n}.000000Z",
+    }  # fmt: skip
+    e.update(over)
+    return e
+
+
+def body_of(entries_: list[dict[str, Any]], **over: Any) -> bytes:
+    status = {
+        "batch": "000001", "signed_in": True, "signed_in_at": None, "pending_reversals": 0, "open_refunds": 0,
+        "open_wallet_orders": 0, "receipts_owed": 0, "printer": "ok", "alerts": [], "closed_batches": [],
+        "last_settlement": None, "reported_at": "2026-12-01T06:00:09.000000Z",
+    }  # fmt: skip
+    doc: dict[str, Any] = {"v": 1, "tid": TID, "entries": entries_, "status": status, "acks": []}
+    doc.update(over)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"state": "paid"}, "entries.1.state"),
+        ({"amount_minor": 12.5}, "entries.1.amount_minor"),
+        ({"updated_at": "yesterday"}, "entries.1.updated_at"),
+        ({"entry_key": "wallet:2"}, "entries.1.rail"),
+        ({"batch": "1"}, "entries.1.batch"),
+        ({"extra": 1}, "entries.1.extra"),
+    ],
+)
+def test_one_bad_entry_refuses_the_whole_delivery(
+    web: Web, store: HostStore, bad: dict[str, Any], field: str
+) -> None:
+    answer = post(web.url, body_of([good_entry(1), good_entry(2, **bad), good_entry(3)]))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field
+    assert entries(store) == {} and status_row(store) is None  # nothing stored, not even the good ones
+    fine = post(web.url, body_of([good_entry(1), good_entry(2), good_entry(3)]))
+    assert fine.status_code == 200 and fine.json()["stored"] == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"card_masked": PAN},
+        {"note": f"card {PAN} declined"},
+        {"note": "6222 0212 3456 7890 123"},
+        {"response_code": PAN},
+    ],
+)
+def test_a_full_card_number_is_refused(web: Web, store: HostStore, bad: dict[str, Any]) -> None:
+    answer = post(web.url, body_of([good_entry(1, **bad)]))
+    assert answer.status_code == 422, answer.text
+    assert PAN not in answer.text
+    assert entries(store) == {}
+
+
+def test_a_fact_signature_or_another_terminal_is_refused(web: Web, store: HostStore) -> None:
+    body = body_of([good_entry(1)])
+    assert post(web.url, body, prefix=b"tillroll-fact-v1\n").status_code == 401  # a fact's signature
+    other = body.replace(TID.encode(), b"10000002")
+    assert post(web.url, other, to="10000002").status_code == 401  # signed by TID, sent as another
+    assert post(web.url, body, to="99999999").status_code == 401  # an unknown terminal looks the same
+    assert post(web.url, body).status_code == 200
+    assert set(entries(store)) == {"card:1"}
+
+
+def add_command(store: HostStore, command: str, reference: str | None, tid: str = TID) -> int:
+    now = SystemClock().now()
+    with store.engine.begin() as conn:
+        return int(
+            conn.execute(
+                insert(terminal_commands)
+                .values(tid=tid, command=command, reference=reference, state="pending", requested_by="auto",
+                        created_at=now, updated_at=now)
+                .returning(terminal_commands.c.id)
+            ).scalar_one()
+        )  # fmt: skip
+
+
+def commands(store: HostStore) -> dict[int, dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return {r["id"]: dict(r) for r in conn.execute(select(terminal_commands)).mappings()}
+
+
+def test_commands_are_handed_over_run_and_acknowledged(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with (
+        PrinterEmulator() as printer,
+        make_terminal(tmp_path / "pos", proxy.address, web.url, printer_url=printer.url) as term,
+    ):
+        sale = term.sale(1250, PAN, EXPIRY, PIN)
+        assert sale.approved and sale.rrn is not None and sale.txn_id is not None
+        printed = len(printer.documents())
+        host_date = term.journal.get(sale.txn_id).host_date or ""
+        proxy.inject(Fault.DROP_RESPONSE, count=-1)  # the refund's answers are lost: unknown
+        refund = term.refund(500, sale.rrn, host_date)
+        assert refund.outcome is Outcome.REFUND_UNKNOWN
+        proxy.clear()
+        reprint = add_command(store, "reprint", f"{sale.batch}.{sale.trace}")
+        missing = add_command(store, "reprint", f"{sale.batch}.999999")
+        retry = add_command(store, "retry_refunds", None)
+        done = term.upload_journal()
+        assert done is not None and done.failed is None and done.commands_run == 3, done
+        reprinted = [d for d in printer.documents()[printed:] if "重打印 REPRINT" in d]
+        assert len(reprinted) == 2  # the merchant's and the cardholder's copy, marked REPRINT
+        assert [e.state for e in term.open_refunds()] == []
+        # handed over again (as if our answer was lost): not run again, only reported again
+        assert term.upload_journal() is not None
+        assert term.uploader is not None
+        assert [c["state"] for c in term.uploader.commands()] == ["done", "failed", "done"]
+    got = commands(store)
+    assert got[reprint]["state"] == "done" and "reprint" in (got[reprint]["outcome"] or "")
+    assert got[missing]["state"] == "failed" and "999999" in (got[missing]["outcome"] or "")
+    assert got[retry]["state"] == "done" and "1 refund(s) finished" in (got[retry]["outcome"] or "")
+    copy = entries(store)
+    assert copy[f"card:{sale.txn_id}"]["prints"] == 2  # the reprint's change went up in the same round
+    assert copy[f"card:{refund.txn_id}"]["state"] == RefundState.APPROVED.value
+    with store.engine.connect() as conn:
+        audited = conn.execute(
+            select(audit_log.c.action, audit_log.c.target, audit_log.c.actor).order_by(audit_log.c.id)
+        ).all()
+    assert [(a.action, a.target) for a in audited] == [
+        ("terminal_command.done", f"terminal_command:{reprint}"),
+        ("terminal_command.failed", f"terminal_command:{missing}"),
+        ("terminal_command.done", f"terminal_command:{retry}"),
+    ]
+    assert {a.actor for a in audited} == {f"terminal:{TID}"}
+
+
+def test_an_acknowledgement_of_another_terminals_command_refuses_the_upload(
+    web: Web, store: HostStore
+) -> None:
+    theirs = add_command(store, "reprint", "000001.000001", tid="10000002")
+    body = body_of([good_entry(1)], acks=[{"id": theirs, "state": "done", "outcome": "ok"}])
+    answer = post(web.url, body)
+    assert answer.status_code == 422 and answer.json()["field"] == f"acks.{theirs}"
+    assert entries(store) == {} and commands(store)[theirs]["state"] == "pending"
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_log)).scalar_one() == 0
+
+
+def saved_terminal(data_dir: Path, proxy: FaultProxy, web: Web, **kw: Any) -> None:
+    config = TerminalConfig(
+        tid=TID, mid=MID, tmk=TMK, host=HostAddress(*proxy.address), merchant_name="一号便利店",
+        response_timeout_s=2.0, connect_timeout_s=1.0, backoffice_url=web.url, **kw,
+    )  # fmt: skip
+    save_config(data_dir, config)
+
+
+def test_pos_run_uploads_on_its_turns_and_runs_the_commands(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    data_dir = tmp_path / "pos"
+    with PrinterEmulator() as printer:
+        saved_terminal(data_dir, proxy, web, printer_url=printer.url)
+        web.stop()  # the sale's own upload fails: `pos run` sends it
+        with Terminal.open(data_dir) as term:
+            sale = term.sale(1250, PAN, EXPIRY, PIN)
+            assert sale.approved
+        web.start()
+        command = add_command(store, "reprint", f"{sale.batch}.{sale.trace}")
+        lines: queue.Queue[str] = queue.Queue()
+        stop = threading.Event()
+        resident = Resident(data_dir, stop=stop, out=lines.put)
+        worker = threading.Thread(target=resident.run)
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                if line.startswith("upload:") and "1 command(s) run" in line:
+                    break
+        finally:
+            stop.set()
+            worker.join(5)
+        assert any("重打印 REPRINT" in d for d in printer.documents())
+    assert f"card:{sale.txn_id}" in entries(store)
+    assert commands(store)[command]["state"] == "done"
+    status = status_row(store)
+    assert status is not None and status["printer"] == "ok"  # `pos run` asks the printer itself
+
+
+def test_pos_upload_says_what_it_did(tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore) -> None:
+    data_dir = tmp_path / "pos"
+    saved_terminal(data_dir, proxy, web)
+    web.stop()
+    with Terminal.open(data_dir) as term:
+        assert term.sale(1000, PAN, EXPIRY, PIN).approved
+    runner = CliRunner()
+    down = runner.invoke(pos_app, ["--dir", str(data_dir), "upload"])
+    assert down.exit_code == 1 and "upload not finished" in down.output and "not reached" in down.output
+    web.start()
+    up = runner.invoke(pos_app, ["--dir", str(data_dir), "upload"])
+    assert up.exit_code == 0, up.output
+    assert "1 条流水已上送 / entries sent" in up.output
+    everything = runner.invoke(pos_app, ["--dir", str(data_dir), "upload", "--all"])
+    assert everything.exit_code == 0 and "1 条流水已上送" in everything.output
+    assert len(entries(store)) == 1
+
+
+def test_settlement_uploads_the_batch_in_its_final_state(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with make_terminal(tmp_path / "pos", proxy.address, web.url) as term:
+        web.stop()  # every upload of the day fails, and the backoff runs
+        sales = [term.sale(amount, PAN, EXPIRY, PIN) for amount in (1000, 2000)]
+        assert all(s.approved for s in sales)
+        web.start()
+        assert term.uploader is not None and not term.uploader.due()
+        settled = term.settle()
+        assert settled.outcome in (Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED), settled.text
+        next_batch = term.batch
+    got = entries(store)
+    assert {got[f"card:{s.txn_id}"]["state"] for s in sales} == {"approved"}
+    status = status_row(store)
+    assert status is not None and status["batch"] == next_batch != sales[0].batch
+    last = json.loads(status["status"])["last_settlement"]
+    assert last["batch"] == sales[0].batch and last["state"] in ("balanced", "uploaded")
