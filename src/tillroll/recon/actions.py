@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, exists, func, insert, or_, select, update
 
 from tillroll.clock import Clock, SystemClock
 from tillroll.console import audit
@@ -364,3 +365,30 @@ def results_json(results: Iterable[ActionResult]) -> list[dict[str, Any]]:
         }
         for r in results
     ]
+
+
+def refunds_due(ctx: ActionContext, *, every_s: int) -> list[int]:
+    """The stuck refunds to retry now: not final, not escalated, last retried over ``every_s``
+    seconds ago (or never). A run opens an exception once; the schedule retries it from here."""
+    e, a = recon_exceptions, recon_actions
+    last = (
+        select(a.c.exception_id, func.max(a.c.at).label("last"))
+        .where(a.c.action == ActionKind.RETRY_REFUND.value)
+        .group_by(a.c.exception_id)
+        .subquery("last")
+    )
+    escalated = exists().where(a.c.exception_id == e.c.id, a.c.action == ActionKind.ESCALATE.value)
+    before = ctx.clock.now() - timedelta(seconds=every_s)
+    query = (
+        select(e.c.id)
+        .outerjoin(last, last.c.exception_id == e.c.id)
+        .where(
+            e.c["class"] == ExceptionClass.REFUND_STUCK.value,
+            e.c.state.not_in([s.value for s in EXCEPTION_FINAL]),
+            ~escalated,
+            or_(last.c.last.is_(None), last.c.last < before),
+        )
+        .order_by(e.c.id)
+    )
+    with ctx.store.engine.connect() as conn:
+        return [int(i) for i in conn.execute(query).scalars()]
