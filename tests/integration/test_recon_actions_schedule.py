@@ -125,3 +125,52 @@ def test_schedule_settings_are_checked() -> None:
         ReconScheduleConfig(today_every_s=5)
     assert ReconScheduleConfig(today_every_s=0).today_every_s == 0
     assert timedelta(seconds=ReconScheduleConfig().retry_every_s) == timedelta(hours=1)
+
+
+def test_recon_run_takes_the_automatic_actions_and_act_works_the_queue(store: HostStore) -> None:
+    """`tillroll recon run` runs now (the system clock): the charge is two hours old."""
+    from typer.testing import CliRunner
+
+    from tillroll.cli import app
+    from tillroll.clock import SystemClock, merchant_zone, to_merchant_local
+
+    at = SystemClock().now() - timedelta(hours=2)
+    clock = FakeClock(at)
+    with HostServer(store, clock=clock, key_lifetime_s=86_400) as host:
+        client = WireClient(host.address)
+        try:
+            client.sign_in()
+            sale = client.sale_message(990)
+            assert client.send(sale).code == "00"
+        finally:
+            client.close()
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(journal_entries).values(
+                tid=TID, entry_key="card:1", rail="card", kind="sale", state="unknown", batch="000001",
+                stan=sale["11"], amount_minor=990, card_masked="622202*********0123", receipt="none",
+                created_at=at, updated_at=at, received_at=at,
+            )
+        )  # fmt: skip
+    day = to_merchant_local(at, merchant_zone("Asia/Shanghai")).date().isoformat()
+    runner = CliRunner()
+    ran = runner.invoke(app, ["recon", "run", "--date", day, "--db", store.url])
+    assert ran.exit_code == 0, ran.output
+    assert "automatic actions: 1" in ran.output and "reverse: done (resolved)" in ran.output
+    assert card_balance(store, PAN) == 100_000
+    listed = runner.invoke(app, ["recon", "exceptions", "--db", store.url])
+    assert listed.exit_code == 0 and "charged_no_receipt resolved owner=-" in listed.output
+    exc_id = listed.output.split()[0].lstrip("#")
+    again = runner.invoke(
+        app, ["recon", "act", exc_id, "--action", "reverse", "--actor", "wang", "--db", store.url]
+    )
+    assert again.exit_code == 1 and "already resolved" in again.output
+    noted = runner.invoke(
+        app,
+        ["recon", "act", exc_id, "--action", "note", "--actor", "wang", "--note", "ok", "--db", store.url],
+    )
+    assert noted.exit_code == 0 and "note: done" in noted.output
+    bad = runner.invoke(
+        app, ["recon", "act", exc_id, "--action", "shrug", "--actor", "wang", "--db", store.url]
+    )
+    assert bad.exit_code == 2 and "not an action" in bad.output
