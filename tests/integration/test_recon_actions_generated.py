@@ -74,6 +74,12 @@ def test_every_planned_action_is_taken_with_an_outcome_in_words(store: HostStore
         assert conn.execute(select(func.count()).select_from(recon_actions)).scalar_one() == len(taken)
         assert conn.execute(select(func.count()).select_from(audit_log)).scalar_one() == len(taken)
         assert audit.verify(conn).ok
+        # each exception about a payment carries its diagnosis, in both languages
+        for i in result.opened:
+            row = conn.execute(select(recon_exceptions).where(recon_exceptions.c.id == i)).mappings().one()
+            if row["rrn"] or row["order_no"]:
+                words = json.loads(row["diagnosis"])
+                assert words["zh"] and words["en"], row["key"]
         never_saw = [i for i, f in spec.faults.items() if f is g.Fault.CARD_NEVER_SAW]
         (sale_rrn,) = [g.rrn(i) for i in never_saw]
         sale = conn.execute(select(transactions).where(transactions.c.rrn == sale_rrn)).mappings().one()

@@ -328,7 +328,8 @@ def apply_automatic(
     An action already done or queued for an exception is not taken twice (a rerun of the day
     is a no-op); a final exception is left alone."""
     results: list[ActionResult] = []
-    for exception_id in dict.fromkeys(int(i) for i in exception_ids):
+    ids = list(dict.fromkeys(int(i) for i in exception_ids))
+    for exception_id in ids:
         with ctx.store.engine.connect() as conn:
             exc = _load(conn, exception_id, lock=False)
             if exc is None or exc.state in EXCEPTION_FINAL:
@@ -350,6 +351,7 @@ def apply_automatic(
             results.append(result)
             if result.state in EXCEPTION_FINAL:
                 break
+    store_diagnoses(ctx, ids)
     return results
 
 
@@ -392,3 +394,26 @@ def refunds_due(ctx: ActionContext, *, every_s: int) -> list[int]:
     )
     with ctx.store.engine.connect() as conn:
         return [int(i) for i in conn.execute(query).scalars()]
+
+
+def store_diagnoses(ctx: ActionContext, exception_ids: Iterable[int]) -> int:
+    """Each exception's ``diagnosis`` (JSON: zh, en), written from the evidence as it stands
+    after its actions: what the queue shows beside the record. Returns how many were written."""
+    from tillroll.recon.diagnose import diagnose
+
+    written = 0
+    for exception_id in exception_ids:
+        with ctx.store.engine.begin() as conn:
+            exc = _load(conn, exception_id, lock=False)
+            reference = None if exc is None else (exc.rrn or exc.order_no or exc.reference)
+            if exc is None or reference is None:
+                continue
+            found = diagnose(conn, reference)
+            if not found.found:
+                continue
+            text = json.dumps({"zh": found.text("zh"), "en": found.text("en")}, ensure_ascii=False)
+            conn.execute(
+                update(recon_exceptions).where(recon_exceptions.c.id == exc.id).values(diagnosis=text)
+            )
+            written += 1
+    return written
