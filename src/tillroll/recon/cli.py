@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from tillroll.recon.actions_cli import act_command, exceptions_command
 from tillroll.store import DatabaseUrlError
 
 app = typer.Typer(
@@ -51,9 +52,16 @@ def run_cmd(
         int, typer.Option("--ageing-s", min=0, help="Seconds before a missing other side is an exception")
     ] = 900,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON")] = False,
+    actions: Annotated[
+        bool, typer.Option("--actions/--no-actions", help="Take the automatic actions of what it opens")
+    ] = True,
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="The address customers open (e-receipt links)")
+    ] = "http://127.0.0.1:8080",
 ) -> None:
     """Reconcile one business day: journals, host and ledger, issuer, wallet statement, notices.
-    Prints what was found per class; exit 0 (exceptions are the queue's, not an error)."""
+    Prints what was found per class and the automatic actions taken; exit 0 (exceptions are the
+    queue's, not an error)."""
     from tillroll.clock import SystemClock
     from tillroll.recon.run import ReconConfig, parse_business_date, run_day
 
@@ -61,17 +69,26 @@ def run_cmd(
         business_date = parse_business_date(day)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    from tillroll.recon.actions import results_json
+    from tillroll.recon.actions_cli import automatic_actions, echo_results
+
     engine = _engine(db)
+    taken: list[Any] = []
+    after = automatic_actions(db, base_url, taken) if actions else None
     try:
         result = run_day(
-            engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s)
+            engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s), after=after
         )
     finally:
         engine.dispose()
     if as_json:
-        typer.echo(
-            json.dumps({"run_id": result.run_id, "opened": result.opened, **result.summary}, sort_keys=True)
-        )
+        doc = {
+            "run_id": result.run_id,
+            "opened": result.opened,
+            **result.summary,
+            "actions": results_json(taken),
+        }
+        typer.echo(json.dumps(doc, sort_keys=True, ensure_ascii=False))
         return
     s = result.summary
     typer.echo(f"reconciliation run {result.run_id} of {result.business_date} / 对账 {result.business_date}")
@@ -90,6 +107,9 @@ def run_cmd(
     for cls, count in sorted(result.found.items()):
         typer.echo(f"  {cls}: {count}")
     typer.echo(f"opened {len(result.opened)} new exception(s) / 新开差异 {len(result.opened)} 条")
+    if taken:
+        typer.echo(f"automatic actions: {len(taken)} / 自动处理 {len(taken)} 项")
+        echo_results(taken)
 
 
 @app.command("import-statement")
@@ -124,3 +144,8 @@ def import_statement_cmd(
         typer.echo(f"  line {p.line_no}: {p.reason}")
     if result.problems:
         typer.echo(f"{len(result.problems)} line(s) could not be read / {len(result.problems)} 行无法读取")
+
+
+# The exception queue from a shell, through the same service as the console (tillroll.recon.actions).
+app.command("act")(act_command)
+app.command("exceptions")(exceptions_command)
