@@ -108,6 +108,25 @@ def test_signed_sale_and_qr_payment(
         assert "QR PAY" in term.printer.documents()[-1]
         screenshot(page, "cashier-qr-done")
 
+        # in English; a reprint of the signed sale carries the signature again; then its void
+        with page.expect_navigation():
+            page.click("#lang-switch")
+        assert "Cashier screen" in page.inner_text("h1") and page.is_visible("text=Card sale")
+        page.fill("#reprint-trace", sale["stan"])
+        page.click("#reprint-go")
+        page.wait_for_selector("#current .job[data-op=reprint][data-state=succeeded]", timeout=WAIT_MS)
+        assert len(raster_images(term.printer.received())) == 2
+        page.fill("#void-trace", sale["stan"])
+        page.click("#void-go")
+        page.wait_for_selector("#current .job[data-op=void][data-state=succeeded]", timeout=WAIT_MS)
+        assert page.input_value("#void-trace") == ""  # the form is emptied once sent
+        screenshot(page, "cashier-void-en")
+        with live_console.store.engine.connect() as conn:
+            status = conn.execute(
+                select(transactions.c.status).where(transactions.c.id == sale["id"])
+            ).scalar()
+        assert status == "voided"
+
 
 def test_refund_above_the_limit_waits_for_a_supervisor(
     live_console: Any,
@@ -164,4 +183,33 @@ def test_refund_above_the_limit_waits_for_a_supervisor(
             and refund["status"] == "approved"
         )
         assert {"refund.requested", "refund.approved", "refund.done"} <= set(actions)
+
+        # four eyes: the supervisor's own request above the limit waits for someone else
+        boss.goto(f"{live_console.url}/console/refunds")
+        other = term.engine.wait(
+            term.engine.submit("sale", amount_minor=200_00, pan=PAN, expiry=EXPIRY, pin=PIN).id, 20.0
+        )
+        assert other is not None and other.state.value == "succeeded"
+        boss.fill("#ref-original", f"{other.batch}.{other.trace}")
+        boss.fill("#ref-amount", "150.00")
+        boss.select_option("#ref-rail", "card")
+        with boss.expect_navigation():
+            boss.click("#ref-submit")
+        with live_console.store.engine.connect() as conn:
+            own = (
+                conn.execute(select(refund_requests).where(refund_requests.c.requested_by == "super1"))
+                .mappings()
+                .one()
+            )
+        assert own["state"] == "awaiting_approval"
+        with boss.expect_navigation():
+            boss.click(f"#approve-{own['id']}")
+        assert boss.get_attribute(f"#ref-{own['id']}", "data-state") == "awaiting_approval"
+        assert "yourself" in boss.inner_text("#ref-note") or "自己" in boss.inner_text("#ref-note")
+        too_much = boss.request.post(
+            f"{live_console.url}/console/refunds",
+            form={"csrf_token": csrf_of(boss), "tid": TID_A1, "rail": "card",
+                  "original_ref": f"{sale.batch}.{sale.trace}", "amount": "60.00"},
+        )  # fmt: skip
+        assert too_much.status == 400 and "left to refund" in too_much.text()  # 300 sold, 250 refunded
         assert httpx.get(f"{live_console.url}/healthz", timeout=5).status_code == 200
