@@ -41,6 +41,7 @@ def test_customer_finds_the_payment_and_opens_a_case(
     with page.expect_navigation():
         page.click("#help-receipt")
     assert "23.45" in page.inner_text("body") and "/r/" in page.url
+    assert page.locator('a[href="/console/help"]').count() == 1  # the way back from any e-receipt
 
     # details that match nothing: the same answer for any wrong detail, then a case
     page.goto(f"{live_console.url}/console/help")

@@ -30,6 +30,7 @@ from tillroll.terminal.receipt import (
     slip_fields,
 )
 
+SELF_SERVICE_PATH = "/console/help"  # tillroll.console.selfservice, on the same back office
 _KEY_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
 
 _CSS = """
@@ -72,6 +73,11 @@ def render_e_receipt(slip: Slip, *, pdf_url: str | None = None, signature_url: s
         link = f'<p class="sub"><a href="{e(url)}" rel="noopener noreferrer">电子凭证 E-RECEIPT</a></p>'
     if pdf_url is not None:
         link += f'<p class="sub"><a href="{e(pdf_url)}">下载 PDF / Download PDF</a></p>'
+        # served by the back office: its customer self-service is one click away
+        link += (
+            f'<p class="sub"><a href="{e(SELF_SERVICE_PATH)}">'
+            "扣款或退款有疑问？自助查询 / A question about a charge or refund? Self-service</a></p>"
+        )
     signed = ""
     if signature_url is not None:
         signed = (
