@@ -392,13 +392,15 @@ class CashierEngine:
         """One round of the engine's own background steps for every job still in doubt."""
         with self._lock:
             open_jobs = [j for j in self._jobs.values() if j.state is ScreenState.IN_DOUBT and j.outcome]
-        if not open_jobs:
-            return
         try:
+            # as `pos run` would (it cannot: this process holds the device lock): pending
+            # reversals and open wallet orders whenever their own backoff says they are due
             if terminal.pending_reversals():
                 terminal.reverse_step()
             if self.has_wallet and terminal.wallet_journal.open_orders():
                 terminal.wallet_step()
+            if not open_jobs:
+                return
             if terminal.open_refunds() or (
                 self.has_wallet and terminal.wallet_refunds is not None and terminal.wallet_refunds.open()
             ):
