@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from consolekit import MERCHANT_A, MID_A, TID_A1, TMK, WALLET_KEY, WALLET_MCH
 
 from tillroll.console.cashier_engine import CashierEngine
 from tillroll.console.cashier_page import attach_ops
+from tillroll.sim.fault_proxy import FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator
 from tillroll.terminal import HostAddress, TerminalConfig
 from tillroll.terminal.config import save_config
@@ -27,13 +28,26 @@ class Attached:
     engine: CashierEngine
     printer: PrinterEmulator
     data_dir: Path
+    proxy: FaultProxy | None = None  # the terminal's line to the host, when asked for
 
 
 @contextmanager
 def attached_terminal(
-    live_console: Any, live_host: Any, live_wallet: Any, tmp_path: Path, *, refund_limit_minor: int = 500_00
+    live_console: Any,
+    live_host: Any,
+    live_wallet: Any,
+    tmp_path: Path,
+    *,
+    refund_limit_minor: int = 500_00,
+    faulty_line: bool = False,
 ) -> Iterator[Attached]:
-    with PrinterEmulator() as printer:
+    """``faulty_line``: the terminal reaches the host through a fault proxy, and its cashier
+    commands give up retrying soon (the rest is in doubt, resolved in the background)."""
+    with ExitStack() as stack:
+        printer = stack.enter_context(PrinterEmulator())
+        proxy = stack.enter_context(FaultProxy(live_host.address)) if faulty_line else None
+        address = proxy.address if proxy is not None else live_host.address
+        quick = {"retry_wait_total_s": 1.0, "reversal_retries_max": 2} if faulty_line else {}
         data_dir = tmp_path / "pos-cashier"
         save_config(
             data_dir,
@@ -41,7 +55,7 @@ def attached_terminal(
                 tid=TID_A1,
                 mid=MID_A,
                 tmk=TMK,
-                host=HostAddress(*live_host.address),
+                host=HostAddress(*address),
                 merchant_name=MERCHANT_A,
                 response_timeout_s=3.0,
                 connect_timeout_s=1.0,
@@ -56,12 +70,13 @@ def attached_terminal(
                     response_timeout_s=3.0,
                     connect_timeout_s=1.0,
                 ),
+                **quick,
             ),
         )
         engine = attach_ops(live_console.app, terminal_dir=data_dir, refund_limit_minor=refund_limit_minor)
         assert engine is not None
         try:
-            yield Attached(engine, printer, data_dir)
+            yield Attached(engine, printer, data_dir, proxy)
         finally:
             engine.stop()
             live_console.ctx.extras.pop("cashier", None)

@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from tillroll.console.users import Role
 from tillroll.crypto.backoffice import backoffice_key, day_number, make_token
+from tillroll.sim.fault_proxy import Fault
 from tillroll.store.tables import audit_log, e_receipts, refund_requests, signatures, transactions
 from tillroll.wallet.admin import add_user, issue_code
 
@@ -213,3 +214,42 @@ def test_refund_above_the_limit_waits_for_a_supervisor(
         )  # fmt: skip
         assert too_much.status == 400 and "left to refund" in too_much.text()  # 300 sold, 250 refunded
         assert httpx.get(f"{live_console.url}/healthz", timeout=5).status_code == 200
+
+
+def test_card_sale_in_doubt_until_its_reversal(
+    live_console: Any, live_host: Any, live_wallet: Any, tmp_path: Path, page: Any
+) -> None:
+    password = add_console_user(live_console.store, "cashier3", Role.CASHIER, MID_A)
+    with attached_terminal(live_console, live_host, live_wallet, tmp_path, faulty_line=True) as term:
+        assert term.proxy is not None
+        first = term.engine.wait(
+            term.engine.submit("sale", amount_minor=10_00, pan=PAN, expiry=EXPIRY, pin=PIN).id, 20.0
+        )
+        assert first is not None and first.state.value == "succeeded"  # signed in, line fine
+        term.proxy.inject(Fault.DROP_RESPONSE, count=1000)  # the sale's answer and its reversals lost
+        console_login(page, live_console.url, "cashier3", password)
+        page.goto(f"{live_console.url}/console/cashier")
+        page.fill("#sale-amount", "66.00")
+        page.fill("#sale-pan", PAN)
+        page.fill("#sale-expiry", EXPIRY)
+        page.fill("#sale-pin", PIN)
+        page.uncheck("#sale-signature")
+        page.click("#sale-go")
+        page.wait_for_selector("#current .job[data-state=in_doubt]", timeout=WAIT_MS)
+        # the engine gave up for now: a reversal is pending; the screen stays in doubt, no way out by hand
+        page.wait_for_selector(
+            "#current .job[data-state=in_doubt] .job-text:has-text('reversal')", timeout=WAIT_MS
+        )
+        assert page.get_attribute("#current .job", "data-state") == "in_doubt"
+        assert page.locator("#current button").count() == 0
+        screenshot(page, "cashier-card-in-doubt")
+        term.proxy.clear()  # the line answers again: the engine's own reversal ends it
+        page.wait_for_selector("#current .job[data-state=not_done]", timeout=WAIT_MS)
+        assert "reversed" in page.inner_text("#current .job-text")
+        screenshot(page, "cashier-card-reversed")
+        with live_console.store.engine.connect() as conn:
+            sales = sorted(
+                (r.amount_minor, r.status)
+                for r in conn.execute(select(transactions).where(transactions.c.kind == "sale"))
+            )
+        assert sales in ([(10_00, "approved"), (66_00, "reversed")], [(10_00, "approved")]), sales
