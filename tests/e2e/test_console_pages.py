@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -30,7 +31,7 @@ from consolekit import (
     console_login,
     screenshot,
 )
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from tillroll.console.users import Role
 from tillroll.money import format_yuan
@@ -38,7 +39,7 @@ from tillroll.notify.outbox import Channel
 from tillroll.notify.relay import Relay
 from tillroll.notify.smtp import SmtpConfig, SmtpSender
 from tillroll.sim.smtp_sink import SmtpSink
-from tillroll.store.tables import audit_log, journal_entries, terminal_status
+from tillroll.store.tables import audit_log, journal_entries, recon_exceptions, terminal_status
 from tillroll.store.tables import outbox as outbox_tables
 from tillroll.terminal import Outcome, Terminal
 
@@ -80,9 +81,39 @@ def day(live_console: Any, make_terminal: Callable[..., Terminal]) -> Day:
     return Day([r.rrn for r in results if r.rrn], str(sale_b.rrn), [f"{r.batch}.{r.trace}" for r in results])
 
 
+def plant_exceptions(store: Any, day: Day) -> None:
+    """Exceptions as the reconciliation run upserts them: ours open and resolved, the other's open."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        ("charged_no_receipt", f"card:rrn:{day.rrns_a[1]}", "open", MID_A, TID_A1),
+        ("duplicate", f"card:rrn:{day.rrns_a[2]}", "resolved", MID_A, TID_A1),
+        ("amount_mismatch", f"card:rrn:{day.rrn_b}", "open", MID_B, TID_B1),
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(recon_exceptions),
+            [
+                {
+                    "class": cls,
+                    "key": key,
+                    "business_date": now.date().isoformat(),
+                    "state": state,
+                    "mid": mid,
+                    "tid": tid,
+                    "rail": "card",
+                    "evidence": "{}",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for cls, key, state, mid, tid in rows
+            ],
+        )
+
+
 def test_today_payments_and_a_payments_story_with_its_evidence_bundle(
     live_console: Any, day: Day, page: Any
 ) -> None:
+    plant_exceptions(live_console.store, day)
     password = add_console_user(live_console.store, "wang.fang", Role.CASHIER, MID_A)
     console_login(page, live_console.url, "wang.fang", password)
     # today: three approved of four at A1 (B1 is the other merchant's)
@@ -91,6 +122,9 @@ def test_today_payments_and_a_payments_story_with_its_evidence_bundle(
     assert page.inner_text("#approval") == "75.0%"
     attention = page.inner_text("#attention")
     assert TID_A2 in attention and "从未上报" in attention and TID_B1 not in attention
+    # one open exception of ours (the resolved one and the other merchant's are not counted)
+    assert page.inner_text("#open-exceptions") == "1"
+    assert page.locator("#exceptions tr").all_inner_texts() == ["已扣款无凭证\t1"]
     screenshot(page, "today")
 
     page.goto(f"{live_console.url}/console/payments?last4=0123")
