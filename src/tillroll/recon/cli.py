@@ -70,7 +70,7 @@ def run_cmd(
         engine.dispose()
     if as_json:
         typer.echo(
-            json.dumps({"run_id": result.run_id, "opened": result.opened, **result.summary}, sort_keys=True)
+            json.dumps({**result.summary, "run_id": result.run_id, "opened": result.opened}, sort_keys=True)
         )
         return
     s = result.summary
