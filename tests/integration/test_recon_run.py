@@ -189,7 +189,7 @@ def test_cli_recon_run_prints_what_it_found(store: Engine, db_url: str) -> None:
     assert "opened 2 new exception(s)" in out.output
     assert "statement lines that could not be read: 1" in out.output
     again = CliRunner().invoke(app, ["recon", "run", "--date", "2026-12-01", "--db", db_url, "--json"])
-    doc = json.loads(again.output)
+    doc = json.loads(again.stdout)
     assert doc["opened"] == [] and doc["classes"] == {"charged_no_receipt": 1, "signin_failures": 1}
     bad = CliRunner().invoke(app, ["recon", "run", "--date", "1 Dec", "--db", db_url])
     assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.output
