@@ -236,7 +236,7 @@ def _run(
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
     summary = _summary(conn, p, day)
-    summary["opened"] = len(opened)
+    summary["new_exceptions"] = len(opened)
     conn.execute(
         update(recon_runs)
         .where(recon_runs.c.id == run_id)
