@@ -260,8 +260,10 @@ def run_day(
     day = parse_business_date(business_date) if isinstance(business_date, str) else business_date
     iso = day.isoformat()
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":  # the working tables never touch disk (before BEGIN)
-            conn.connection.driver_connection.execute("PRAGMA temp_store=MEMORY")  # type: ignore[union-attr]
+        if conn.dialect.name == "sqlite":  # before BEGIN: SQLite refuses temp_store inside one
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA temp_store=MEMORY")  # the working tables never touch disk
+            raw.execute("PRAGMA mmap_size=8589934592")  # read the day's pages mapped (SQLite caps it)
         with conn.begin():
             summary, run_id, opened = _run(conn, day, now, config)
     result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary)
