@@ -209,3 +209,17 @@ def test_a_random_subset_of_faults_gives_exactly_its_exceptions(faults: set[Faul
         run_day(engine, DAY, now=AFTER, config=ReconConfig())
         assert found(engine) == expected(spec)
         engine.dispose()
+
+
+def test_the_business_day_is_the_merchants_own(store: Engine) -> None:
+    """Merchants in Berlin: their day is 23:00 to 23:00 UTC, not Beijing's 16:00 to 16:00. (A
+    payment only on the statement has no merchant: it belongs to the statement's Beijing day,
+    so that fault is left out here.)"""
+    faults = plant(PAYMENTS, [f for f in Fault if f is not Fault.WALLET_NO_JOURNAL], seed=11)
+    spec = DaySpec(DAY, PAYMENTS, faults, tz="Europe/Berlin")
+    load(store, spec)
+    gen = DayGenerator(spec)
+    assert (gen.lo, gen.hi) == (datetime(2026, 11, 30, 23, 0), datetime(2026, 12, 1, 23, 0))
+    run_day(store, DAY, now=gen.hi + timedelta(hours=2))
+    assert found(store) == expected(spec)
+    assert run_day(store, date(2026, 11, 30), now=gen.hi + timedelta(hours=2)).opened == []  # the day before
