@@ -364,6 +364,8 @@ def results_json(results: Iterable[ActionResult]) -> list[dict[str, Any]]:
             "outcome": r.outcome.value,
             "state": None if r.state is None else r.state.value,
             "detail": r.detail_en,
+            "detail_en": r.detail_en,
+            "detail_zh": r.detail_zh,
         }
         for r in results
     ]
