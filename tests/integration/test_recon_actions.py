@@ -473,3 +473,41 @@ def test_wallet_reverse_and_refund_retry_against_the_real_provider(
         assert (row["state"], row["owner"]) == ("open", None)
         assert apply_automatic(ctx, [stuck]) == []
         assert [a for a, _, _ in actions_of(store, stuck)] == ["retry_refund", "retry_refund", "escalate"]
+
+
+def test_commands_the_terminal_reports_close_or_escalate_their_exception(
+    store: HostStore, ctx: ActionContext
+) -> None:
+    from tillroll.recon.actions import follow_commands
+
+    printed = open_exception(
+        store, ExceptionClass.CHARGED_NO_RECEIPT, "card:rrn:p", rail="card", rrn="000000000051",
+        batch="000001", stan="000051", evidence={"planned": ["reprint"]},
+    )  # fmt: skip
+    jammed = open_exception(
+        store, ExceptionClass.CHARGED_NO_RECEIPT, "card:rrn:q", rail="card", rrn="000000000052",
+        batch="000001", stan="000052", evidence={"planned": ["reprint"]},
+    )  # fmt: skip
+    assert [r.outcome for r in apply_automatic(ctx, [printed, jammed])] == [ActionOutcome.QUEUED] * 2
+    assert follow_commands(ctx) == []  # nothing reported yet: both wait
+    # the terminal's next upload acknowledges them (what the journal intake writes)
+    with store.engine.begin() as conn:
+        for exc, state, outcome in ((printed, "done", "reprinted"), (jammed, "failed", "printer jammed")):
+            conn.execute(
+                terminal_commands.update()
+                .where(terminal_commands.c.exception_id == exc)
+                .values(state=state, outcome=outcome)
+            )
+    results = follow_commands(ctx)
+    assert [(r.exception_id, r.action, r.outcome) for r in results] == [
+        (printed, ActionKind.RESOLVE, ActionOutcome.DONE),
+        (jammed, ActionKind.ESCALATE, ActionOutcome.DONE),
+    ]
+    assert exception_row(store, printed)["state"] == "resolved"
+    assert (exception_row(store, jammed)["state"], exception_row(store, jammed)["owner"]) == ("open", None)
+    assert follow_commands(ctx) == []  # nothing in progress any more
+    with store.engine.connect() as conn:
+        note = conn.execute(
+            select(recon_actions.c.detail).where(recon_actions.c.action == "escalate")
+        ).scalar_one()
+    assert "printer jammed" in json.loads(note)["note"]

@@ -156,7 +156,7 @@ def test_recon_run_takes_the_automatic_actions_and_act_works_the_queue(store: Ho
     runner = CliRunner()
     ran = runner.invoke(app, ["recon", "run", "--date", day, "--db", store.url])
     assert ran.exit_code == 0, ran.output
-    assert "automatic actions: 1" in ran.output and "reverse: done (resolved)" in ran.output
+    assert "reverse: done — the host reversed the ¥9.90 sale" in ran.output
     assert card_balance(store, PAN) == 100_000
     listed = runner.invoke(app, ["recon", "exceptions", "--db", store.url])
     assert listed.exit_code == 0 and "charged_no_receipt resolved owner=-" in listed.output

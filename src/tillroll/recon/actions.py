@@ -364,6 +364,8 @@ def results_json(results: Iterable[ActionResult]) -> list[dict[str, Any]]:
             "outcome": r.outcome.value,
             "state": None if r.state is None else r.state.value,
             "detail": r.detail_en,
+            "detail_en": r.detail_en,
+            "detail_zh": r.detail_zh,
         }
         for r in results
     ]
@@ -417,3 +419,31 @@ def store_diagnoses(ctx: ActionContext, exception_ids: Iterable[int]) -> int:
             )
             written += 1
     return written
+
+
+def follow_commands(ctx: ActionContext) -> list[ActionResult]:
+    """Close the loop on terminal commands: an exception in progress whose commands the terminal
+    all reported done is resolved (the slip is reprinted, the refunds retried); one whose command
+    failed is escalated to a person. The outcome the terminal reported is the note."""
+    from tillroll.store.tables import terminal_commands as c
+
+    e = recon_exceptions
+    query = (
+        select(c.c.exception_id, c.c.state, c.c.outcome, c.c.command)
+        .join(e, e.c.id == c.c.exception_id)
+        .where(e.c.state == ExceptionState.IN_PROGRESS.value)
+        .order_by(c.c.exception_id, c.c.id)
+    )
+    by_exception: dict[int, list[Any]] = {}
+    with ctx.store.engine.connect() as conn:
+        for row in conn.execute(query):
+            by_exception.setdefault(int(row.exception_id), []).append(row)
+    results: list[ActionResult] = []
+    for exception_id, commands in by_exception.items():
+        states = {str(r.state) for r in commands}
+        told = "; ".join(f"{r.command}: {r.outcome}" for r in commands if r.outcome)[:500] or None
+        if "failed" in states:
+            results.append(act(ctx, exception_id, ActionKind.ESCALATE, actor=AUTO, note=told))
+        elif states == {"done"}:
+            results.append(act(ctx, exception_id, ActionKind.RESOLVE, actor=AUTO, note=told))
+    return results

@@ -1,12 +1,11 @@
 """`tillroll recon act` and `tillroll recon exceptions`: the exception queue from a shell, through
-the same service as the console (``tillroll.recon.actions``); and the automatic actions a
-``tillroll recon run`` takes after matching."""
+the same service as the console (``tillroll.recon.actions``). ``tillroll recon run`` takes the
+automatic actions itself, after matching."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +17,6 @@ from tillroll.recon.actions import (
     ActionError,
     ActionResult,
     act_many,
-    apply_automatic,
     results_json,
 )
 from tillroll.recon.model import ActionKind, ActionOutcome, ExceptionState
@@ -62,23 +60,6 @@ def echo_results(results: list[ActionResult], lang: str | None = None) -> None:
         typer.echo(
             f"  {_MARK[r.outcome]} #{r.exception_id} {r.action.value}: {r.outcome.value} ({state}) {detail}"
         )
-
-
-def automatic_actions(
-    db: str | None, base_url: str, taken: list[ActionResult]
-) -> Callable[[list[int]], None]:
-    """The callback a run hands its opened exceptions to (``run_day(after=…)``)."""
-
-    def after(opened: list[int]) -> None:
-        from tillroll.host.store import open_store
-
-        store = open_store(db)
-        try:
-            taken.extend(apply_automatic(ActionContext(store=store, base_url=base_url), opened))
-        finally:
-            store.engine.dispose()
-
-    return after
 
 
 def act_command(

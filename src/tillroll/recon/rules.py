@@ -410,9 +410,23 @@ def ledger_and_issuer(conn: Connection, p: Params) -> int:
 def card_duplicates(conn: Connection, p: Params) -> int:
     """Rule D1 duplicate: two approved host sales on one terminal, one card (masked), one amount
     within ``duplicate_window_s`` seconds: the customer was likely charged twice. The later one is
-    the exception (``card:rrn:<later RRN>``); a window function, not a self-join."""
+    the exception (``card:rrn:<later RRN>``). First the (terminal, card, amount) groups with more
+    than one sale (GROUP BY), then a window function over those groups' sales only."""
     t = transactions
+    day = and_(
+        t.c.kind == "sale",
+        t.c.status == "approved",
+        t.c.created_at >= rc_day.c.lo,
+        t.c.created_at < rc_day.c.hi,
+    )
     part = (t.c.tid, t.c.pan_masked, t.c.amount_minor)
+    groups = (
+        select(*part)
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(day)
+        .group_by(*part)
+        .having(func.count() > 1)
+    ).subquery("g")
     order = (t.c.created_at, t.c.id)
     ranked = (
         select(
@@ -427,13 +441,16 @@ def card_duplicates(conn: Connection, p: Params) -> int:
             func.lag(t.c.created_at).over(partition_by=part, order_by=order).label("prev_at"),
             func.lag(t.c.rrn).over(partition_by=part, order_by=order).label("prev_rrn"),
         )
-        .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(
-            t.c.kind == "sale",
-            t.c.status == "approved",
-            t.c.created_at >= rc_day.c.lo,
-            t.c.created_at < rc_day.c.hi,
+        .join(
+            groups,
+            and_(
+                groups.c.tid == t.c.tid,
+                groups.c.pan_masked == t.c.pan_masked,
+                groups.c.amount_minor == t.c.amount_minor,
+            ),
         )
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(day)
         .subquery("r")
     )
     r = ranked.c

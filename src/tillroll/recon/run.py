@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tillroll.recon import rules, stage
@@ -169,25 +169,22 @@ def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> lis
 
 def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
     c, w, f = stage.rc_card.c, stage.rc_wallet.c, rc_found.c
-    sources = {
-        "journal_card": conn.execute(
-            select(func.count()).where(c.core == 1, c.j_id.is_not(None))
-        ).scalar_one(),
-        "host": conn.execute(select(func.count()).where(c.core == 1, c.h_id.is_not(None))).scalar_one(),
-        "journal_wallet": conn.execute(
-            select(func.count()).where(w.core == 1, w.j_id.is_not(None))
-        ).scalar_one(),
-        "statement": conn.execute(
-            select(func.count()).where(w.core == 1, w.s_state.is_not(None))
-        ).scalar_one(),
-    }
-    matched: dict[Any, Any] = dict(
-        conn.execute(
-            select(c.matched_by, func.count())
-            .where(c.core == 1, c.matched_by.is_not(None))
-            .group_by(c.matched_by)
-        ).all()
-    )
+
+    def n(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    # one scan of each working table for all its counts
+    card = conn.execute(
+        select(
+            n(c.j_id.is_not(None)),
+            n(c.h_id.is_not(None)),
+            n(c.matched_by == "rrn"),
+            n(c.matched_by == "tid_batch_stan"),
+        ).where(c.core == 1)
+    ).one()
+    wallet = conn.execute(select(n(w.j_id.is_not(None)), n(w.s_state.is_not(None))).where(w.core == 1)).one()
+    sources = {"journal_card": card[0], "host": card[1], "journal_wallet": wallet[0], "statement": wallet[1]}
+    matched = {"rrn": card[2], "tid_batch_stan": card[3]}
     classes: dict[Any, Any] = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
     by_rule: dict[Any, Any] = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
     problems = conn.execute(
@@ -239,7 +236,7 @@ def _run(
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
     summary = _summary(conn, p, day)
-    summary["opened"] = len(opened)
+    summary["new_exceptions"] = len(opened)
     conn.execute(
         update(recon_runs)
         .where(recon_runs.c.id == run_id)
@@ -263,8 +260,10 @@ def run_day(
     day = parse_business_date(business_date) if isinstance(business_date, str) else business_date
     iso = day.isoformat()
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":  # the working tables never touch disk (before BEGIN)
-            conn.connection.driver_connection.execute("PRAGMA temp_store=MEMORY")  # type: ignore[union-attr]
+        if conn.dialect.name == "sqlite":  # before BEGIN: SQLite refuses temp_store inside one
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA temp_store=MEMORY")  # the working tables never touch disk
+            raw.execute("PRAGMA mmap_size=8589934592")  # read the day's pages mapped (SQLite caps it)
         with conn.begin():
             summary, run_id, opened = _run(conn, day, now, config)
     result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary)

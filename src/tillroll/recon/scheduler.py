@@ -8,9 +8,11 @@ Two jobs, in the schedule's time zone:
   during the day, not only the next morning).
 
 After each run the automatic actions of the exceptions it opened are taken (``apply_automatic``),
-and the stuck refunds whose last retry is older than ``retry_every_s`` are retried (escalated
-past the limit). Whether a job is due is read from ``recon_runs`` (a run of that day started
-after the job's time), so a restart or a second web process does not run a night twice.
+the stuck refunds whose last retry is older than ``retry_every_s`` are retried (escalated past the
+limit), and exceptions waiting on a terminal command are resolved (the terminal reported it done)
+or escalated (it failed) — ``follow_commands``. Whether a job is due is read from ``recon_runs``
+(a run of that day started after the job's time), so a restart or a second web process does not
+run a night twice.
 
 One background thread, one run at a time; it waits on an event between cycles and stops within
 ``stop_timeout_s`` when the app shuts down. A failed run is logged and tried at the next cycle.
@@ -32,7 +34,13 @@ from sqlalchemy import select
 
 from tillroll.clock import DEFAULT_MERCHANT_TZ, Clock, merchant_zone, to_merchant_local
 from tillroll.host.store import HostStore
-from tillroll.recon.actions import ActionContext, ActionResult, apply_automatic, refunds_due
+from tillroll.recon.actions import (
+    ActionContext,
+    ActionResult,
+    apply_automatic,
+    follow_commands,
+    refunds_due,
+)
 from tillroll.store.tables import recon_runs
 from tillroll.terminal.wallet_config import WalletSettings
 
@@ -153,9 +161,10 @@ class ReconScheduler:
                 errors.append(f"{day}: {exc}")
         try:
             actions += apply_automatic(self.ctx, refunds_due(self.ctx, every_s=self.config.retry_every_s))
+            actions += follow_commands(self.ctx)
         except Exception as exc:
-            log.exception("retrying stuck refunds failed")
-            errors.append(f"retries: {exc}")
+            log.exception("retrying stuck refunds or following terminal commands failed")
+            errors.append(f"follow-ups: {exc}")
         report = CycleReport(now, ran, actions, errors)
         with self._cycled:
             self.cycles.append(report)
