@@ -193,3 +193,27 @@ def test_signature_checks() -> None:
     raster = signature_raster(good, width_dots=384)
     assert raster.mode == "1" and raster.width <= 384 and raster.height <= 160
     assert raster.getbbox() is not None
+
+
+def test_signature_prints_only_on_the_merchant_copy() -> None:
+    from datetime import datetime
+
+    from tillroll.sim.printer_emulator import decode_documents
+    from tillroll.terminal.printer import job_bytes
+    from tillroll.terminal.receipt import Copy, Slip, TransType
+
+    slip = Slip(
+        merchant_name="一号便利店", mid=MID, tid=TID, operator="01", pan_masked="622202*********0123",
+        entry_mode="M", issuer="", acquirer="", expiry_yymm="3012", trans_type=TransType.SALE,
+        batch="000001", trace="000007", auth_code="123456", rrn="000000000007",
+        when=datetime(2026, 12, 2, 10, 0, 0), amount_minor=88_00,
+    )  # fmt: skip
+    png = signature_png()
+    both = job_bytes([(slip, Copy.MERCHANT), (slip, Copy.CARDHOLDER)], signatures=[png, png])
+    assert len(raster_images(both)) == 1  # the cardholder copy never carries it
+    merchant, cardholder = decode_documents(both)
+    assert "MERCHANT COPY" in merchant and "CARDHOLDER SIGNATURE" in merchant
+    assert "CARDHOLDER COPY" in cardholder
+    plain = job_bytes([(slip, Copy.MERCHANT)])
+    assert raster_images(plain) == []
+    assert "_" * 32 in decode_documents(plain)[0]  # no signature: the line to sign on paper
