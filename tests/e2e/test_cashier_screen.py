@@ -147,10 +147,15 @@ def test_refund_above_the_limit_waits_for_a_supervisor(
         cashier = new_browser_context().new_page()
         console_login(cashier, live_console.url, "cashier2", cashier_pw)
         cashier.goto(f"{live_console.url}/console/cashier")
-        cashier.fill("#refund-amount", "250.00")
+        cashier.fill("#refund-amount", "12.345")  # not an amount: said on the screen, nothing sent
         cashier.fill("#refund-trace", sale.trace)
         cashier.click("#refund-go")
         cashier.wait_for_selector("#cash-note", timeout=WAIT_MS)
+        assert "12.50" in cashier.inner_text("#cash-note")
+        cashier.fill("#refund-amount", "250.00")
+        cashier.fill("#refund-trace", sale.trace)
+        cashier.click("#refund-go")
+        cashier.wait_for_selector("#cash-note:has-text('250.00')", timeout=WAIT_MS)
         assert "supervisor" in cashier.inner_text("#cash-note") or "主管" in cashier.inner_text("#cash-note")
         with live_console.store.engine.connect() as conn:
             req = conn.execute(select(refund_requests)).mappings().one()

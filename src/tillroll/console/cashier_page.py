@@ -36,7 +36,7 @@ from tillroll.console.refunds_page import (
     request_refund,
 )
 from tillroll.console.users import Role
-from tillroll.money import AmountError, parse_yuan
+from tillroll.money import AmountError, format_yuan, parse_yuan
 
 router = APIRouter()
 POLL_MS = 500
@@ -140,14 +140,18 @@ def _job_panel(request: Request, ctx: ConsoleContext, job: Job, **extra: Any) ->
     return ctx.render(request, "cashier_job.html", job=job, poll_ms=POLL_MS, S=ScreenState, **extra)
 
 
-def _amount(text: str) -> int:
+def _amount(text: str) -> int | None:
+    """Fen, or None when it is not a positive yuan amount (the screen says how to write it)."""
     try:
         amount = parse_yuan(text)
     except AmountError:
-        raise ConsoleProblem(400, "problem.bad_input", detail="cash.bad_amount") from None
-    if amount <= 0:
-        raise ConsoleProblem(400, "problem.bad_input", detail="cash.bad_amount")
-    return amount
+        return None
+    return amount if amount > 0 else None
+
+
+# Notes answer an htmx call with 200: htmx swaps no 4xx/5xx answer, and the cashier must read it.
+def _note(request: Request, ctx: ConsoleContext, **values: Any) -> HTMLResponse:
+    return ctx.render(request, "cashier_note.html", bad=True, **values)
 
 
 def _submit(
@@ -156,7 +160,7 @@ def _submit(
     try:
         job = engine.submit(op, **params)
     except CashierBusy:
-        return ctx.render(request, "cashier_note.html", key="cash.busy", bad=True, status=503)
+        return _note(request, ctx, key="cash.busy")
     return _job_panel(request, ctx, job)
 
 
@@ -173,12 +177,15 @@ def sale(
     signature: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     engine = _engine_for(ctx, principal)
+    amount_minor = _amount(amount)
+    if amount_minor is None:
+        return _note(request, ctx, key="cash.bad_amount")
     return _submit(
         request,
         ctx,
         engine,
         Operation.SALE,
-        amount_minor=_amount(amount),
+        amount_minor=amount_minor,
         pan=pan.replace(" ", ""),
         expiry=expiry.strip(),
         pin=pin or None,
@@ -197,12 +204,15 @@ def qr(
     contact: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     engine = _engine_for(ctx, principal)
+    amount_minor = _amount(amount)
+    if amount_minor is None:
+        return _note(request, ctx, key="cash.bad_amount")
     return _submit(
         request,
         ctx,
         engine,
         Operation.QR,
-        amount_minor=_amount(amount),
+        amount_minor=amount_minor,
         code=code.strip(),
         contact=contact.strip() or None,
     )
@@ -233,6 +243,8 @@ def refund(
 ) -> HTMLResponse:
     engine = _engine_for(ctx, principal)
     amount_minor = _amount(amount)
+    if amount_minor is None:
+        return _note(request, ctx, key="cash.bad_amount")
     limit = refund_limit_minor(ctx, engine.mid)
     if amount_minor > limit and principal.role is Role.CASHIER:
         ask = RefundAsk(
@@ -245,14 +257,14 @@ def refund(
         try:
             request_id = request_refund(ctx, principal, ask, execute=False)
         except RefundRefused as exc:
-            return ctx.render(request, "cashier_note.html", text=str(exc), bad=True, status=400)
+            return _note(request, ctx, text=str(exc))
         return ctx.render(
             request,
             "cashier_note.html",
             key="cash.refund_waits",
             bad=True,
             status=202,
-            values={"amount": f"{amount_minor / 100:.2f}", "limit": f"{limit / 100:.2f}", "id": request_id},
+            values={"amount": format_yuan(amount_minor), "limit": format_yuan(limit), "id": request_id},
         )
     if order_no.strip():
         return _submit(
