@@ -511,3 +511,49 @@ def test_commands_the_terminal_reports_close_or_escalate_their_exception(
             select(recon_actions.c.detail).where(recon_actions.c.action == "escalate")
         ).scalar_one()
     assert "printer jammed" in json.loads(note)["note"]
+
+
+_STATE_ONLY = [
+    ActionKind.ASSIGN,
+    ActionKind.RESOLVE,
+    ActionKind.WRITE_OFF,
+    ActionKind.NOTE,
+    ActionKind.ESCALATE,
+]
+
+
+def test_any_sequence_of_state_actions_follows_the_transition_table(
+    store: HostStore, ctx: ActionContext
+) -> None:
+    """Hypothesis: whatever people do, in whatever order, an exception only moves along
+    EXCEPTION_TRANSITIONS, a final one never moves again (a note is still taken), every attempt
+    leaves exactly one recon_actions row and one audit row, and the audit chain holds."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tillroll.recon.model import EXCEPTION_FINAL, EXCEPTION_TRANSITIONS
+
+    counter = iter(range(1, 10**6))
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.sampled_from(_STATE_ONLY), min_size=1, max_size=8))
+    def run(steps: list[ActionKind]) -> None:
+        exc = open_exception(store, ExceptionClass.AMOUNT_MISMATCH, f"card:rrn:h{next(counter)}", rail="card")
+        state = ExceptionState.OPEN
+        for step in steps:
+            result = act(ctx, exc, step, actor="wang", note="li" if step is ActionKind.ASSIGN else "x")
+            after = ExceptionState(exception_row(store, exc)["state"])
+            assert result.state is after
+            if state in EXCEPTION_FINAL:
+                assert after is state
+                assert (result.outcome is ActionOutcome.DONE) == (step is ActionKind.NOTE)
+            else:
+                assert after is state or after in EXCEPTION_TRANSITIONS[state]
+            state = after
+        assert len(actions_of(store, exc)) == len(steps)
+
+    run()
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
+        assert rows == conn.execute(select(func.count()).select_from(recon_actions)).scalar_one()
+        assert audit.verify(conn).ok
