@@ -40,6 +40,7 @@ from tillroll.store.tables import (
     recon_exceptions,
     terminal_commands,
     transactions,
+    wallet_statement_rows,
 )
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.wallet.admin import add_merchant as wallet_merchant
@@ -473,6 +474,30 @@ def test_wallet_reverse_and_refund_retry_against_the_real_provider(
         assert (row["state"], row["owner"]) == ("open", None)
         assert apply_automatic(ctx, [stuck]) == []
         assert [a for a, _, _ in actions_of(store, stuck)] == ["retry_refund", "retry_refund", "escalate"]
+
+        # a refund known only from the statement (the wallet reported it failed: CHANGE)
+        _pay(wallet, "ORD0003", 800)
+        with store.engine.begin() as conn:
+            conn.execute(
+                insert(wallet_statement_rows).values(
+                    mch_id=MCH_ID, bill_date="20261202", line_no=9, trade_time=T0, out_trade_no="ORD0003",
+                    transaction_id="4200000003", trade_state="REFUND", brand="WX", total_minor=800,
+                    out_refund_no="RF0003", refund_id="50000003", refund_minor=300, refund_status="CHANGE",
+                    imported_at=T0,
+                )
+            )  # fmt: skip
+        failed = open_exception(
+            store,
+            ExceptionClass.REFUND_STUCK,
+            "wallet:RF0003",
+            rail="wallet",
+            order_no="RF0003",
+            amount_minor=300,
+        )
+        (retried,) = apply_automatic(ctx, [failed])
+        assert retried.outcome is ActionOutcome.DONE, retried.detail_en
+        answer = wallet.call("/v1/refund/query", out_refund_no="RF0003")
+        assert answer["result_code"] == "SUCCESS" and int(answer["refund_fee"]) == 300
 
 
 def test_commands_the_terminal_reports_close_or_escalate_their_exception(
