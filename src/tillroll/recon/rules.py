@@ -96,6 +96,8 @@ class Params:
     stmt_ready: bool  # the day's statement is imported
     stmt_next_ready: bool  # ... and the next day's (rows near midnight may be there)
     duplicate_window_s: int
+    window_lo: datetime  # every merchant's window lies within [window_lo, window_hi): the indexes'
+    window_hi: datetime  # bounds, so a run reads one day's rows whatever the store's history
 
 
 def _insert(conn: Connection, query: Any) -> int:
@@ -416,6 +418,8 @@ def card_duplicates(conn: Connection, p: Params) -> int:
     day = and_(
         t.c.kind == "sale",
         t.c.status == "approved",
+        t.c.created_at >= p.window_lo,
+        t.c.created_at < p.window_hi,
         t.c.created_at >= rc_day.c.lo,
         t.c.created_at < rc_day.c.hi,
     )
@@ -518,7 +522,13 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
     today = (
         select(t.c.original_id)
         .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(t.c.original_id.is_not(None), t.c.created_at >= rc_day.c.lo, t.c.created_at < rc_day.c.hi)
+        .where(
+            t.c.original_id.is_not(None),
+            t.c.created_at >= p.window_lo,
+            t.c.created_at < p.window_hi,
+            t.c.created_at >= rc_day.c.lo,
+            t.c.created_at < rc_day.c.hi,
+        )
         .distinct()
         .subquery("today")
     )
@@ -686,6 +696,8 @@ def signin_failures(conn: Connection, p: Params) -> int:
         .where(
             f.c.kind == "merchant_alert",
             f.c.payload.like('%"alert": "sign_in_failures"%'),
+            f.c.received_at >= p.window_lo,
+            f.c.received_at < p.window_hi,
             f.c.received_at >= rc_day.c.lo,
             f.c.received_at < rc_day.c.hi,
         )

@@ -209,15 +209,6 @@ def _run(
 ) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
     run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
-    p = Params(
-        business_date=iso,
-        now=now,
-        recent_from=now - timedelta(seconds=config.ageing_s),
-        stuck_before=now - timedelta(seconds=config.refund_deadline_s),
-        stmt_ready=_imported(conn, day),
-        stmt_next_ready=_imported(conn, day + timedelta(days=1)),
-        duplicate_window_s=config.duplicate_window_s,
-    )
     stage.create(conn)
     rc_found.drop(conn, checkfirst=True)
     rc_found.create(conn)
@@ -229,9 +220,20 @@ def _run(
     s_hi = s_lo + timedelta(days=1)
     lo = min([d["wlo"] for d in days] + [s_lo - margin])
     hi = max([d["whi"] for d in days] + [s_hi + margin])
-    stage.fill_card(conn)
+    p = Params(
+        business_date=iso,
+        now=now,
+        recent_from=now - timedelta(seconds=config.ageing_s),
+        stuck_before=now - timedelta(seconds=config.refund_deadline_s),
+        stmt_ready=_imported(conn, day),
+        stmt_next_ready=_imported(conn, day + timedelta(days=1)),
+        duplicate_window_s=config.duplicate_window_s,
+        window_lo=lo,
+        window_hi=hi,
+    )
+    stage.fill_card(conn, lo=lo, hi=hi)
     stage.fill_statement(conn, lo=lo, hi=hi)
-    stage.fill_wallet(conn, stmt_lo=s_lo, stmt_hi=s_hi)
+    stage.fill_wallet(conn, lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
     for rule in rules.RULES:
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
