@@ -215,6 +215,7 @@ def _run(
     days = day_rows(conn, day, config)
     if days:
         conn.execute(insert(stage.rc_day), days)
+    stage.fill_terminals(conn)
     margin = timedelta(seconds=config.ageing_s)
     s_lo = datetime.combine(day, time()) - BEIJING  # the statement's own day (Beijing)
     s_hi = s_lo + timedelta(days=1)
