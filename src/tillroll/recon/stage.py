@@ -91,6 +91,7 @@ rc_card = _temp(
     Column("h_amount", BigInteger),
     Column("h_code", String(2)),
     Column("h_issuer_ref", BigInteger),
+    Column("h_pan", String(19)),  # masked
     Column("h_at", DateTime),
     Column("matched_by", String(16)),
     Column("at", DateTime),  # when it happened: the journal's time, else the host's
@@ -190,6 +191,7 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
             h("amount_minor"),
             h("response_code"),
             h("issuer_ref"),
+            h("pan_masked"),
             h("created_at"),
             case((by_rrn.c.id.is_not(None), "rrn"), (by_stan.c.id.is_not(None), "tid_batch_stan")),
             je.c.created_at,
@@ -220,6 +222,10 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     cols = [c.name for c in rc_card.c]
     conn.execute(rc_card.insert().from_select(cols, journal_side))
     t = transactions
+    # most host rows were matched just now (rc_card, in memory): only the others are looked for
+    # in the store's journal (a partner outside the window still counts as one)
+    conn.exec_driver_sql("CREATE INDEX ix_rc_card_h_id ON rc_card (h_id)")  # goes with the table
+    staged = exists().where(rc_card.c.h_id == t.c.id)
     named_by_rrn = exists().where(je.c.rrn == t.c.rrn)
     named_by_stan = exists().where(
         je.c.tid == t.c.tid, je.c.batch == t.c.batch, je.c.stan == t.c.stan, je.c.kind == t.c.kind
@@ -242,6 +248,7 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
             t.c.amount_minor,
             t.c.response_code,
             t.c.issuer_ref,
+            t.c.pan_masked,
             t.c.created_at,
             literal(None, String),
             t.c.created_at,
@@ -255,6 +262,7 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
             t.c.created_at >= rc_day.c.lo,  # only the day's own: a partner is looked for wider
             t.c.created_at < rc_day.c.hi,
             t.c.kind.in_(CARD_KINDS),
+            ~staged,
             ~named_by_rrn,
             ~named_by_stan,
         )
