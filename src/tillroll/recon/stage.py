@@ -336,7 +336,9 @@ def fill_wallet(
     )
     cols = [c.name for c in rc_wallet.c]
     conn.execute(rc_wallet.insert().from_select(cols, journal_side))
-    named = exists().where(je.c.order_no == rc_stmt.c.ref, je.c.rail == "wallet")
+    named = exists().where(
+        je.c.order_no == rc_stmt.c.ref
+    )  # only wallet entries have one (the order_no index)
     stmt_side = select(
         literal(None, String),
         literal(None, String),
