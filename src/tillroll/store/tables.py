@@ -347,6 +347,7 @@ journal_entries = Table(
     Index("ix_journal_entries_order_no", "order_no"),
     Index("ix_journal_entries_tid_batch_stan", "tid", "batch", "stan"),
     Index("ix_journal_entries_created_at", "created_at"),
+    Index("ix_journal_entries_rail_created_at", "rail", "created_at"),  # recon: one rail's day (0008)
 )
 
 # What each terminal last said about itself with an upload (console: terminals page).
