@@ -40,6 +40,7 @@ from tillroll.store.tables import (
     recon_exceptions,
     terminal_commands,
     transactions,
+    wallet_statement_rows,
 )
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.wallet.admin import add_merchant as wallet_merchant
@@ -474,6 +475,30 @@ def test_wallet_reverse_and_refund_retry_against_the_real_provider(
         assert apply_automatic(ctx, [stuck]) == []
         assert [a for a, _, _ in actions_of(store, stuck)] == ["retry_refund", "retry_refund", "escalate"]
 
+        # a refund known only from the statement (the wallet reported it failed: CHANGE)
+        _pay(wallet, "ORD0003", 800)
+        with store.engine.begin() as conn:
+            conn.execute(
+                insert(wallet_statement_rows).values(
+                    mch_id=MCH_ID, bill_date="20261202", line_no=9, trade_time=T0, out_trade_no="ORD0003",
+                    transaction_id="4200000003", trade_state="REFUND", brand="WX", total_minor=800,
+                    out_refund_no="RF0003", refund_id="50000003", refund_minor=300, refund_status="CHANGE",
+                    imported_at=T0,
+                )
+            )  # fmt: skip
+        failed = open_exception(
+            store,
+            ExceptionClass.REFUND_STUCK,
+            "wallet:RF0003",
+            rail="wallet",
+            order_no="RF0003",
+            amount_minor=300,
+        )
+        (retried,) = apply_automatic(ctx, [failed])
+        assert retried.outcome is ActionOutcome.DONE, retried.detail_en
+        answer = wallet.call("/v1/refund/query", out_refund_no="RF0003")
+        assert answer["result_code"] == "SUCCESS" and int(answer["refund_fee"]) == 300
+
 
 def test_commands_the_terminal_reports_close_or_escalate_their_exception(
     store: HostStore, ctx: ActionContext
@@ -511,3 +536,49 @@ def test_commands_the_terminal_reports_close_or_escalate_their_exception(
             select(recon_actions.c.detail).where(recon_actions.c.action == "escalate")
         ).scalar_one()
     assert "printer jammed" in json.loads(note)["note"]
+
+
+_STATE_ONLY = [
+    ActionKind.ASSIGN,
+    ActionKind.RESOLVE,
+    ActionKind.WRITE_OFF,
+    ActionKind.NOTE,
+    ActionKind.ESCALATE,
+]
+
+
+def test_any_sequence_of_state_actions_follows_the_transition_table(
+    store: HostStore, ctx: ActionContext
+) -> None:
+    """Hypothesis: whatever people do, in whatever order, an exception only moves along
+    EXCEPTION_TRANSITIONS, a final one never moves again (a note is still taken), every attempt
+    leaves exactly one recon_actions row and one audit row, and the audit chain holds."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tillroll.recon.model import EXCEPTION_FINAL, EXCEPTION_TRANSITIONS
+
+    counter = iter(range(1, 10**6))
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(st.sampled_from(_STATE_ONLY), min_size=1, max_size=8))
+    def run(steps: list[ActionKind]) -> None:
+        exc = open_exception(store, ExceptionClass.AMOUNT_MISMATCH, f"card:rrn:h{next(counter)}", rail="card")
+        state = ExceptionState.OPEN
+        for step in steps:
+            result = act(ctx, exc, step, actor="wang", note="li" if step is ActionKind.ASSIGN else "x")
+            after = ExceptionState(exception_row(store, exc)["state"])
+            assert result.state is after
+            if state in EXCEPTION_FINAL:
+                assert after is state
+                assert (result.outcome is ActionOutcome.DONE) == (step is ActionKind.NOTE)
+            else:
+                assert after is state or after in EXCEPTION_TRANSITIONS[state]
+            state = after
+        assert len(actions_of(store, exc)) == len(steps)
+
+    run()
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
+        assert rows == conn.execute(select(func.count()).select_from(recon_actions)).scalar_one()
+        assert audit.verify(conn).ok

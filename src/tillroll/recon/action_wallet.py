@@ -13,7 +13,7 @@ from sqlalchemy import Connection, select
 from tillroll.money import format_yuan
 from tillroll.recon.action_effects import Effect, Exc, entries_of
 from tillroll.recon.model import ActionKind, ExceptionState
-from tillroll.store.tables import journal_entries
+from tillroll.store.tables import journal_entries, wallet_statement_rows
 from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.terminal.wallet_gateway import HttpWalletGateway, RefundOutcome, RefundStatus, ReverseOutcome
 
@@ -27,8 +27,9 @@ class RefundAsk:
 
 
 def refund_ask(conn: Connection, exc: Exc) -> RefundAsk | None:
-    """The stuck wallet refund's request, as first sent: from the matcher's evidence, else from
-    the terminal's journal copy (the refund entry and its original order)."""
+    """The stuck wallet refund's request, as first sent: from the matcher's evidence, else the
+    terminal's journal copy (the refund entry and its original order), else the statement's line
+    of that refund (a refund the wallet reported failed)."""
     ev = exc.evidence
     try:
         return RefundAsk(
@@ -36,6 +37,26 @@ def refund_ask(conn: Connection, exc: Exc) -> RefundAsk | None:
         )
     except (KeyError, TypeError, ValueError):
         pass
+    return _from_journal(conn, exc) or _from_statement(conn, exc)
+
+
+def _from_statement(conn: Connection, exc: Exc) -> RefundAsk | None:
+    if not exc.order_no:
+        return None
+    s = wallet_statement_rows
+    row = conn.execute(
+        select(s.c.out_trade_no, s.c.out_refund_no, s.c.total_minor, s.c.refund_minor)
+        .where(s.c.out_refund_no == exc.order_no, s.c.refund_minor.is_not(None))
+        .order_by(s.c.id.desc())
+    ).first()
+    if row is None:
+        return None
+    return RefundAsk(
+        str(row.out_trade_no), str(row.out_refund_no), int(row.total_minor), int(row.refund_minor)
+    )
+
+
+def _from_journal(conn: Connection, exc: Exc) -> RefundAsk | None:
     entries = entries_of(conn, exc)
     refund = next((e for e in entries if e["kind"] == "qr_refund"), None)
     if refund is None:

@@ -96,6 +96,8 @@ class Params:
     stmt_ready: bool  # the day's statement is imported
     stmt_next_ready: bool  # ... and the next day's (rows near midnight may be there)
     duplicate_window_s: int
+    window_lo: datetime  # every merchant's window lies within [window_lo, window_hi): the indexes'
+    window_hi: datetime  # bounds, so a run reads one day's rows whatever the store's history
 
 
 def _insert(conn: Connection, query: Any) -> int:
@@ -410,47 +412,33 @@ def ledger_and_issuer(conn: Connection, p: Params) -> int:
 def card_duplicates(conn: Connection, p: Params) -> int:
     """Rule D1 duplicate: two approved host sales on one terminal, one card (masked), one amount
     within ``duplicate_window_s`` seconds: the customer was likely charged twice. The later one is
-    the exception (``card:rrn:<later RRN>``). First the (terminal, card, amount) groups with more
-    than one sale (GROUP BY), then a window function over those groups' sales only."""
-    t = transactions
-    day = and_(
-        t.c.kind == "sale",
-        t.c.status == "approved",
-        t.c.created_at >= rc_day.c.lo,
-        t.c.created_at < rc_day.c.hi,
-    )
-    part = (t.c.tid, t.c.pan_masked, t.c.amount_minor)
+    the exception (``card:rrn:<later RRN>``). Over the day's host sales in rc_card: first the
+    (terminal, card, amount) groups with more than one sale (GROUP BY), then a window function
+    over those groups' sales only."""
+    c = rc_card.c
+    sales = and_(c.core == 1, c.kind == "sale", c.h_status == "approved")
+    part = (c.tid, c.h_pan, c.h_amount)
     groups = (
-        select(*part)
-        .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(day)
-        .group_by(*part)
-        .having(func.count() > 1)
-    ).subquery("g")
-    order = (t.c.created_at, t.c.id)
+        select(*part).where(sales).group_by(*part).having(func.count(func.distinct(c.h_id)) > 1).subquery("g")
+    )
+    order = (c.h_at, c.h_id)
     ranked = (
         select(
-            t.c.mid,
-            t.c.tid,
-            t.c.rrn,
-            t.c.batch,
-            t.c.stan,
-            t.c.amount_minor,
-            t.c.pan_masked,
-            t.c.created_at.label("at"),
-            func.lag(t.c.created_at).over(partition_by=part, order_by=order).label("prev_at"),
-            func.lag(t.c.rrn).over(partition_by=part, order_by=order).label("prev_rrn"),
+            c.mid,
+            c.tid,
+            c.rrn,
+            c.batch,
+            c.stan,
+            c.h_amount,
+            c.h_pan,
+            c.h_id,
+            c.h_at.label("at"),
+            func.lag(c.h_at).over(partition_by=part, order_by=order).label("prev_at"),
+            func.lag(c.rrn).over(partition_by=part, order_by=order).label("prev_rrn"),
+            func.lag(c.h_id).over(partition_by=part, order_by=order).label("prev_id"),
         )
-        .join(
-            groups,
-            and_(
-                groups.c.tid == t.c.tid,
-                groups.c.pan_masked == t.c.pan_masked,
-                groups.c.amount_minor == t.c.amount_minor,
-            ),
-        )
-        .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(day)
+        .join(groups, and_(groups.c.tid == c.tid, groups.c.h_pan == c.h_pan, groups.c.h_amount == c.h_amount))
+        .where(sales)
         .subquery("r")
     )
     r = ranked.c
@@ -458,7 +446,7 @@ def card_duplicates(conn: Connection, p: Params) -> int:
         ("rule", literal("card_duplicate")),
         ("first_rrn", r.prev_rrn),
         ("second_rrn", r.rrn),
-        ("card_masked", r.pan_masked),
+        ("card_masked", r.h_pan),
         ("seconds_apart", epoch_s(r.at) - epoch_s(r.prev_at)),
         ("planned", json_raw(literal("[]"))),
     )
@@ -473,10 +461,14 @@ def card_duplicates(conn: Connection, p: Params) -> int:
         literal(None, String),
         r.batch,
         r.stan,
-        r.amount_minor,
+        r.h_amount,
         evidence,
         literal(0),
-    ).where(r.prev_at.is_not(None), epoch_s(r.at) - epoch_s(r.prev_at) <= p.duplicate_window_s)
+    ).where(
+        r.prev_at.is_not(None),
+        r.prev_id != r.h_id,  # two journal entries naming one host sale are not two charges
+        epoch_s(r.at) - epoch_s(r.prev_at) <= p.duplicate_window_s,
+    )
     return _insert(conn, query)
 
 
@@ -518,7 +510,13 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
     today = (
         select(t.c.original_id)
         .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(t.c.original_id.is_not(None), t.c.created_at >= rc_day.c.lo, t.c.created_at < rc_day.c.hi)
+        .where(
+            t.c.original_id.is_not(None),
+            t.c.created_at >= p.window_lo,
+            t.c.created_at < p.window_hi,
+            t.c.created_at >= rc_day.c.lo,
+            t.c.created_at < rc_day.c.hi,
+        )
         .distinct()
         .subquery("today")
     )
@@ -686,6 +684,8 @@ def signin_failures(conn: Connection, p: Params) -> int:
         .where(
             f.c.kind == "merchant_alert",
             f.c.payload.like('%"alert": "sign_in_failures"%'),
+            f.c.received_at >= p.window_lo,
+            f.c.received_at < p.window_hi,
             f.c.received_at >= rc_day.c.lo,
             f.c.received_at < rc_day.c.hi,
         )

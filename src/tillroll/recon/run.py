@@ -209,6 +209,18 @@ def _run(
 ) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
     run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
+    stage.create(conn)
+    rc_found.drop(conn, checkfirst=True)
+    rc_found.create(conn)
+    days = day_rows(conn, day, config)
+    if days:
+        conn.execute(insert(stage.rc_day), days)
+    stage.fill_terminals(conn)
+    margin = timedelta(seconds=config.ageing_s)
+    s_lo = datetime.combine(day, time()) - BEIJING  # the statement's own day (Beijing)
+    s_hi = s_lo + timedelta(days=1)
+    lo = min([d["wlo"] for d in days] + [s_lo - margin])
+    hi = max([d["whi"] for d in days] + [s_hi + margin])
     p = Params(
         business_date=iso,
         now=now,
@@ -217,21 +229,12 @@ def _run(
         stmt_ready=_imported(conn, day),
         stmt_next_ready=_imported(conn, day + timedelta(days=1)),
         duplicate_window_s=config.duplicate_window_s,
+        window_lo=lo,
+        window_hi=hi,
     )
-    stage.create(conn)
-    rc_found.drop(conn, checkfirst=True)
-    rc_found.create(conn)
-    days = day_rows(conn, day, config)
-    if days:
-        conn.execute(insert(stage.rc_day), days)
-    margin = timedelta(seconds=config.ageing_s)
-    s_lo = datetime.combine(day, time()) - BEIJING  # the statement's own day (Beijing)
-    s_hi = s_lo + timedelta(days=1)
-    lo = min([d["wlo"] for d in days] + [s_lo - margin])
-    hi = max([d["whi"] for d in days] + [s_hi + margin])
-    stage.fill_card(conn)
+    stage.fill_card(conn, lo=lo, hi=hi)
     stage.fill_statement(conn, lo=lo, hi=hi)
-    stage.fill_wallet(conn, stmt_lo=s_lo, stmt_hi=s_hi)
+    stage.fill_wallet(conn, lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
     for rule in rules.RULES:
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))

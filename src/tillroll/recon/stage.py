@@ -61,6 +61,18 @@ rc_day = _temp(
     Column("tail_from", DateTime, nullable=False),  # hi - ageing: may be on tomorrow's statement
 )
 
+# rc_day per terminal (a few hundred rows, in memory): the journal's rows find their merchant's
+# day with one lookup here instead of two in the store (terminals, then rc_day).
+rc_term = _temp(
+    "rc_term",
+    Column("tid", String(8), primary_key=True),
+    Column("mid", String(15), nullable=False),
+    Column("lo", DateTime, nullable=False),
+    Column("hi", DateTime, nullable=False),
+    Column("wlo", DateTime, nullable=False),
+    Column("whi", DateTime, nullable=False),
+)
+
 rc_card = _temp(
     "rc_card",
     Column("mid", String(15)),
@@ -79,6 +91,7 @@ rc_card = _temp(
     Column("h_amount", BigInteger),
     Column("h_code", String(2)),
     Column("h_issuer_ref", BigInteger),
+    Column("h_pan", String(19)),  # masked
     Column("h_at", DateTime),
     Column("matched_by", String(16)),
     Column("at", DateTime),  # when it happened: the journal's time, else the host's
@@ -128,22 +141,32 @@ WALLET_KIND = {"qr_pay": "pay", "qr_refund": "refund"}
 
 
 def create(conn: Connection) -> None:
-    for table in (rc_day, rc_card, rc_stmt, rc_wallet):
+    for table in (rc_day, rc_term, rc_card, rc_stmt, rc_wallet):
         table.drop(conn, checkfirst=True)
         table.create(conn)
 
 
 def drop(conn: Connection) -> None:
-    for table in (rc_wallet, rc_stmt, rc_card, rc_day):
+    for table in (rc_wallet, rc_stmt, rc_card, rc_term, rc_day):
         table.drop(conn, checkfirst=True)
 
 
-def _core(at: Any) -> Any:
-    return case((and_(at >= rc_day.c.lo, at < rc_day.c.hi), 1), else_=0)
+def _core(at: Any, day: Table = rc_day) -> Any:
+    return case((and_(at >= day.c.lo, at < day.c.hi), 1), else_=0)
 
 
-def fill_card(conn: Connection) -> None:
-    """rc_card: the journal's card entries with their host transaction, then the host's alone."""
+def fill_terminals(conn: Connection) -> None:
+    """rc_term: every terminal with its merchant's day (after rc_day)."""
+    q = select(terminals.c.tid, rc_day.c.mid, rc_day.c.lo, rc_day.c.hi, rc_day.c.wlo, rc_day.c.whi).join(
+        rc_day, rc_day.c.mid == terminals.c.mid
+    )
+    conn.execute(rc_term.insert().from_select([c.name for c in rc_term.c], q))
+
+
+def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
+    """rc_card: the journal's card entries with their host transaction, then the host's alone.
+    ``lo``/``hi`` bound every merchant's window: the created_at indexes find the day's rows
+    whatever the history the store holds."""
     by_rrn = transactions.alias("h1")
     by_stan = transactions.alias("h2")
 
@@ -152,7 +175,7 @@ def fill_card(conn: Connection) -> None:
 
     journal_side = (
         select(
-            terminals.c.mid,
+            rc_term.c.mid,
             je.c.tid,
             je.c.kind,
             je.c.batch,
@@ -168,14 +191,14 @@ def fill_card(conn: Connection) -> None:
             h("amount_minor"),
             h("response_code"),
             h("issuer_ref"),
+            h("pan_masked"),
             h("created_at"),
             case((by_rrn.c.id.is_not(None), "rrn"), (by_stan.c.id.is_not(None), "tid_batch_stan")),
             je.c.created_at,
-            _core(je.c.created_at),
+            _core(je.c.created_at, rc_term),
         )
         .select_from(je)
-        .join(terminals, terminals.c.tid == je.c.tid)
-        .join(rc_day, rc_day.c.mid == terminals.c.mid)
+        .join(rc_term, rc_term.c.tid == je.c.tid)
         .outerjoin(by_rrn, by_rrn.c.rrn == je.c.rrn)
         .outerjoin(
             by_stan,
@@ -190,13 +213,19 @@ def fill_card(conn: Connection) -> None:
         .where(
             je.c.rail == "card",
             je.c.kind.in_(CARD_KINDS),
-            je.c.created_at >= rc_day.c.wlo,
-            je.c.created_at < rc_day.c.whi,
+            je.c.created_at >= lo,
+            je.c.created_at < hi,
+            je.c.created_at >= rc_term.c.wlo,
+            je.c.created_at < rc_term.c.whi,
         )
     )
     cols = [c.name for c in rc_card.c]
     conn.execute(rc_card.insert().from_select(cols, journal_side))
     t = transactions
+    # most host rows were matched just now (rc_card, in memory): only the others are looked for
+    # in the store's journal (a partner outside the window still counts as one)
+    conn.exec_driver_sql("CREATE INDEX ix_rc_card_h_id ON rc_card (h_id)")  # goes with the table
+    staged = exists().where(rc_card.c.h_id == t.c.id)
     named_by_rrn = exists().where(je.c.rrn == t.c.rrn)
     named_by_stan = exists().where(
         je.c.tid == t.c.tid, je.c.batch == t.c.batch, je.c.stan == t.c.stan, je.c.kind == t.c.kind
@@ -219,6 +248,7 @@ def fill_card(conn: Connection) -> None:
             t.c.amount_minor,
             t.c.response_code,
             t.c.issuer_ref,
+            t.c.pan_masked,
             t.c.created_at,
             literal(None, String),
             t.c.created_at,
@@ -227,9 +257,12 @@ def fill_card(conn: Connection) -> None:
         .select_from(t)
         .join(rc_day, rc_day.c.mid == t.c.mid)
         .where(
+            t.c.created_at >= lo,
+            t.c.created_at < hi,
             t.c.created_at >= rc_day.c.lo,  # only the day's own: a partner is looked for wider
             t.c.created_at < rc_day.c.hi,
             t.c.kind.in_(CARD_KINDS),
+            ~staged,
             ~named_by_rrn,
             ~named_by_stan,
         )
@@ -262,13 +295,15 @@ def fill_statement(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     conn.execute(rc_stmt.insert().from_select([c.name for c in rc_stmt.c], folded))
 
 
-def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> None:
+def fill_wallet(
+    conn: Connection, *, lo: datetime, hi: datetime, stmt_lo: datetime, stmt_hi: datetime
+) -> None:
     """rc_wallet: the journal's wallet orders and refunds with their statement row, then the
     statement's rows of the day that no journal entry names."""
     kind = case((je.c.kind == "qr_refund", "refund"), else_="pay")
     journal_side = (
         select(
-            terminals.c.mid,
+            rc_term.c.mid,
             je.c.tid,
             kind,
             je.c.order_no,
@@ -285,22 +320,25 @@ def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> No
             rc_stmt.c.refund_status,
             rc_stmt.c.at,
             je.c.created_at,
-            _core(je.c.created_at),
+            _core(je.c.created_at, rc_term),
         )
         .select_from(je)
-        .join(terminals, terminals.c.tid == je.c.tid)
-        .join(rc_day, rc_day.c.mid == terminals.c.mid)
+        .join(rc_term, rc_term.c.tid == je.c.tid)
         .outerjoin(rc_stmt, and_(rc_stmt.c.ref == je.c.order_no, rc_stmt.c.kind == kind))
         .where(
             je.c.rail == "wallet",
             je.c.kind.in_(tuple(WALLET_KIND)),
-            je.c.created_at >= rc_day.c.wlo,
-            je.c.created_at < rc_day.c.whi,
+            je.c.created_at >= lo,
+            je.c.created_at < hi,
+            je.c.created_at >= rc_term.c.wlo,
+            je.c.created_at < rc_term.c.whi,
         )
     )
     cols = [c.name for c in rc_wallet.c]
     conn.execute(rc_wallet.insert().from_select(cols, journal_side))
-    named = exists().where(je.c.order_no == rc_stmt.c.ref, je.c.rail == "wallet")
+    named = exists().where(
+        je.c.order_no == rc_stmt.c.ref
+    )  # only wallet entries have one (the order_no index)
     stmt_side = select(
         literal(None, String),
         literal(None, String),

@@ -349,6 +349,7 @@ journal_entries = Table(
     Index("ix_journal_entries_created_at", "created_at"),
     # The console's pages read one merchant's terminals over a time range (migration 0009).
     Index("ix_journal_entries_tid_created_at", "tid", "created_at"),
+    Index("ix_journal_entries_rail_created_at", "rail", "created_at"),  # recon: one rail's day (0008)
 )
 
 # What each terminal last said about itself with an upload (console: terminals page).

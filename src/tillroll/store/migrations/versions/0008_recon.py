@@ -110,6 +110,7 @@ def upgrade() -> None:
     op.create_index("ix_transactions_original_id", "transactions", ["original_id"])
     op.create_index("ix_ledger_entries_reference", "ledger_entries", ["reference"])
     op.create_index("ix_ledger_postings_entry_id", "ledger_postings", ["entry_id"])
+    op.create_index("ix_journal_entries_rail_created_at", "journal_entries", ["rail", "created_at"])
     op.create_table(
         "recon_actions",
         sa.Column("id", _Id, autoincrement=True, nullable=False),
@@ -130,6 +131,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_journal_entries_rail_created_at", table_name="journal_entries")
     op.drop_index("ix_ledger_postings_entry_id", table_name="ledger_postings")
     op.drop_index("ix_ledger_entries_reference", table_name="ledger_entries")
     op.drop_index("ix_transactions_original_id", table_name="transactions")
