@@ -32,7 +32,15 @@ from tillroll.host.store import HostStore, open_store
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator
 from tillroll.store.tables import audit_log, journal_entries, terminal_commands, terminal_status
-from tillroll.terminal import HostAddress, Outcome, RefundState, Terminal, TerminalConfig, save_config
+from tillroll.terminal import (
+    HostAddress,
+    Outcome,
+    RefundState,
+    Result,
+    Terminal,
+    TerminalConfig,
+    save_config,
+)
 from tillroll.terminal.cli import app as pos_app
 from tillroll.terminal.journal_upload import JournalUploader
 from tillroll.terminal.resident import Resident
@@ -125,6 +133,12 @@ def make_terminal(
     return Terminal(config, data_dir)
 
 
+def key(res: Result) -> str:
+    """The back office's key of a card entry: its batch and trace."""
+    assert res.batch is not None and res.trace is not None
+    return f"card:{res.batch}.{res.trace}"
+
+
 def entries(store: HostStore) -> dict[str, dict[str, Any]]:
     with store.engine.connect() as conn:
         rows = conn.execute(select(journal_entries).where(journal_entries.c.tid == TID)).mappings()
@@ -167,7 +181,7 @@ def test_a_sale_is_uploaded_right_after_it(
         res = term.sale(1250, PAN, EXPIRY, PIN, notify="li.lei@example.com")
         assert res.approved, res.text
         got = entries(store)
-        sale = got[f"card:{res.txn_id}"]
+        sale = got[key(res)]
         assert (sale["rail"], sale["kind"], sale["state"]) == ("card", "sale", "approved")
         assert (sale["amount_minor"], sale["rrn"], sale["stan"], sale["batch"]) == (
             1250,
@@ -188,9 +202,9 @@ def test_a_sale_is_uploaded_right_after_it(
         void = term.void(res.trace or "")
         assert void.approved, void.text
     got = entries(store)
-    assert got[f"card:{res.txn_id}"]["state"] == "voided"
-    assert got[f"card:{void.txn_id}"]["kind"] == "void"
-    assert got[f"card:{void.txn_id}"]["original_key"] == f"card:{res.txn_id}"
+    assert got[key(res)]["state"] == "voided"
+    assert got[key(void)]["kind"] == "void"
+    assert got[key(void)]["original_key"] == key(res)
     with store.engine.connect() as conn:  # no full card number anywhere in the copy
         rows = conn.execute(select(journal_entries)).mappings().all()
     assert PAN not in json.dumps([dict(r) for r in rows], default=str)
@@ -211,8 +225,8 @@ def test_with_the_back_office_down_the_sale_stands_and_its_entry_goes_up_later(
         done = term.upload_journal()  # what `pos upload` and `pos run` do
         assert done is not None and done.failed is None and done.caught_up, done
     got = entries(store)
-    assert {got[f"card:{r.txn_id}"]["amount_minor"] for r in (first, second)} == {1000, 2000}
-    assert all(got[f"card:{r.txn_id}"]["state"] == "approved" for r in (first, second))
+    assert {got[key(r)]["amount_minor"] for r in (first, second)} == {1000, 2000}
+    assert all(got[key(r)]["state"] == "approved" for r in (first, second))
 
 
 def test_a_line_that_swallows_the_upload_does_not_hold_the_sale(
@@ -251,9 +265,9 @@ def test_a_replayed_or_older_upload_changes_nothing(
             assert uploader.upload(budget_s=10).failed is None
         first = recorder.bodies[0]
         assert term.void(res.trace or "").approved
-    key = f"card:{res.txn_id}"
+    sale_key = key(res)
     before_entries, before_status = entries(store), status_row(store)
-    assert before_entries[key]["state"] == "voided"
+    assert before_entries[sale_key]["state"] == "voided"
     # the recorded upload again, as it was signed: accepted, nothing changes
     answer = post(web.url, first)
     assert answer.status_code == 200, answer.text
@@ -273,7 +287,7 @@ def test_a_replayed_or_older_upload_changes_nothing(
 def good_entry(n: int, **over: Any) -> dict[str, Any]:
     at = "2026-12-01T06:00:00.000000Z"
     e: dict[str, Any] = {
-        "entry_key": f"card:{n}", "rail": "card", "kind": "sale", "state": "approved",
+        "entry_key": f"card:000001.{n:06d}", "rail": "card", "kind": "sale", "state": "approved",
         "batch": "000001", "stan": f"{n:06d}", "rrn": f"{n:012d}", "order_no": None,
         "original_key": None, "amount_minor": 100 * n, "currency": "156", "card_masked": MASKED,
         "response_code": "00", "receipt": "printed", "prints": 1, "contact": None, "note": None,
@@ -339,7 +353,7 @@ def test_a_fact_signature_or_another_terminal_is_refused(web: Web, store: HostSt
     assert post(web.url, other, to="10000002").status_code == 401  # signed by TID, sent as another
     assert post(web.url, body, to="99999999").status_code == 401  # an unknown terminal looks the same
     assert post(web.url, body).status_code == 200
-    assert set(entries(store)) == {"card:1"}
+    assert set(entries(store)) == {"card:000001.000001"}
 
 
 def add_command(store: HostStore, command: str, reference: str | None, tid: str = TID) -> int:
@@ -392,8 +406,8 @@ def test_commands_are_handed_over_run_and_acknowledged(
     assert got[missing]["state"] == "failed" and "999999" in (got[missing]["outcome"] or "")
     assert got[retry]["state"] == "done" and "1 refund(s) finished" in (got[retry]["outcome"] or "")
     copy = entries(store)
-    assert copy[f"card:{sale.txn_id}"]["prints"] == 2  # the reprint's change went up in the same round
-    assert copy[f"card:{refund.txn_id}"]["state"] == RefundState.APPROVED.value
+    assert copy[key(sale)]["prints"] == 2  # the reprint's change went up in the same round
+    assert copy[key(refund)]["state"] == RefundState.APPROVED.value
     with store.engine.connect() as conn:
         audited = conn.execute(
             select(audit_log.c.action, audit_log.c.target, audit_log.c.actor).order_by(audit_log.c.id)
@@ -453,7 +467,7 @@ def test_pos_run_uploads_on_its_turns_and_runs_the_commands(
             stop.set()
             worker.join(5)
         assert any("重打印 REPRINT" in d for d in printer.documents())
-    assert f"card:{sale.txn_id}" in entries(store)
+    assert key(sale) in entries(store)
     assert commands(store)[command]["state"] == "done"
     status = status_row(store)
     assert status is not None and status["printer"] == "ok"  # `pos run` asks the printer itself
@@ -490,8 +504,24 @@ def test_settlement_uploads_the_batch_in_its_final_state(
         assert settled.outcome in (Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED), settled.text
         next_batch = term.batch
     got = entries(store)
-    assert {got[f"card:{s.txn_id}"]["state"] for s in sales} == {"approved"}
+    assert {got[key(s)]["state"] for s in sales} == {"approved"}
     status = status_row(store)
     assert status is not None and status["batch"] == next_batch != sales[0].batch
     last = json.loads(status["status"])["last_settlement"]
     assert last["batch"] == sales[0].batch and last["state"] in ("balanced", "uploaded")
+
+
+def test_a_replaced_device_does_not_overwrite_its_predecessors_entries(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with make_terminal(tmp_path / "old", proxy.address, web.url) as old:
+        before = old.sale(1000, PAN, EXPIRY, PIN)
+        assert before.approved
+    # The device dies; a new one (an empty journal, the same TID) takes over: the host closes the
+    # lost batch at its sign-in and names the next (PROFILE §6). Its journal's rows start at 1 again.
+    with make_terminal(tmp_path / "new", proxy.address, web.url) as new:
+        after = new.sale(2000, PAN, EXPIRY, PIN)
+        assert after.approved and after.txn_id == before.txn_id
+    got = entries(store)
+    assert key(before) != key(after)
+    assert (got[key(before)]["amount_minor"], got[key(after)]["amount_minor"]) == (1000, 2000)

@@ -12,6 +12,10 @@ commands the terminal has run; the answer hands over the commands still to run (
   moved **only when the back office answered 200**. A failed upload loses nothing: the next one
   sends the same entries again (the back office keeps an entry only when it is newer).
   ``updated_at`` indexes make the page a range read.
+- **Keys are natural**: ``card:<batch>.<trace>`` (the host's own idempotency key, PROFILE §3),
+  ``wallet:<out_trade_no>``, ``wallet_refund:<out_refund_no>`` — never the journal's row ids, which
+  a replaced device (a lost journal, PROFILE §6) starts again from 1: its entries must not
+  overwrite its predecessor's at the back office.
 - **Never in the sale's way.** After a transaction the engine uploads with a short timeout
   (:data:`AFTER_TRANSACTION_TIMEOUT_S`), skips it while an earlier failure's backoff runs, and
   swallows any failure: the sale's outcome is already journalled and final.
@@ -109,6 +113,11 @@ upload_commands = Table(
 
 # (command, reference) -> (done, what happened in words)
 CommandRunner = Callable[[str, str | None], tuple[bool, str]]
+
+
+def card_key(batch: str, stan: str) -> str:
+    """A card entry's key at the back office: ``card:<batch>.<trace>``."""
+    return f"card:{batch}.{stan}"
 
 
 def iso_us(instant: datetime) -> str:
@@ -252,9 +261,14 @@ class JournalUploader:
         return rows[:ENTRIES_MAX]
 
     def _card_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+        orig = txns.alias("orig")
         q = (
-            select(txns, contacts.c.contact)
-            .select_from(txns.outerjoin(contacts, contacts.c.txn_id == txns.c.id))
+            select(txns, contacts.c.contact, orig.c.batch.label("orig_batch"), orig.c.stan.label("orig_stan"))
+            .select_from(
+                txns.outerjoin(contacts, contacts.c.txn_id == txns.c.id).outerjoin(
+                    orig, orig.c.id == txns.c.orig_txn_id
+                )
+            )
             .where(after)
             .order_by(txns.c.updated_at, txns.c.id)
             .limit(ENTRIES_MAX)
@@ -265,7 +279,7 @@ class JournalUploader:
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"card:{r['id']}",
+                    "entry_key": card_key(r["batch"], r["stan"]),
                     "rail": "card",
                     "kind": r["kind"],
                     "state": r["state"],
@@ -273,7 +287,7 @@ class JournalUploader:
                     "stan": r["stan"],
                     "rrn": r["rrn"],
                     "order_no": None,
-                    "original_key": f"card:{r['orig_txn_id']}" if r["orig_txn_id"] else None,
+                    "original_key": card_key(r["orig_batch"], r["orig_stan"]) if r["orig_batch"] else None,
                     "amount_minor": r["amount_minor"],
                     "currency": request.get("49") or "156",
                     "card_masked": r["pan_masked"],  # masked when journalled (first 6, last 4)
@@ -296,7 +310,7 @@ class JournalUploader:
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"wallet:{r['id']}",
+                    "entry_key": f"wallet:{r['out_trade_no']}",
                     "rail": "wallet",
                     "kind": "qr_pay",
                     "state": r["state"],
@@ -322,7 +336,7 @@ class JournalUploader:
 
     def _refund_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
         q = (
-            select(wallet_refunds, wallet_orders.c.code_masked)
+            select(wallet_refunds, wallet_orders.c.code_masked, wallet_orders.c.out_trade_no)
             .select_from(wallet_refunds.join(wallet_orders, wallet_orders.c.id == wallet_refunds.c.order_id))
             .where(after)
             .order_by(wallet_refunds.c.updated_at, wallet_refunds.c.id)
@@ -333,7 +347,7 @@ class JournalUploader:
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"wallet_refund:{r['id']}",
+                    "entry_key": f"wallet_refund:{r['out_refund_no']}",
                     "rail": "wallet",
                     "kind": "qr_refund",
                     "state": r["state"],
@@ -341,7 +355,7 @@ class JournalUploader:
                     "stan": r["stan"],
                     "rrn": None,
                     "order_no": r["out_refund_no"],
-                    "original_key": f"wallet:{r['order_id']}",
+                    "original_key": f"wallet:{r['out_trade_no']}",
                     "amount_minor": r["amount_minor"],
                     "currency": "156",
                     "card_masked": r["code_masked"],

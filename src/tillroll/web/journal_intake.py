@@ -104,7 +104,7 @@ _KINDS: dict[str, tuple[str, dict[str, frozenset[str]]]] = {
     "wallet": ("wallet", {"qr_pay": frozenset(s.value for s in WalletState)}),
     "wallet_refund": ("wallet", {"qr_refund": _REFUND_STATES}),
 }
-_ENTRY_KEY = re.compile(r"^(card|wallet|wallet_refund):([1-9][0-9]{0,11})$")
+_ENTRY_KEY = re.compile(r"^(?:card:[0-9]{6}\.[0-9]{6}|(?:wallet|wallet_refund):[A-Za-z0-9_-]{1,32})$")
 _SIX = re.compile(r"^[0-9]{6}$")
 _RRN = re.compile(r"^[0-9A-Za-z]{12}$")
 _ORDER = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -185,7 +185,12 @@ def check_entry(doc: Any, where: str, now: datetime) -> dict[str, Any]:
         raise Refused(
             f"{where}.{wrong}", "is missing" if wrong in ENTRY_KEYS else "is not a field of an entry"
         )
-    key = _pattern(doc["entry_key"], f"{where}.entry_key", _ENTRY_KEY, "card:N, wallet:N or wallet_refund:N")
+    key = _pattern(
+        doc["entry_key"],
+        f"{where}.entry_key",
+        _ENTRY_KEY,
+        "card:<batch>.<trace>, wallet:<order> or wallet_refund:<refund>",
+    )
     assert key is not None
     rail, kinds = _KINDS[key.split(":")[0]]
     if doc["rail"] != rail:
@@ -227,13 +232,20 @@ def check_entry(doc: Any, where: str, now: datetime) -> dict[str, Any]:
     assert created is not None and updated is not None
     if updated < created:
         raise Refused(f"{where}.updated_at", "is before created_at")
+    batch = _pattern(doc["batch"], f"{where}.batch", _SIX, "6 digits")
+    stan = _pattern(doc["stan"], f"{where}.stan", _SIX, "6 digits")
+    suffix = key.split(":", 1)[1]
+    if rail == "card" and suffix != f"{batch}.{stan}":
+        raise Refused(f"{where}.entry_key", "must be card:<batch>.<stan> of the entry")
+    if rail == "wallet" and suffix != doc["order_no"]:
+        raise Refused(f"{where}.entry_key", "must name the entry's order_no")
     return {
         "entry_key": key,
         "rail": rail,
         "kind": doc["kind"],
         "state": doc["state"],
-        "batch": _pattern(doc["batch"], f"{where}.batch", _SIX, "6 digits"),
-        "stan": _pattern(doc["stan"], f"{where}.stan", _SIX, "6 digits"),
+        "batch": batch,
+        "stan": stan,
         "rrn": _pattern(doc["rrn"], f"{where}.rrn", _RRN, "12 letters or digits", nullable=True),
         "order_no": _pattern(doc["order_no"], f"{where}.order_no", _ORDER, "an order number", nullable=True),
         "original_key": original,
