@@ -9,16 +9,20 @@ import typer
 
 from tillroll.host.cli import app as host_app
 from tillroll.notify.cli import app as notify_app
+from tillroll.recon.cli import app as recon_app
+from tillroll.recon.diagnose_cli import diagnose_command
 from tillroll.terminal.cli import app as pos_app
 from tillroll.wallet.cli import app as wallet_app
-from tillroll.web.cli import web as web_command
+from tillroll.web.cli import app as web_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="tillroll POS payment stack")
 app.add_typer(host_app, name="host")
 app.add_typer(pos_app, name="pos")
 app.add_typer(wallet_app, name="wallet")
-app.command("web")(web_command)
+app.add_typer(web_app, name="web")
 app.add_typer(notify_app, name="notify")
+app.add_typer(recon_app, name="recon")
+app.command("diagnose")(diagnose_command)
 
 
 @app.command()

@@ -38,6 +38,7 @@ class AlertKind(enum.StrEnum):
     JOURNAL_LOSS = "journal_loss"  # the host detected a terminal's lost journal
     CUTOVER = "cutover"  # the host closed a batch at cut-over
     DEAD_LETTER = "dead_letter"  # a message could not be delivered
+    RECON_ESCALATED = "recon_escalated"  # reconciliation's automatic retries are used up
 
 
 # Customer-facing kinds need an amount; these alerts do too (they are about money).

@@ -52,6 +52,8 @@ class MessageKind(enum.StrEnum):
     PAYMENT_CANCELLED = "payment_cancelled"
     REFUND_APPROVED = "refund_approved"
     MERCHANT_ALERT = "merchant_alert"
+    # the back office's own: reconciliation found a receipt with no payment behind it
+    PAYMENT_FOLLOW_UP = "payment_follow_up"
 
 
 class MessageState(enum.StrEnum):

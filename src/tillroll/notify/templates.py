@@ -36,11 +36,18 @@ CUSTOMER: dict[MessageKind, tuple[str, str]] = {
         "Your refund of ¥{amount} from {merchant} was approved; it returns to the account you "
         "paid with{method_en} ({time}).",
     ),
+    MessageKind.PAYMENT_FOLLOW_UP: (
+        "您在{merchant}于{time}的付款¥{amount}{method_zh}虽已打印小票，但款项未到账，交易未完成。请联系商户，"
+        "以便重新付款或核对。",
+        "Your payment of ¥{amount} at {merchant} on {time}{method_en} printed a receipt but the money "
+        "never arrived, so it did not complete. Please contact the merchant to pay again or to check it.",
+    ),
 }
 SUBJECTS: dict[MessageKind, tuple[str, str]] = {
     MessageKind.E_RECEIPT: ("电子小票", "e-receipt"),
     MessageKind.PAYMENT_CANCELLED: ("付款已撤销", "payment cancelled"),
     MessageKind.REFUND_APPROVED: ("退款已批准", "refund approved"),
+    MessageKind.PAYMENT_FOLLOW_UP: ("付款未完成", "payment not completed"),
 }
 
 # Merchant alerts: (subject 中文, subject English, text 中文, text English).
@@ -89,6 +96,13 @@ ALERTS: dict[AlertKind, tuple[str, str, str, str]] = {
         "{merchant}: a message ({detail}) could not be delivered after {count} attempt(s) ({time}) "
         "and is no longer retried; check that address.",
     ),
+    AlertKind.RECON_ESCALATED: (
+        "对账异常需人工处理",
+        "reconciliation needs a person",
+        "{merchant}：对账发现的异常（{detail}，终端{tid}）自动处理已达上限（{time}），请在控制台的异常队列中处理。",
+        "{merchant}: a reconciliation exception ({detail}, terminal {tid}) could not be settled "
+        "automatically ({time}); work it in the console's exception queue.",
+    ),
 }
 
 WEBHOOK_EVENT_TYPES: dict[MessageKind, str] = {
@@ -96,6 +110,7 @@ WEBHOOK_EVENT_TYPES: dict[MessageKind, str] = {
     MessageKind.PAYMENT_CANCELLED: "payment.cancelled",
     MessageKind.REFUND_APPROVED: "refund.approved",
     MessageKind.MERCHANT_ALERT: "merchant.alert",
+    MessageKind.PAYMENT_FOLLOW_UP: "payment.follow_up",
 }
 
 

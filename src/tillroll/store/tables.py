@@ -112,6 +112,8 @@ transactions = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Index("ix_transactions_tid_batch_stan", "tid", "batch", "stan"),
+    Index("ix_transactions_created_at", "created_at"),  # reconciliation: one day's rows (0008)
+    Index("ix_transactions_original_id", "original_id"),  # reconciliation: a sale's refunds (0008)
 )
 
 # --- the simulated issuer ---------------------------------------------------------------
@@ -236,6 +238,7 @@ ledger_entries = Table(
     Column("kind", String(16), nullable=False),
     Column("reference", String(40), nullable=False),
     Column("created_at", DateTime, nullable=False),
+    Index("ix_ledger_entries_reference", "reference"),  # reconciliation: a host RRN's entry (0008)
 )
 
 ledger_postings = Table(
@@ -247,6 +250,7 @@ ledger_postings = Table(
     Column("amount_minor", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Index("ix_ledger_postings_account", "account"),
+    Index("ix_ledger_postings_entry_id", "entry_id"),  # reconciliation: an entry's legs (0008)
 )
 
 # --- notifications ------------------------------------------------------------------------
@@ -402,6 +406,23 @@ wallet_statement_rows = Table(
     Column("imported_at", DateTime, nullable=False),
     UniqueConstraint("mch_id", "bill_date", "line_no", name="uq_wallet_statement_rows_line"),
     Index("ix_wallet_statement_rows_out_trade_no", "out_trade_no"),
+    Index("ix_wallet_statement_rows_out_refund_no", "out_refund_no"),
+    Index("ix_wallet_statement_rows_trade_time", "trade_time"),
+)
+
+# One row per imported statement (merchant, day): a day whose statement is header-only still
+# counts as imported, so its wallet payments are "missing" rather than "pending".
+wallet_statement_imports = Table(
+    "wallet_statement_imports",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("mch_id", String(32), nullable=False),
+    Column("bill_date", String(8), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("problems", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),  # of the CSV as received
+    Column("imported_at", DateTime, nullable=False),
+    UniqueConstraint("mch_id", "bill_date", name="uq_wallet_statement_imports_day"),
 )
 
 # Every statement line that could not be read, with its line and reason: reported, never dropped.

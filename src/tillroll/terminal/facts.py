@@ -321,6 +321,8 @@ def check_fact(kind: MessageKind, tid: str, payload: Any) -> CheckedFact:
     """The fact if the back office accepts it, else :class:`FactError` (nothing is stored)."""
     if not isinstance(payload, Mapping):
         raise FactError("payload", "must be a JSON object")
+    if kind not in _KEYS:  # the back office's own kinds (a reconciliation follow-up) are not a terminal's
+        raise FactError("kind", f"{kind.value} is not a fact a terminal delivers")
     allowed = _KEYS[kind] | _REQUIRED_OPTIONAL_OK
     if kind is MessageKind.MERCHANT_ALERT:
         allowed = allowed | _ALERT_OPTIONAL

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tillroll.clock import Clock, SystemClock
+from tillroll.console.app import console_csp, is_console_path, mount_console
 from tillroll.crypto.backoffice import SIGNATURE_HEADER
 from tillroll.host.store import HostStore
 from tillroll.notify.routing import fan_out as notify_fan_out
@@ -101,6 +102,8 @@ def create_app(
                 else problem("error", 500)
             )
         response.headers.update(SECURITY_HEADERS)
+        if is_console_path(request.url.path):  # the console runs htmx from /static; receipts stay strict
+            response.headers["Content-Security-Policy"] = console_csp(request)
         return response
 
     @app.exception_handler(StarletteHTTPException)
@@ -112,6 +115,8 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> Response:
         return JSONResponse({"error": "bad_request", "detail": "the request does not parse"}, 422)
+
+    mount_console(app, store, clock, base_url=config.base_url, config=config.console)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:

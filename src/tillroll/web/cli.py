@@ -1,4 +1,5 @@
-"""`tillroll web`: the back office's web app (e-receipts, the intake of terminals' facts)."""
+"""`tillroll web`: the back office's web app (e-receipts, the intake of terminals' facts, the
+merchant console); `tillroll web add-user` and `tillroll web audit-verify` (tillroll.console.cli)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,17 @@ import typer
 
 from tillroll.web.config import WebConfig, WebConfigError, parse_listen
 
+app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    add_completion=False,
+    help="Serve the back office (run without a command), or manage the console's users and audit log.",
+)
 
+
+@app.callback()
 def web(
+    ctx: typer.Context,
     listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to serve on.")] = "127.0.0.1:8080",
     db: Annotated[
         str | None, typer.Option("--db", envvar="TILLROLL_DB", help="The host's database URL.")
@@ -22,7 +32,9 @@ def web(
         int, typer.Option("--receipt-ttl-days", help="Days an e-receipt link works after the sale.")
     ] = 180,
 ) -> None:
-    """Serve the back office: e-receipts at /r/<token>, terminals' facts at /api/v1/…"""
+    """Serve the back office: e-receipts at /r/<token>, terminals' facts at /api/v1/…, the console."""
+    if ctx.invoked_subcommand is not None:
+        return
     import uvicorn
 
     from tillroll.host.store import open_store
@@ -36,8 +48,20 @@ def web(
         raise typer.Exit(2) from None
     store = open_store(db)
     app = create_app(config, store)
-    typer.echo(f"web: serving on {config.base_url} (e-receipts at {config.base_url}/r/<token>)")
+    typer.echo(
+        f"web: serving on {config.base_url} (e-receipts at {config.base_url}/r/<token>, "
+        f"console at {config.base_url}/console)"
+    )
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         store.engine.dispose()
+
+
+def _register() -> None:
+    from tillroll.console.cli import register
+
+    register(app)
+
+
+_register()

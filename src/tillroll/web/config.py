@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tillroll.console.config import ConsoleConfig
 
 _URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
@@ -21,6 +23,7 @@ class WebConfig:
     public_url: str | None = None
     receipt_ttl_days: int = 180  # an e-receipt link works this many days after the approval
     body_max_bytes: int = 64 * 1024  # one fact delivery; a larger body is refused unread
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # the merchant console (/console)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

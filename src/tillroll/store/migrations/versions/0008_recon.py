@@ -90,6 +90,26 @@ def upgrade() -> None:
     op.create_index(
         "ix_wallet_statement_rows_out_trade_no", "wallet_statement_rows", ["out_trade_no"], unique=False
     )
+    op.create_index("ix_wallet_statement_rows_out_refund_no", "wallet_statement_rows", ["out_refund_no"])
+    op.create_index("ix_wallet_statement_rows_trade_time", "wallet_statement_rows", ["trade_time"])
+    op.create_table(
+        "wallet_statement_imports",
+        sa.Column("id", _Id, autoincrement=True, nullable=False),
+        sa.Column("mch_id", sa.String(length=32), nullable=False),
+        sa.Column("bill_date", sa.String(length=8), nullable=False),
+        sa.Column("rows", sa.Integer(), nullable=False),
+        sa.Column("problems", sa.Integer(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("imported_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_wallet_statement_imports")),
+        sa.UniqueConstraint("mch_id", "bill_date", name="uq_wallet_statement_imports_day"),
+    )
+    # What the matcher's joins need on the host's own tables (0001): one day of transactions,
+    # the ledger entry of an RRN and its legs.
+    op.create_index("ix_transactions_created_at", "transactions", ["created_at"])
+    op.create_index("ix_transactions_original_id", "transactions", ["original_id"])
+    op.create_index("ix_ledger_entries_reference", "ledger_entries", ["reference"])
+    op.create_index("ix_ledger_postings_entry_id", "ledger_postings", ["entry_id"])
     op.create_table(
         "recon_actions",
         sa.Column("id", _Id, autoincrement=True, nullable=False),
@@ -110,6 +130,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_ledger_postings_entry_id", table_name="ledger_postings")
+    op.drop_index("ix_ledger_entries_reference", table_name="ledger_entries")
+    op.drop_index("ix_transactions_original_id", table_name="transactions")
+    op.drop_index("ix_transactions_created_at", table_name="transactions")
+    op.drop_table("wallet_statement_imports")
     op.drop_table("recon_actions")
     op.drop_table("wallet_statement_rows")
     op.drop_table("statement_problems")

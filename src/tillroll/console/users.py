@@ -1,0 +1,177 @@
+"""Console users: roles, argon2id password hashes, log-in with lock-out.
+
+A password is only ever held as an argon2id hash (argon2-cffi's defaults, RFC 9106 low-memory
+profile). Failed log-ins are counted in the user's row; `lockout_failures` in a row lock the
+account for `lockout_minutes` — a correct password during the lock is refused too, so guessing
+cannot go on. An unknown user name costs a hash verification like a known one (no timing tell).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from tillroll.console import audit
+from tillroll.console.config import ConsoleConfig
+from tillroll.store.tables import console_users, merchants
+
+_HASHER = PasswordHasher()  # argon2id
+_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+_USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{1,63}")
+MIN_PASSWORD = 10
+
+
+class Role(enum.StrEnum):
+    CASHIER = "cashier"
+    SUPERVISOR = "supervisor"
+    MERCHANT_ADMIN = "merchant_admin"
+    OPERATOR = "operator"  # the acquirer's operator: every merchant
+
+
+# What each role may do beyond reading its merchant's pages (checked by auth.require).
+RANK = {Role.CASHIER: 1, Role.SUPERVISOR: 2, Role.MERCHANT_ADMIN: 3, Role.OPERATOR: 4}
+
+
+class UserError(ValueError):
+    """Bad input to add_user: the text says what to change."""
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def add_user(
+    engine: Engine, username: str, password: str, role: Role, mid: str | None, *, now: datetime
+) -> int:
+    """A new user (a merchant's staff need their merchant; an operator has none); returns its id."""
+    if not _USERNAME.fullmatch(username):
+        raise UserError(
+            "the user name must be 2-64 letters, digits or . _ @ - (starting with a letter or digit)"
+        )
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"the password must be at least {MIN_PASSWORD} characters")
+    if role is Role.OPERATOR and mid is not None:
+        raise UserError("an operator sees every merchant: give no --mid")
+    if role is not Role.OPERATOR and mid is None:
+        raise UserError(f"a {role.value} works for one merchant: give --mid")
+    with engine.begin() as conn:
+        if (
+            mid is not None
+            and conn.execute(select(merchants.c.mid).where(merchants.c.mid == mid)).first() is None
+        ):
+            raise UserError(
+                f"merchant {mid} is not known to the host; add it first (tillroll host add-merchant)"
+            )
+        if conn.execute(select(console_users.c.id).where(console_users.c.username == username)).first():
+            raise UserError(f"user {username} exists already")
+        pk = conn.execute(
+            insert(console_users).values(
+                username=username,
+                password_hash=hash_password(password),
+                role=role.value,
+                mid=mid,
+                created_at=now,
+            )
+        ).inserted_primary_key
+        assert pk is not None
+        user_id = int(pk[0])
+        audit.record(
+            conn,
+            at=now,
+            actor="cli",
+            action="user.add",
+            target=f"user:{username}",
+            mid=mid,
+            after={"username": username, "role": role.value, "mid": mid},
+        )
+    return user_id
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    username: str
+    role: Role
+    mid: str | None
+
+
+class LoginResult(enum.Enum):
+    OK = "ok"
+    WRONG = "wrong"  # unknown user or wrong password: the page does not say which
+    LOCKED = "locked"  # locked now (by this attempt or before)
+    INACTIVE = "inactive"
+
+
+@dataclass(frozen=True)
+class Login:
+    result: LoginResult
+    user: User | None = None
+    locked_until: datetime | None = None
+    failures_left: int | None = None
+
+
+def _user(row: object) -> User:
+    m = row._mapping  # type: ignore[attr-defined]
+    return User(int(m["id"]), m["username"], Role(m["role"]), m["mid"])
+
+
+def authenticate(
+    conn: Connection, username: str, password: str, *, now: datetime, config: ConsoleConfig
+) -> Login:
+    """Check a log-in in the caller's transaction, counting failures and locking (audited)."""
+    row = conn.execute(select(console_users).where(console_users.c.username == username)).first()
+    if row is None:
+        with contextlib.suppress(VerificationError):
+            _HASHER.verify(_DUMMY_HASH, password)
+        return Login(LoginResult.WRONG)
+    m = row._mapping
+    user = _user(row)
+    if m["locked_until"] is not None and m["locked_until"] > now:
+        return Login(LoginResult.LOCKED, user, locked_until=m["locked_until"])
+    good: bool
+    try:
+        good = _HASHER.verify(m["password_hash"], password)
+    except (VerificationError, InvalidHashError):
+        good = False
+    if not good:
+        failures = int(m["failed_logins"]) + 1
+        if failures >= config.lockout_failures:
+            until = now + timedelta(minutes=config.lockout_minutes)
+            conn.execute(
+                update(console_users)
+                .where(console_users.c.id == user.id)
+                .values(failed_logins=0, locked_until=until)
+            )
+            audit.record(
+                conn,
+                at=now,
+                actor=username,
+                action="user.lockout",
+                target=f"user:{username}",
+                mid=user.mid,
+                after={"failures": failures, "locked_until": until.isoformat()},
+            )
+            return Login(LoginResult.LOCKED, user, locked_until=until)
+        conn.execute(
+            update(console_users).where(console_users.c.id == user.id).values(failed_logins=failures)
+        )
+        return Login(LoginResult.WRONG, failures_left=config.lockout_failures - failures)
+    if not m["active"]:
+        return Login(LoginResult.INACTIVE, user)
+    if _HASHER.check_needs_rehash(m["password_hash"]):
+        conn.execute(
+            update(console_users)
+            .where(console_users.c.id == user.id)
+            .values(password_hash=hash_password(password))
+        )
+    conn.execute(
+        update(console_users).where(console_users.c.id == user.id).values(failed_logins=0, locked_until=None)
+    )
+    return Login(LoginResult.OK, user)

@@ -1,0 +1,273 @@
+"""One reconciliation run of one business day: stage, match, upsert the exceptions, summarise.
+
+Everything happens in SQL in one transaction of one connection: the working tables (``stage``)
+are temporary tables of that connection, the rules (``rules``) fill ``rc_found``, and the
+exception queue is upserted from it by (class, key): a rerun finds the same record (its evidence
+and run id are refreshed), a resolved or written-off one is left alone, a clean day adds none.
+The automatic actions run after the commit, through ``after`` (part C's ``apply_automatic``), on
+the ids of the exceptions this run opened.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from tillroll.recon import rules, stage
+from tillroll.recon.model import EXCEPTION_FINAL, ExceptionState
+from tillroll.recon.rules import Params, rc_found
+from tillroll.recon.statement import BEIJING
+from tillroll.store import inserted_id
+from tillroll.store.tables import (
+    merchants,
+    recon_exceptions,
+    recon_runs,
+    statement_problems,
+    wallet_statement_imports,
+)
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    ageing_s: int = 900  # 15 min: before that a missing other side is "pending", not an exception
+    refund_deadline_s: int = 1800  # an open refund older than this is stuck
+    duplicate_window_s: int = 120  # the same card and amount twice within this is a duplicate
+    business_hours: tuple[int, int] = (8, 22)  # local hours in which a key session must not expire
+    exception_deadline_s: int = 86400  # an exception's deadline after it is opened
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    business_date: str
+    opened: list[int]  # the exceptions this run opened (the automatic actions' input)
+    found: dict[str, int]  # per class, opened or found again
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+AfterRun = Callable[[list[int]], object]
+
+
+def parse_business_date(text: str) -> date:
+    try:
+        if len(text) != 10:
+            raise ValueError(text)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"date {text!r} is not a day: write it as YYYY-MM-DD, e.g. 2026-12-01") from None
+
+
+def _utc(local: datetime, tz: ZoneInfo) -> datetime:
+    return local.replace(tzinfo=tz).astimezone(UTC).replace(tzinfo=None)
+
+
+def day_rows(conn: Connection, day: date, config: ReconConfig) -> list[dict[str, Any]]:
+    """rc_day: each merchant's business day in UTC (its own time zone), and the windows around it."""
+    margin = timedelta(seconds=config.ageing_s)
+    start, end = datetime.combine(day, time()), datetime.combine(day + timedelta(days=1), time())
+    open_h, close_h = config.business_hours
+    out = []
+    for mid, tz_name in conn.execute(select(merchants.c.mid, merchants.c.tz)):
+        tz = ZoneInfo(tz_name)
+        lo, hi = _utc(start, tz), _utc(end, tz)
+        out.append(
+            {
+                "mid": mid,
+                "lo": lo,
+                "hi": hi,
+                "wlo": lo - margin,
+                "whi": hi + margin,
+                "bh_lo": _utc(start + timedelta(hours=open_h), tz),
+                "bh_hi": _utc(start + timedelta(hours=close_h), tz),
+                "tail_from": hi - margin,
+            }
+        )
+    return out
+
+
+def _imported(conn: Connection, day: date) -> bool:
+    return bool(
+        conn.execute(
+            select(exists().where(wallet_statement_imports.c.bill_date == day.strftime("%Y%m%d")))
+        ).scalar()
+    )
+
+
+def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> list[int]:
+    """rc_found into recon_exceptions by (class, key); the ids of the records that are new."""
+    e, f = recon_exceptions, rc_found
+    conn.execute(
+        update(f).where(exists().where(e.c["class"] == f.c.cls, e.c.key == f.c.key)).values(existed=1)
+    )
+    cols = [
+        "class",
+        "key",
+        "business_date",
+        "state",
+        "mid",
+        "tid",
+        "rail",
+        "rrn",
+        "order_no",
+        "batch",
+        "stan",
+        "amount_minor",
+        "deadline",
+        "evidence",
+        "run_id",
+        "created_at",
+        "updated_at",
+    ]
+    source = select(
+        f.c.cls,
+        f.c.key,
+        literal(p.business_date),
+        literal(ExceptionState.OPEN.value),
+        f.c.mid,
+        f.c.tid,
+        f.c.rail,
+        f.c.rrn,
+        f.c.order_no,
+        f.c.batch,
+        f.c.stan,
+        f.c.amount_minor,
+        literal(deadline),
+        f.c.evidence,
+        literal(run_id),
+        literal(p.now),
+        literal(p.now),
+    ).where(literal(1) == 1)  # SQLite: an INSERT ... SELECT with ON CONFLICT needs a WHERE
+    ins = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(e).from_select(
+        cols, source
+    )
+    ins = ins.on_conflict_do_update(
+        index_elements=["class", "key"],
+        set_={
+            "evidence": ins.excluded.evidence,
+            "run_id": ins.excluded.run_id,
+            "amount_minor": ins.excluded.amount_minor,
+            "updated_at": ins.excluded.updated_at,
+        },
+        where=e.c.state.not_in([s.value for s in EXCEPTION_FINAL]),
+    )
+    conn.execute(ins)
+    new = (
+        select(e.c.id)
+        .join(f, and_(e.c["class"] == f.c.cls, e.c.key == f.c.key))
+        .where(f.c.existed == 0)
+        .order_by(e.c.id)
+    )
+    return [int(i) for i in conn.execute(new).scalars()]
+
+
+def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
+    c, w, f = stage.rc_card.c, stage.rc_wallet.c, rc_found.c
+    sources = {
+        "journal_card": conn.execute(
+            select(func.count()).where(c.core == 1, c.j_id.is_not(None))
+        ).scalar_one(),
+        "host": conn.execute(select(func.count()).where(c.core == 1, c.h_id.is_not(None))).scalar_one(),
+        "journal_wallet": conn.execute(
+            select(func.count()).where(w.core == 1, w.j_id.is_not(None))
+        ).scalar_one(),
+        "statement": conn.execute(
+            select(func.count()).where(w.core == 1, w.s_state.is_not(None))
+        ).scalar_one(),
+    }
+    matched: dict[Any, Any] = dict(
+        conn.execute(
+            select(c.matched_by, func.count())
+            .where(c.core == 1, c.matched_by.is_not(None))
+            .group_by(c.matched_by)
+        ).all()
+    )
+    classes: dict[Any, Any] = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
+    by_rule: dict[Any, Any] = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
+    problems = conn.execute(
+        select(func.count()).where(statement_problems.c.bill_date == day.strftime("%Y%m%d"))
+    ).scalar_one()
+    return {
+        "sources": {k: int(v) for k, v in sources.items()},
+        "matched_by": {str(k): int(v) for k, v in matched.items()},
+        "classes": {str(k): int(v) for k, v in classes.items()},
+        "rules": {str(k): int(v) for k, v in by_rule.items()},
+        "pending": rules.pending_counts(conn, p),
+        "statement": {
+            "imported": p.stmt_ready,
+            "next_day_imported": p.stmt_next_ready,
+            "problems": int(problems),
+        },
+    }
+
+
+def _run(
+    conn: Connection, day: date, now: datetime, config: ReconConfig
+) -> tuple[dict[str, Any], int, list[int]]:
+    iso = day.isoformat()
+    run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
+    p = Params(
+        business_date=iso,
+        now=now,
+        recent_from=now - timedelta(seconds=config.ageing_s),
+        stuck_before=now - timedelta(seconds=config.refund_deadline_s),
+        stmt_ready=_imported(conn, day),
+        stmt_next_ready=_imported(conn, day + timedelta(days=1)),
+        duplicate_window_s=config.duplicate_window_s,
+    )
+    stage.create(conn)
+    rc_found.drop(conn, checkfirst=True)
+    rc_found.create(conn)
+    days = day_rows(conn, day, config)
+    if days:
+        conn.execute(insert(stage.rc_day), days)
+    margin = timedelta(seconds=config.ageing_s)
+    s_lo = datetime.combine(day, time()) - BEIJING  # the statement's own day (Beijing)
+    s_hi = s_lo + timedelta(days=1)
+    lo = min([d["wlo"] for d in days] + [s_lo - margin])
+    hi = max([d["whi"] for d in days] + [s_hi + margin])
+    stage.fill_card(conn)
+    stage.fill_statement(conn, lo=lo, hi=hi)
+    stage.fill_wallet(conn, stmt_lo=s_lo, stmt_hi=s_hi)
+    for rule in rules.RULES:
+        rule(conn, p)
+    opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
+    summary = _summary(conn, p, day)
+    summary["opened"] = len(opened)
+    conn.execute(
+        update(recon_runs)
+        .where(recon_runs.c.id == run_id)
+        .values(finished_at=now, summary=json.dumps(summary, sort_keys=True))
+    )
+    rc_found.drop(conn)
+    stage.drop(conn)
+    return summary, run_id, opened
+
+
+def run_day(
+    engine: Engine,
+    business_date: date | str,
+    *,
+    now: datetime,
+    config: ReconConfig | None = None,
+    after: AfterRun | None = None,
+) -> RunResult:
+    """Reconcile one business day (each merchant's own time zone) as of ``now`` (naive UTC)."""
+    config = config or ReconConfig()
+    day = parse_business_date(business_date) if isinstance(business_date, str) else business_date
+    iso = day.isoformat()
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":  # the working tables never touch disk (before BEGIN)
+            conn.connection.driver_connection.execute("PRAGMA temp_store=MEMORY")  # type: ignore[union-attr]
+        with conn.begin():
+            summary, run_id, opened = _run(conn, day, now, config)
+    result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary)
+    if after is not None and opened:
+        after(opened)
+    return result

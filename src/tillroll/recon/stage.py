@@ -1,0 +1,324 @@
+"""The run's working tables: one business day of each source, side by side, built in SQL.
+
+Temporary tables of the run's connection (gone with it):
+
+- ``rc_day``: one row per merchant: its business day in UTC (``lo``/``hi``), the wider window the
+  other side is looked for in (``wlo``/``whi``: the ageing window either side, so an entry at
+  23:59:59 finds its partner written at 00:00:01), and when "recent" and the statement's tail start.
+- ``rc_card``: every card sale, void and refund of the day, the terminal's journal copy beside the
+  host's transaction. The key, in order of preference: the RRN, else TID + batch + STAN.
+- ``rc_stmt``: the wallet statement's rows folded to one per payment (``out_trade_no``) or refund
+  (``out_refund_no``), with how many lines said it (more than one is a duplicate).
+- ``rc_wallet``: every wallet payment and refund of the day, journal copy beside the statement,
+  keyed by order number.
+
+Each is filled by ``INSERT ... SELECT`` (journal side with its partner LEFT JOINed, then the other
+side's rows that no journal entry names): no Python loop over rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+)
+
+from tillroll.store.tables import journal_entries as je
+from tillroll.store.tables import terminals, transactions, wallet_statement_rows
+
+work = MetaData()
+
+
+def _temp(name: str, *cols: Column[object] | Index) -> Table:
+    return Table(name, work, *cols, prefixes=["TEMPORARY"])
+
+
+rc_day = _temp(
+    "rc_day",
+    Column("mid", String(15), primary_key=True),
+    Column("lo", DateTime, nullable=False),
+    Column("hi", DateTime, nullable=False),
+    Column("wlo", DateTime, nullable=False),
+    Column("whi", DateTime, nullable=False),
+    Column("bh_lo", DateTime, nullable=False),  # business hours (sessions must not expire then)
+    Column("bh_hi", DateTime, nullable=False),
+    Column("tail_from", DateTime, nullable=False),  # hi - ageing: may be on tomorrow's statement
+)
+
+rc_card = _temp(
+    "rc_card",
+    Column("mid", String(15)),
+    Column("tid", String(8)),
+    Column("kind", String(16)),
+    Column("batch", String(6)),
+    Column("stan", String(6)),
+    Column("rrn", String(12)),
+    Column("j_id", BigInteger),
+    Column("j_state", String(20)),
+    Column("j_amount", BigInteger),
+    Column("j_receipt", String(10)),
+    Column("j_at", DateTime),
+    Column("h_id", BigInteger),
+    Column("h_status", String(12)),
+    Column("h_amount", BigInteger),
+    Column("h_code", String(2)),
+    Column("h_issuer_ref", BigInteger),
+    Column("h_at", DateTime),
+    Column("matched_by", String(16)),
+    Column("at", DateTime),  # when it happened: the journal's time, else the host's
+    Column("core", Integer),  # 1: of this business day (not only of the window around it)
+)
+
+rc_stmt = _temp(
+    "rc_stmt",
+    Column("kind", String(8)),  # pay | refund
+    Column("ref", String(40)),  # out_trade_no | out_refund_no
+    Column("out_trade_no", String(32)),
+    Column("lines", Integer),
+    Column("first_line", Integer),
+    Column("state", String(12)),
+    Column("total", BigInteger),
+    Column("refund", BigInteger),
+    Column("refund_status", String(12)),
+    Column("at", DateTime),
+    Column("bill_date", String(8)),
+    Index("ix_rc_stmt_ref", "ref", "kind"),
+)
+
+rc_wallet = _temp(
+    "rc_wallet",
+    Column("mid", String(15)),
+    Column("tid", String(8)),
+    Column("kind", String(8)),  # pay | refund
+    Column("order_no", String(40)),
+    Column("out_trade_no", String(32)),
+    Column("j_id", BigInteger),
+    Column("j_state", String(20)),
+    Column("j_amount", BigInteger),
+    Column("j_receipt", String(10)),
+    Column("j_at", DateTime),
+    Column("s_lines", Integer),
+    Column("s_state", String(12)),
+    Column("s_total", BigInteger),
+    Column("s_refund", BigInteger),
+    Column("s_refund_status", String(12)),
+    Column("s_at", DateTime),
+    Column("at", DateTime),
+    Column("core", Integer),
+)
+
+CARD_KINDS = ("sale", "void", "refund")
+WALLET_KIND = {"qr_pay": "pay", "qr_refund": "refund"}
+
+
+def create(conn: Connection) -> None:
+    for table in (rc_day, rc_card, rc_stmt, rc_wallet):
+        table.drop(conn, checkfirst=True)
+        table.create(conn)
+
+
+def drop(conn: Connection) -> None:
+    for table in (rc_wallet, rc_stmt, rc_card, rc_day):
+        table.drop(conn, checkfirst=True)
+
+
+def _core(at: Any) -> Any:
+    return case((and_(at >= rc_day.c.lo, at < rc_day.c.hi), 1), else_=0)
+
+
+def fill_card(conn: Connection) -> None:
+    """rc_card: the journal's card entries with their host transaction, then the host's alone."""
+    by_rrn = transactions.alias("h1")
+    by_stan = transactions.alias("h2")
+
+    def h(col: str) -> Any:
+        return func.coalesce(by_rrn.c[col], by_stan.c[col])
+
+    journal_side = (
+        select(
+            terminals.c.mid,
+            je.c.tid,
+            je.c.kind,
+            je.c.batch,
+            je.c.stan,
+            func.coalesce(by_rrn.c.rrn, by_stan.c.rrn, je.c.rrn),
+            je.c.id,
+            je.c.state,
+            je.c.amount_minor,
+            je.c.receipt,
+            je.c.created_at,
+            h("id"),
+            h("status"),
+            h("amount_minor"),
+            h("response_code"),
+            h("issuer_ref"),
+            h("created_at"),
+            case((by_rrn.c.id.is_not(None), "rrn"), (by_stan.c.id.is_not(None), "tid_batch_stan")),
+            je.c.created_at,
+            _core(je.c.created_at),
+        )
+        .select_from(je)
+        .join(terminals, terminals.c.tid == je.c.tid)
+        .join(rc_day, rc_day.c.mid == terminals.c.mid)
+        .outerjoin(by_rrn, by_rrn.c.rrn == je.c.rrn)
+        .outerjoin(
+            by_stan,
+            and_(
+                by_rrn.c.id.is_(None),
+                by_stan.c.tid == je.c.tid,
+                by_stan.c.batch == je.c.batch,
+                by_stan.c.stan == je.c.stan,
+                by_stan.c.kind == je.c.kind,
+            ),
+        )
+        .where(
+            je.c.rail == "card",
+            je.c.kind.in_(CARD_KINDS),
+            je.c.created_at >= rc_day.c.wlo,
+            je.c.created_at < rc_day.c.whi,
+        )
+    )
+    cols = [c.name for c in rc_card.c]
+    conn.execute(rc_card.insert().from_select(cols, journal_side))
+    t = transactions
+    named_by_rrn = exists().where(je.c.rrn == t.c.rrn)
+    named_by_stan = exists().where(
+        je.c.tid == t.c.tid, je.c.batch == t.c.batch, je.c.stan == t.c.stan, je.c.kind == t.c.kind
+    )
+    host_side = (
+        select(
+            t.c.mid,
+            t.c.tid,
+            t.c.kind,
+            t.c.batch,
+            t.c.stan,
+            t.c.rrn,
+            literal(None, BigInteger),
+            literal(None, String),
+            literal(None, BigInteger),
+            literal(None, String),
+            literal(None, DateTime),
+            t.c.id,
+            t.c.status,
+            t.c.amount_minor,
+            t.c.response_code,
+            t.c.issuer_ref,
+            t.c.created_at,
+            literal(None, String),
+            t.c.created_at,
+            _core(t.c.created_at),
+        )
+        .select_from(t)
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(
+            t.c.created_at >= rc_day.c.lo,  # only the day's own: a partner is looked for wider
+            t.c.created_at < rc_day.c.hi,
+            t.c.kind.in_(CARD_KINDS),
+            ~named_by_rrn,
+            ~named_by_stan,
+        )
+    )
+    conn.execute(rc_card.insert().from_select(cols, host_side))
+
+
+def fill_statement(conn: Connection, *, lo: datetime, hi: datetime) -> None:
+    """rc_stmt: statement lines in [lo, hi), one row per payment or refund (GROUP BY)."""
+    s = wallet_statement_rows
+    kind = case((s.c.trade_state == "REFUND", "refund"), else_="pay")
+    ref = case((s.c.trade_state == "REFUND", s.c.out_refund_no), else_=s.c.out_trade_no)
+    folded = (
+        select(
+            kind,
+            ref,
+            func.max(s.c.out_trade_no),
+            func.count(),
+            func.min(s.c.line_no),
+            func.max(s.c.trade_state),
+            func.max(s.c.total_minor),
+            func.max(s.c.refund_minor),
+            func.max(s.c.refund_status),
+            func.min(s.c.trade_time),
+            func.min(s.c.bill_date),
+        )
+        .where(s.c.trade_time >= lo, s.c.trade_time < hi)
+        .group_by(kind, ref)
+    )
+    conn.execute(rc_stmt.insert().from_select([c.name for c in rc_stmt.c], folded))
+
+
+def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> None:
+    """rc_wallet: the journal's wallet orders and refunds with their statement row, then the
+    statement's rows of the day that no journal entry names."""
+    kind = case((je.c.kind == "qr_refund", "refund"), else_="pay")
+    journal_side = (
+        select(
+            terminals.c.mid,
+            je.c.tid,
+            kind,
+            je.c.order_no,
+            case((je.c.kind == "qr_refund", rc_stmt.c.out_trade_no), else_=je.c.order_no),
+            je.c.id,
+            je.c.state,
+            je.c.amount_minor,
+            je.c.receipt,
+            je.c.created_at,
+            rc_stmt.c.lines,
+            rc_stmt.c.state,
+            rc_stmt.c.total,
+            rc_stmt.c.refund,
+            rc_stmt.c.refund_status,
+            rc_stmt.c.at,
+            je.c.created_at,
+            _core(je.c.created_at),
+        )
+        .select_from(je)
+        .join(terminals, terminals.c.tid == je.c.tid)
+        .join(rc_day, rc_day.c.mid == terminals.c.mid)
+        .outerjoin(rc_stmt, and_(rc_stmt.c.ref == je.c.order_no, rc_stmt.c.kind == kind))
+        .where(
+            je.c.rail == "wallet",
+            je.c.kind.in_(tuple(WALLET_KIND)),
+            je.c.created_at >= rc_day.c.wlo,
+            je.c.created_at < rc_day.c.whi,
+        )
+    )
+    cols = [c.name for c in rc_wallet.c]
+    conn.execute(rc_wallet.insert().from_select(cols, journal_side))
+    named = exists().where(je.c.order_no == rc_stmt.c.ref, je.c.rail == "wallet")
+    stmt_side = select(
+        literal(None, String),
+        literal(None, String),
+        rc_stmt.c.kind,
+        rc_stmt.c.ref,
+        rc_stmt.c.out_trade_no,
+        literal(None, BigInteger),
+        literal(None, String),
+        literal(None, BigInteger),
+        literal(None, String),
+        literal(None, DateTime),
+        rc_stmt.c.lines,
+        rc_stmt.c.state,
+        rc_stmt.c.total,
+        rc_stmt.c.refund,
+        rc_stmt.c.refund_status,
+        rc_stmt.c.at,
+        rc_stmt.c.at,
+        literal(1, Integer),
+    ).where(rc_stmt.c.at >= stmt_lo, rc_stmt.c.at < stmt_hi, ~named)
+    conn.execute(rc_wallet.insert().from_select(cols, stmt_side))
