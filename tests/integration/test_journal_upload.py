@@ -11,11 +11,13 @@ acknowledged, each acknowledgement with its audit row.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from typer.testing import CliRunner
 
 from tillroll.clock import SystemClock
 from tillroll.crypto.backoffice import JOURNAL_PREFIX, SIGNATURE_HEADER, backoffice_key, sign_fact
+from tillroll.crypto.keystore import KeyStore
 from tillroll.host import HostServer
 from tillroll.host.admin import add_card, add_merchant, add_terminal
 from tillroll.host.store import HostStore, open_store
@@ -42,7 +45,8 @@ from tillroll.terminal import (
     save_config,
 )
 from tillroll.terminal.cli import app as pos_app
-from tillroll.terminal.journal_upload import JournalUploader
+from tillroll.terminal.journal import Journal, txns
+from tillroll.terminal.journal_upload import ENTRIES_MAX, JournalUploader
 from tillroll.terminal.resident import Resident
 from tillroll.web import WebConfig, WebServer, create_app
 
@@ -525,3 +529,34 @@ def test_a_replaced_device_does_not_overwrite_its_predecessors_entries(
     got = entries(store)
     assert key(before) != key(after)
     assert (got[key(before)]["amount_minor"], got[key(after)]["amount_minor"]) == (1000, 2000)
+
+
+def test_long_notes_make_shorter_pages_never_a_refused_upload(
+    tmp_path: Path, web: Web, store: HostStore
+) -> None:
+    journal = Journal(tmp_path / "journal.db", KeyStore(os.urandom(32)))
+    start = SystemClock().now() - timedelta(minutes=10)
+    note = "主机无应答冲正待发送" * 30  # 300 characters, 900 bytes: 50 such entries exceed 64 KiB
+    with journal.begin() as conn:
+        for n in range(1, 121):
+            at = start + timedelta(milliseconds=n)
+            conn.execute(
+                insert(txns).values(
+                    kind="sale", state="unknown", stan=f"{n:06d}", batch="000001", mti="0200",
+                    request=json.dumps({"49": "156"}), pan_masked=MASKED, entry_mode="021",
+                    amount_minor=100 * n, operator="001", created_at=at, updated_at=at,
+                    receipt="none", prints=0, note=note[:300],
+                )
+            )  # fmt: skip
+    recorder = Recorder()
+    with httpx.Client(transport=recorder, trust_env=False) as client:
+        uploader = JournalUploader(
+            journal, tid=TID, tmk=TMK, base_url=web.url, timeout_s=5.0, clock=SystemClock(), client=client
+        )
+        done = uploader.upload(budget_s=30)
+    journal.close()
+    assert done.failed is None and done.caught_up and done.entries == 120, done
+    assert len(recorder.bodies) > -(-120 // ENTRIES_MAX)  # more requests than full pages would need
+    assert max(len(b) for b in recorder.bodies) <= WebConfig().body_max_bytes
+    got = entries(store)
+    assert len(got) == 120 and got["card:000001.000120"]["note"] == note[:300]

@@ -76,7 +76,8 @@ from tillroll.terminal.wallet_states import WALLET_OPEN
 log = logging.getLogger("tillroll.terminal")
 
 BODY_VERSION = 1
-ENTRIES_MAX = 50  # per upload: with the status, well under the back office's 64 KiB body limit
+ENTRIES_MAX = 50  # per upload, and fewer when they would not fit in BODY_MAX_BYTES
+BODY_MAX_BYTES = 56 * 1024  # under the back office's 64 KiB body limit, whatever the notes hold
 ALERTS_MAX = 20
 CLOSED_BATCHES_MAX = 10
 COMMANDS_MAX = 20  # handed over per answer; acknowledgements per upload
@@ -518,6 +519,9 @@ class JournalUploader:
                     acks = self._acks(conn)
                     status = self.status(conn, printer)
                 body = self.body(page, status, acks)
+                while len(body) > BODY_MAX_BYTES and len(page) > 1:  # long notes: a shorter page
+                    page = page[: len(page) // 2]
+                    body = self.body(page, status, acks)
                 left_s = deadline - self.clock.monotonic()
                 if left_s < MIN_TIMEOUT_S and uploads:
                     return UploadRound(uploads, sent, False, ran)
@@ -530,7 +534,7 @@ class JournalUploader:
                 if run_command is not None:
                     ran += self._run(run_command)  # their outcomes go in the next upload of this round
                 with self.journal.begin() as conn:
-                    more = len(page) == ENTRIES_MAX or bool(self._acks(conn))
+                    more = bool(self.pending_page(conn)) or bool(self._acks(conn))
                 if not more:
                     return UploadRound(uploads, sent, True, ran)
             return UploadRound(uploads, sent, False, ran)
