@@ -560,3 +560,50 @@ def test_long_notes_make_shorter_pages_never_a_refused_upload(
     assert max(len(b) for b in recorder.bodies) <= WebConfig().body_max_bytes
     got = entries(store)
     assert len(got) == 120 and got["card:000001.000120"]["note"] == note[:300]
+
+
+def test_wallet_payments_and_refunds_go_up_with_masked_codes(
+    tmp_path: Path, web: Web, store: HostStore
+) -> None:
+    from walletserver import MCH_ID, MCH_KEY, MCH_NAME, wallet_server
+
+    from tillroll.terminal.wallet_config import WalletSettings
+    from tillroll.wallet.admin import add_merchant as add_wallet_merchant
+    from tillroll.wallet.admin import add_user, issue_code
+    from tillroll.wallet.config import WalletConfig
+
+    provider = WalletConfig(refund_settle_s=0.2, sweep_interval_s=0.05)
+    with wallet_server(f"sqlite:///{tmp_path / 'wallet.db'}", provider) as wallet:
+        add_wallet_merchant(wallet.engine, MCH_ID, MCH_NAME, MCH_KEY)
+        add_user(wallet.engine, "alice", 100_00)
+        code = issue_code(wallet.engine, "alice")
+        settings = WalletSettings(url=wallet.base_url, merchant=MCH_ID, key=MCH_KEY, response_timeout_s=2.0)
+        config = TerminalConfig(
+            tid=TID, mid=MID, tmk=TMK, host=HostAddress("127.0.0.1", 9), merchant_name=MCH_NAME,
+            wallet=settings, backoffice_url=web.url,
+        )  # fmt: skip
+        with Terminal(config, tmp_path / "pos") as term:
+            paid = term.qr(3000, code, contact="li.lei@example.com")
+            assert paid.outcome is Outcome.APPROVED and paid.order_no is not None, paid.text
+            refund = term.refund_order(1000, paid.order_no)
+            [row] = term.wallet_refund_list()
+    got = entries(store)
+    order = got[f"wallet:{paid.order_no}"]
+    assert (order["rail"], order["kind"], order["state"], order["amount_minor"]) == (
+        "wallet",
+        "qr_pay",
+        "success",
+        3000,
+    )
+    assert (
+        order["order_no"] == paid.order_no
+        and order["card_masked"] == code[:6] + "*" * (len(code) - 10) + code[-4:]
+    )
+    back = got[f"wallet_refund:{row.out_refund_no}"]
+    assert (back["kind"], back["original_key"], back["amount_minor"]) == (
+        "qr_refund",
+        f"wallet:{paid.order_no}",
+        1000,
+    )
+    assert back["state"] == row.state.value, refund.text
+    assert code not in json.dumps(list(got.values()), default=str)
