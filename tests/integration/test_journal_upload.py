@@ -395,20 +395,22 @@ def test_commands_are_handed_over_run_and_acknowledged(
         proxy.clear()
         reprint = add_command(store, "reprint", f"{sale.batch}.{sale.trace}")
         missing = add_command(store, "reprint", f"{sale.batch}.999999")
-        retry = add_command(store, "retry_refunds", None)
+        other = add_command(store, "retry_refunds", f"{sale.batch}.999998")  # nothing open there
+        retry = add_command(store, "retry_refunds", f"{refund.batch}.{refund.trace}")  # recon's form
         done = term.upload_journal()
-        assert done is not None and done.failed is None and done.commands_run == 3, done
+        assert done is not None and done.failed is None and done.commands_run == 4, done
         reprinted = [d for d in printer.documents()[printed:] if "重打印 REPRINT" in d]
         assert len(reprinted) == 2  # the merchant's and the cardholder's copy, marked REPRINT
         assert [e.state for e in term.open_refunds()] == []
         # handed over again (as if our answer was lost): not run again, only reported again
         assert term.upload_journal() is not None
         assert term.uploader is not None
-        assert [c["state"] for c in term.uploader.commands()] == ["done", "failed", "done"]
+        assert [c["state"] for c in term.uploader.commands()] == ["done", "done", "failed", "done"]
     got = commands(store)
     assert got[reprint]["state"] == "done" and "reprint" in (got[reprint]["outcome"] or "")
     assert got[missing]["state"] == "failed" and "999999" in (got[missing]["outcome"] or "")
     assert got[retry]["state"] == "done" and "1 refund(s) finished" in (got[retry]["outcome"] or "")
+    assert got[other]["state"] == "done" and "no open refund" in (got[other]["outcome"] or "")
     copy = entries(store)
     assert copy[key(sale)]["prints"] == 2  # the reprint's change went up in the same round
     assert copy[key(refund)]["state"] == RefundState.APPROVED.value
@@ -419,6 +421,7 @@ def test_commands_are_handed_over_run_and_acknowledged(
     assert [(a.action, a.target) for a in audited] == [
         ("terminal_command.done", f"terminal_command:{reprint}"),
         ("terminal_command.failed", f"terminal_command:{missing}"),
+        ("terminal_command.done", f"terminal_command:{other}"),
         ("terminal_command.done", f"terminal_command:{retry}"),
     ]
     assert {a.actor for a in audited} == {f"terminal:{TID}"}
