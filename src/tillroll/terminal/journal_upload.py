@@ -150,10 +150,8 @@ def _get(conn: Connection, name: str) -> int | None:
 
 
 def _set(conn: Connection, name: str, value: int) -> None:
-    if _get(conn, name) is None:
+    if not conn.execute(update(counters).where(counters.c.name == name).values(value=value)).rowcount:
         conn.execute(insert(counters).values(name=name, value=value))
-    else:
-        conn.execute(update(counters).where(counters.c.name == name).values(value=value))
 
 
 def _text(value: str | None, limit: int) -> str | None:
@@ -223,8 +221,9 @@ class JournalUploader:
         log.warning("terminal %s: journal upload failed: %s", self.tid, why)
 
     def _succeeded(self, conn: Connection) -> None:
-        _set(conn, _FAILURES, 0)
-        _set(conn, _RETRY_AT, 0)
+        if _get(conn, _FAILURES):
+            _set(conn, _FAILURES, 0)
+            _set(conn, _RETRY_AT, 0)
 
     # --- what is sent -----------------------------------------------------------------------
 
@@ -251,17 +250,17 @@ class JournalUploader:
             return col > at
         return or_(col > at, and_(col == at, table.c.id > mark_id))
 
-    def pending_page(self, conn: Connection) -> list[dict[str, Any]]:
-        """The next entries to send (at most :data:`ENTRIES_MAX`), oldest change first."""
+    def pending_page(self, conn: Connection, limit: int = ENTRIES_MAX) -> list[dict[str, Any]]:
+        """The next entries to send (at most ``limit``), oldest change first."""
         mark = self._watermark(conn)
         rows: list[dict[str, Any]] = []
-        rows += self._card_rows(conn, self._after(txns, RAIL_RANK["card"], mark))
-        rows += self._order_rows(conn, self._after(wallet_orders, RAIL_RANK["wallet"], mark))
-        rows += self._refund_rows(conn, self._after(wallet_refunds, RAIL_RANK["wallet_refund"], mark))
+        rows += self._card_rows(conn, self._after(txns, RAIL_RANK["card"], mark), limit)
+        rows += self._order_rows(conn, self._after(wallet_orders, RAIL_RANK["wallet"], mark), limit)
+        rows += self._refund_rows(conn, self._after(wallet_refunds, RAIL_RANK["wallet_refund"], mark), limit)
         rows.sort(key=lambda e: (e["updated_at"], RAIL_RANK[e["entry_key"].split(":")[0]], e["_id"]))
-        return rows[:ENTRIES_MAX]
+        return rows[:limit]
 
-    def _card_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _card_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         orig = txns.alias("orig")
         q = (
             select(txns, contacts.c.contact, orig.c.batch.label("orig_batch"), orig.c.stan.label("orig_stan"))
@@ -272,7 +271,7 @@ class JournalUploader:
             )
             .where(after)
             .order_by(txns.c.updated_at, txns.c.id)
-            .limit(ENTRIES_MAX)
+            .limit(limit)
         )
         out = []
         for r in conn.execute(q).mappings():
@@ -304,10 +303,10 @@ class JournalUploader:
             )
         return out
 
-    def _order_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _order_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = select(wallet_orders).where(after).order_by(wallet_orders.c.updated_at, wallet_orders.c.id)
         out = []
-        for r in conn.execute(q.limit(ENTRIES_MAX)).mappings():
+        for r in conn.execute(q.limit(limit)).mappings():
             out.append(
                 {
                     "_id": r["id"],
@@ -335,13 +334,13 @@ class JournalUploader:
             )
         return out
 
-    def _refund_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _refund_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = (
             select(wallet_refunds, wallet_orders.c.code_masked, wallet_orders.c.out_trade_no)
             .select_from(wallet_refunds.join(wallet_orders, wallet_orders.c.id == wallet_refunds.c.order_id))
             .where(after)
             .order_by(wallet_refunds.c.updated_at, wallet_refunds.c.id)
-            .limit(ENTRIES_MAX)
+            .limit(limit)
         )
         out = []
         for r in conn.execute(q).mappings():
@@ -513,11 +512,13 @@ class JournalUploader:
         uploads = sent = ran = 0
         client = self._client or httpx.Client(trust_env=False)
         try:
+            status: dict[str, Any] | None = None  # once per round, again after commands ran
             for _ in range(PAGES_MAX):
                 with self.journal.begin() as conn:
-                    page = self.pending_page(conn)
+                    candidates = self.pending_page(conn, ENTRIES_MAX + 1)  # one more: is there more?
+                    page = candidates[:ENTRIES_MAX]
                     acks = self._acks(conn)
-                    status = self.status(conn, printer)
+                    status = status or self.status(conn, printer)
                 body = self.body(page, status, acks)
                 while len(body) > BODY_MAX_BYTES and len(page) > 1:  # long notes: a shorter page
                     page = page[: len(page) // 2]
@@ -531,10 +532,11 @@ class JournalUploader:
                 uploads += 1
                 sent += len(page)
                 self._accepted(page, acks, answer)
-                if run_command is not None:
-                    ran += self._run(run_command)  # their outcomes go in the next upload of this round
+                if run_command is not None and (done := self._run(run_command)):
+                    ran += done  # their outcomes (and the entries they changed) go in the next upload
+                    status = None
                 with self.journal.begin() as conn:
-                    more = bool(self.pending_page(conn)) or bool(self._acks(conn))
+                    more = len(candidates) > len(page) or bool(self._acks(conn)) or status is None
                 if not more:
                     return UploadRound(uploads, sent, True, ran)
             return UploadRound(uploads, sent, False, ran)

@@ -364,17 +364,21 @@ def _insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def _upsert_entry(conn: Connection, tid: str, entry: Mapping[str, Any], now: datetime) -> bool:
-    """True when stored (new, or newer than the stored revision)."""
-    stmt = _insert(conn)(journal_entries).values(tid=tid, received_at=now, **entry)
-    changed = {k: stmt.excluded[k] for k in entry if k != "entry_key"}
+def _upsert_entries(conn: Connection, tid: str, entries: list[dict[str, Any]], now: datetime) -> int:
+    """One statement for the page (executemany): each row inserted when new, replaced when its
+    ``updated_at`` is newer than the stored one; returns how many were stored."""
+    if not entries:
+        return 0
+    stmt = _insert(conn)(journal_entries)
+    changed = {k: stmt.excluded[k] for k in ENTRY_KEYS if k != "entry_key"}
     changed["received_at"] = stmt.excluded.received_at
     stmt = stmt.on_conflict_do_update(
         index_elements=["tid", "entry_key"],
         set_=changed,
         where=journal_entries.c.updated_at < stmt.excluded.updated_at,
     ).returning(journal_entries.c.id)
-    return conn.execute(stmt).first() is not None
+    rows = [{"tid": tid, "received_at": now, **e} for e in entries]
+    return len(conn.execute(stmt, rows).all())
 
 
 def _upsert_status(conn: Connection, tid: str, status: Mapping[str, Any], now: datetime) -> bool:
@@ -468,7 +472,7 @@ def accept_journal(
         return Answer(status, {"error": "bad_upload", "detail": exc.detail, "field": exc.where})
     try:
         with engine.begin() as conn:
-            stored = sum(_upsert_entry(conn, tid, e, now) for e in upload.entries)
+            stored = _upsert_entries(conn, tid, upload.entries, now)
             fresh = _upsert_status(conn, tid, upload.status, now)
             acknowledged = _acknowledge(conn, tid, mid, upload.acks, now)
             commands = _hand_over(conn, tid, acknowledged, fresh, now)
