@@ -6,9 +6,11 @@ tillroll recon import-statement FILE --mch-id M --date YYYY-MM-DD [--db URL]
 
 from __future__ import annotations
 
+import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,9 +53,16 @@ def run_cmd(
         int, typer.Option("--ageing-s", min=0, help="Seconds before a missing other side is an exception")
     ] = 900,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON")] = False,
+    actions: Annotated[
+        bool, typer.Option("--actions/--no-actions", help="Take the automatic actions of what it opens")
+    ] = True,
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="The back office's public address (e-receipt links)")
+    ] = "http://127.0.0.1:8080",
 ) -> None:
     """Reconcile one business day: journals, host and ledger, issuer, wallet statement, notices.
-    Prints what was found per class; exit 0 (exceptions are the queue's, not an error)."""
+    Prints what was found per class and what the automatic actions did; exit 0 (exceptions are
+    the queue's, not an error)."""
     from tillroll.clock import SystemClock
     from tillroll.recon.run import ReconConfig, parse_business_date, run_day
 
@@ -62,16 +71,17 @@ def run_cmd(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     engine = _engine(db)
+    done: list[dict[str, object]] = []
+    after = _automatic(db, base_url, done) if actions else None
     try:
         result = run_day(
-            engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s)
+            engine, business_date, now=SystemClock().now(), config=ReconConfig(ageing_s=ageing_s), after=after
         )
     finally:
         engine.dispose()
     if as_json:
-        typer.echo(
-            json.dumps({"run_id": result.run_id, "opened": result.opened, **result.summary}, sort_keys=True)
-        )
+        doc = {**result.summary, "run_id": result.run_id, "opened": result.opened, "actions": done}
+        typer.echo(json.dumps(doc, sort_keys=True, ensure_ascii=False))
         return
     s = result.summary
     typer.echo(f"reconciliation run {result.run_id} of {result.business_date} / 对账 {result.business_date}")
@@ -90,6 +100,34 @@ def run_cmd(
     for cls, count in sorted(result.found.items()):
         typer.echo(f"  {cls}: {count}")
     typer.echo(f"opened {len(result.opened)} new exception(s) / 新开差异 {len(result.opened)} 条")
+    for action in done:
+        what = f"#{action['exception_id']} {action['action']}: {action['outcome']}"
+        typer.echo(f"  {what} — {action.get('detail_en', '')}")
+
+
+def _automatic(
+    db: str | None, base_url: str, done: list[dict[str, object]]
+) -> Callable[[list[int]], object] | None:
+    """The exception service's automatic actions (``tillroll.recon.actions``, its own part),
+    when this build has it; the results are appended to ``done``."""
+    try:
+        service: Any = importlib.import_module("tillroll.recon.actions")
+    except ModuleNotFoundError:
+        typer.echo("automatic actions: not in this build (tillroll.recon.actions); left open", err=True)
+        return None
+
+    def after(opened: list[int]) -> object:
+        from tillroll.host.store import open_store
+
+        store = open_store(db)
+        try:
+            results = service.apply_automatic(service.ActionContext(store=store, base_url=base_url), opened)
+            done.extend(service.results_json(results))
+        finally:
+            store.engine.dispose()
+        return results
+
+    return after
 
 
 @app.command("import-statement")

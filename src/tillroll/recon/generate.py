@@ -92,6 +92,7 @@ def plant(payments: int, faults: Iterable[Fault], *, seed: int = 0, copies: int 
     payments that have a refund or an e-receipt of their own."""
     rng = random.Random(seed)
     lo, hi = payments // 10, payments * 9 // 10
+    # (and every tenth card payment kept clean: a fault's neighbours are never all faults)
     pool = [i for i in range(lo, hi) if i % 20 and i % 50 and i % 10 != 9]
     rng.shuffle(pool)
     wallet = [i for i in pool if is_wallet(i)]

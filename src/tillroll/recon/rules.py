@@ -96,6 +96,8 @@ class Params:
     stmt_ready: bool  # the day's statement is imported
     stmt_next_ready: bool  # ... and the next day's (rows near midnight may be there)
     duplicate_window_s: int
+    window_lo: datetime  # every merchant's window lies within [window_lo, window_hi): the indexes'
+    window_hi: datetime  # bounds, so a run reads one day's rows whatever the store's history
 
 
 def _insert(conn: Connection, query: Any) -> int:
@@ -410,9 +412,25 @@ def ledger_and_issuer(conn: Connection, p: Params) -> int:
 def card_duplicates(conn: Connection, p: Params) -> int:
     """Rule D1 duplicate: two approved host sales on one terminal, one card (masked), one amount
     within ``duplicate_window_s`` seconds: the customer was likely charged twice. The later one is
-    the exception (``card:rrn:<later RRN>``); a window function, not a self-join."""
+    the exception (``card:rrn:<later RRN>``). First the (terminal, card, amount) groups with more
+    than one sale (GROUP BY), then a window function over those groups' sales only."""
     t = transactions
+    day = and_(
+        t.c.kind == "sale",
+        t.c.status == "approved",
+        t.c.created_at >= p.window_lo,
+        t.c.created_at < p.window_hi,
+        t.c.created_at >= rc_day.c.lo,
+        t.c.created_at < rc_day.c.hi,
+    )
     part = (t.c.tid, t.c.pan_masked, t.c.amount_minor)
+    groups = (
+        select(*part)
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(day)
+        .group_by(*part)
+        .having(func.count() > 1)
+    ).subquery("g")
     order = (t.c.created_at, t.c.id)
     ranked = (
         select(
@@ -427,13 +445,16 @@ def card_duplicates(conn: Connection, p: Params) -> int:
             func.lag(t.c.created_at).over(partition_by=part, order_by=order).label("prev_at"),
             func.lag(t.c.rrn).over(partition_by=part, order_by=order).label("prev_rrn"),
         )
-        .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(
-            t.c.kind == "sale",
-            t.c.status == "approved",
-            t.c.created_at >= rc_day.c.lo,
-            t.c.created_at < rc_day.c.hi,
+        .join(
+            groups,
+            and_(
+                groups.c.tid == t.c.tid,
+                groups.c.pan_masked == t.c.pan_masked,
+                groups.c.amount_minor == t.c.amount_minor,
+            ),
         )
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(day)
         .subquery("r")
     )
     r = ranked.c
@@ -501,7 +522,13 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
     today = (
         select(t.c.original_id)
         .join(rc_day, rc_day.c.mid == t.c.mid)
-        .where(t.c.original_id.is_not(None), t.c.created_at >= rc_day.c.lo, t.c.created_at < rc_day.c.hi)
+        .where(
+            t.c.original_id.is_not(None),
+            t.c.created_at >= p.window_lo,
+            t.c.created_at < p.window_hi,
+            t.c.created_at >= rc_day.c.lo,
+            t.c.created_at < rc_day.c.hi,
+        )
         .distinct()
         .subquery("today")
     )
@@ -669,6 +696,8 @@ def signin_failures(conn: Connection, p: Params) -> int:
         .where(
             f.c.kind == "merchant_alert",
             f.c.payload.like('%"alert": "sign_in_failures"%'),
+            f.c.received_at >= p.window_lo,
+            f.c.received_at < p.window_hi,
             f.c.received_at >= rc_day.c.lo,
             f.c.received_at < rc_day.c.hi,
         )

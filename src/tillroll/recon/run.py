@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tillroll.recon import rules, stage
@@ -169,25 +169,22 @@ def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> lis
 
 def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
     c, w, f = stage.rc_card.c, stage.rc_wallet.c, rc_found.c
-    sources = {
-        "journal_card": conn.execute(
-            select(func.count()).where(c.core == 1, c.j_id.is_not(None))
-        ).scalar_one(),
-        "host": conn.execute(select(func.count()).where(c.core == 1, c.h_id.is_not(None))).scalar_one(),
-        "journal_wallet": conn.execute(
-            select(func.count()).where(w.core == 1, w.j_id.is_not(None))
-        ).scalar_one(),
-        "statement": conn.execute(
-            select(func.count()).where(w.core == 1, w.s_state.is_not(None))
-        ).scalar_one(),
-    }
-    matched: dict[Any, Any] = dict(
-        conn.execute(
-            select(c.matched_by, func.count())
-            .where(c.core == 1, c.matched_by.is_not(None))
-            .group_by(c.matched_by)
-        ).all()
-    )
+
+    def n(cond: Any) -> Any:
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    # one scan of each working table for all its counts
+    card = conn.execute(
+        select(
+            n(c.j_id.is_not(None)),
+            n(c.h_id.is_not(None)),
+            n(c.matched_by == "rrn"),
+            n(c.matched_by == "tid_batch_stan"),
+        ).where(c.core == 1)
+    ).one()
+    wallet = conn.execute(select(n(w.j_id.is_not(None)), n(w.s_state.is_not(None))).where(w.core == 1)).one()
+    sources = {"journal_card": card[0], "host": card[1], "journal_wallet": wallet[0], "statement": wallet[1]}
+    matched = {"rrn": card[2], "tid_batch_stan": card[3]}
     classes: dict[Any, Any] = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
     by_rule: dict[Any, Any] = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
     problems = conn.execute(
@@ -212,15 +209,6 @@ def _run(
 ) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
     run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
-    p = Params(
-        business_date=iso,
-        now=now,
-        recent_from=now - timedelta(seconds=config.ageing_s),
-        stuck_before=now - timedelta(seconds=config.refund_deadline_s),
-        stmt_ready=_imported(conn, day),
-        stmt_next_ready=_imported(conn, day + timedelta(days=1)),
-        duplicate_window_s=config.duplicate_window_s,
-    )
     stage.create(conn)
     rc_found.drop(conn, checkfirst=True)
     rc_found.create(conn)
@@ -232,14 +220,25 @@ def _run(
     s_hi = s_lo + timedelta(days=1)
     lo = min([d["wlo"] for d in days] + [s_lo - margin])
     hi = max([d["whi"] for d in days] + [s_hi + margin])
-    stage.fill_card(conn)
+    p = Params(
+        business_date=iso,
+        now=now,
+        recent_from=now - timedelta(seconds=config.ageing_s),
+        stuck_before=now - timedelta(seconds=config.refund_deadline_s),
+        stmt_ready=_imported(conn, day),
+        stmt_next_ready=_imported(conn, day + timedelta(days=1)),
+        duplicate_window_s=config.duplicate_window_s,
+        window_lo=lo,
+        window_hi=hi,
+    )
+    stage.fill_card(conn, lo=lo, hi=hi)
     stage.fill_statement(conn, lo=lo, hi=hi)
-    stage.fill_wallet(conn, stmt_lo=s_lo, stmt_hi=s_hi)
+    stage.fill_wallet(conn, lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
     for rule in rules.RULES:
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
     summary = _summary(conn, p, day)
-    summary["opened"] = len(opened)
+    summary["new_exceptions"] = len(opened)
     conn.execute(
         update(recon_runs)
         .where(recon_runs.c.id == run_id)
@@ -263,8 +262,10 @@ def run_day(
     day = parse_business_date(business_date) if isinstance(business_date, str) else business_date
     iso = day.isoformat()
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":  # the working tables never touch disk (before BEGIN)
-            conn.connection.driver_connection.execute("PRAGMA temp_store=MEMORY")  # type: ignore[union-attr]
+        if conn.dialect.name == "sqlite":  # before BEGIN: SQLite refuses temp_store inside one
+            raw: Any = conn.connection.driver_connection
+            raw.execute("PRAGMA temp_store=MEMORY")  # the working tables never touch disk
+            raw.execute("PRAGMA mmap_size=8589934592")  # read the day's pages mapped (SQLite caps it)
         with conn.begin():
             summary, run_id, opened = _run(conn, day, now, config)
     result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary)

@@ -142,8 +142,10 @@ def _core(at: Any) -> Any:
     return case((and_(at >= rc_day.c.lo, at < rc_day.c.hi), 1), else_=0)
 
 
-def fill_card(conn: Connection) -> None:
-    """rc_card: the journal's card entries with their host transaction, then the host's alone."""
+def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
+    """rc_card: the journal's card entries with their host transaction, then the host's alone.
+    ``lo``/``hi`` bound every merchant's window: the created_at indexes find the day's rows
+    whatever the history the store holds."""
     by_rrn = transactions.alias("h1")
     by_stan = transactions.alias("h2")
 
@@ -190,6 +192,8 @@ def fill_card(conn: Connection) -> None:
         .where(
             je.c.rail == "card",
             je.c.kind.in_(CARD_KINDS),
+            je.c.created_at >= lo,
+            je.c.created_at < hi,
             je.c.created_at >= rc_day.c.wlo,
             je.c.created_at < rc_day.c.whi,
         )
@@ -227,6 +231,8 @@ def fill_card(conn: Connection) -> None:
         .select_from(t)
         .join(rc_day, rc_day.c.mid == t.c.mid)
         .where(
+            t.c.created_at >= lo,
+            t.c.created_at < hi,
             t.c.created_at >= rc_day.c.lo,  # only the day's own: a partner is looked for wider
             t.c.created_at < rc_day.c.hi,
             t.c.kind.in_(CARD_KINDS),
@@ -262,7 +268,9 @@ def fill_statement(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     conn.execute(rc_stmt.insert().from_select([c.name for c in rc_stmt.c], folded))
 
 
-def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> None:
+def fill_wallet(
+    conn: Connection, *, lo: datetime, hi: datetime, stmt_lo: datetime, stmt_hi: datetime
+) -> None:
     """rc_wallet: the journal's wallet orders and refunds with their statement row, then the
     statement's rows of the day that no journal entry names."""
     kind = case((je.c.kind == "qr_refund", "refund"), else_="pay")
@@ -294,6 +302,8 @@ def fill_wallet(conn: Connection, *, stmt_lo: datetime, stmt_hi: datetime) -> No
         .where(
             je.c.rail == "wallet",
             je.c.kind.in_(tuple(WALLET_KIND)),
+            je.c.created_at >= lo,
+            je.c.created_at < hi,
             je.c.created_at >= rc_day.c.wlo,
             je.c.created_at < rc_day.c.whi,
         )
