@@ -203,6 +203,24 @@ def test_reverse_a_charge_the_terminal_never_saw_and_its_own_0400_later_changes_
     assert refused.outcome is ActionOutcome.FAILED and "already resolved" in refused.detail_en
 
 
+def test_a_charge_the_terminal_reversed_first_is_not_reversed_again(
+    client: WireClient, store: HostStore, ctx: ActionContext
+) -> None:
+    client.sign_in()
+    msg, answer = sale(client, 700)
+    assert client.send(client.reversal_of(msg)).code == "00"
+    exc = open_exception(
+        store, ExceptionClass.CHARGED_NO_RECEIPT, "card:rrn:y", rail="card", rrn=answer["37"],
+        amount_minor=700, evidence={"planned": ["reverse"]},
+    )  # fmt: skip
+    (result,) = apply_automatic(ctx, [exc])
+    assert (result.outcome, result.state) == (ActionOutcome.SKIPPED, ExceptionState.RESOLVED)
+    assert "nothing left to undo" in result.detail_en
+    assert card_balance(store, PAN) == 100_000
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).where(transactions.c.kind == "reversal")).scalar_one() == 1
+
+
 def test_reversing_a_sale_of_a_settled_batch_refunds_it_from_the_merchant(
     client: WireClient, store: HostStore, ctx: ActionContext
 ) -> None:
@@ -351,6 +369,19 @@ def test_sign_in_alert_needs_a_merchant_address(store: HostStore, ctx: ActionCon
             )
         ).scalars()
     assert "4次签到失败" in json.loads(payload)["text"]
+    # no count of failures (a key session expired in business hours): said as what it is
+    expired = open_exception(
+        store,
+        ExceptionClass.SIGNIN_FAILURES,
+        "terminal:expired",
+        rail="terminal",
+        evidence={"sessions_expired": 1},
+    )
+    (third,) = apply_automatic(ctx, [expired])
+    assert third.outcome is ActionOutcome.QUEUED
+    with store.engine.connect() as conn:
+        texts = [json.loads(p)["text"] for p in conn.execute(select(outbox.messages.c.payload)).scalars()]
+    assert any("key session expired in business hours" in t and "reconciliation found" in t for t in texts)
 
 
 def test_state_changes_bulk_and_their_own_failures(store: HostStore, ctx: ActionContext) -> None:
@@ -442,3 +473,41 @@ def test_wallet_reverse_and_refund_retry_against_the_real_provider(
         assert (row["state"], row["owner"]) == ("open", None)
         assert apply_automatic(ctx, [stuck]) == []
         assert [a for a, _, _ in actions_of(store, stuck)] == ["retry_refund", "retry_refund", "escalate"]
+
+
+def test_commands_the_terminal_reports_close_or_escalate_their_exception(
+    store: HostStore, ctx: ActionContext
+) -> None:
+    from tillroll.recon.actions import follow_commands
+
+    printed = open_exception(
+        store, ExceptionClass.CHARGED_NO_RECEIPT, "card:rrn:p", rail="card", rrn="000000000051",
+        batch="000001", stan="000051", evidence={"planned": ["reprint"]},
+    )  # fmt: skip
+    jammed = open_exception(
+        store, ExceptionClass.CHARGED_NO_RECEIPT, "card:rrn:q", rail="card", rrn="000000000052",
+        batch="000001", stan="000052", evidence={"planned": ["reprint"]},
+    )  # fmt: skip
+    assert [r.outcome for r in apply_automatic(ctx, [printed, jammed])] == [ActionOutcome.QUEUED] * 2
+    assert follow_commands(ctx) == []  # nothing reported yet: both wait
+    # the terminal's next upload acknowledges them (what the journal intake writes)
+    with store.engine.begin() as conn:
+        for exc, state, outcome in ((printed, "done", "reprinted"), (jammed, "failed", "printer jammed")):
+            conn.execute(
+                terminal_commands.update()
+                .where(terminal_commands.c.exception_id == exc)
+                .values(state=state, outcome=outcome)
+            )
+    results = follow_commands(ctx)
+    assert [(r.exception_id, r.action, r.outcome) for r in results] == [
+        (printed, ActionKind.RESOLVE, ActionOutcome.DONE),
+        (jammed, ActionKind.ESCALATE, ActionOutcome.DONE),
+    ]
+    assert exception_row(store, printed)["state"] == "resolved"
+    assert (exception_row(store, jammed)["state"], exception_row(store, jammed)["owner"]) == ("open", None)
+    assert follow_commands(ctx) == []  # nothing in progress any more
+    with store.engine.connect() as conn:
+        note = conn.execute(
+            select(recon_actions.c.detail).where(recon_actions.c.action == "escalate")
+        ).scalar_one()
+    assert "printer jammed" in json.loads(note)["note"]

@@ -39,6 +39,7 @@ class AlertKind(enum.StrEnum):
     CUTOVER = "cutover"  # the host closed a batch at cut-over
     DEAD_LETTER = "dead_letter"  # a message could not be delivered
     RECON_ESCALATED = "recon_escalated"  # reconciliation's automatic retries are used up
+    RECON_FOUND = "recon_found"  # reconciliation found a problem at a terminal (detail says which)
 
 
 # Customer-facing kinds need an amount; these alerts do too (they are about money).

@@ -103,6 +103,12 @@ ALERTS: dict[AlertKind, tuple[str, str, str, str]] = {
         "{merchant}: a reconciliation exception ({detail}, terminal {tid}) could not be settled "
         "automatically ({time}); work it in the console's exception queue.",
     ),
+    AlertKind.RECON_FOUND: (
+        "对账发现问题",
+        "reconciliation found a problem",
+        "{merchant}：对账发现终端{tid}的问题：{detail}（{time}），请在控制台查看。",
+        "{merchant}: reconciliation found a problem at terminal {tid}: {detail} ({time}); see the console.",
+    ),
 }
 
 WEBHOOK_EVENT_TYPES: dict[MessageKind, str] = {

@@ -3,6 +3,7 @@ merchant (alerts), through the back office's notify outbox in the action's trans
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,11 +86,42 @@ def _fact_id(env: Env, exc: Exc, what: str) -> str:
 _CHANNEL_WORDS = {Channel.SMS: ("短信", "SMS"), Channel.EMAIL: ("邮件", "e-mail")}
 
 
+def _merchant_key(exc: Exc, pay: Payment) -> dict[str, Any]:
+    """The terminal when known (the notifications look its merchant up), else the merchant: a
+    merchant id in a fact is scanned like any text, and a 15-digit id can pass Luhn."""
+    return {"tid": exc.tid} if exc.tid else {"mid": pay.mid}
+
+
+def _failures(conn: Connection, exc: Exc) -> int | None:
+    """How many sign-in failures in a row: the evidence's count, else the terminal's own alert."""
+    for name in ("failures", "count"):
+        value = exc.evidence.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    if not exc.tid:
+        return None
+    payload = conn.execute(
+        select(backoffice_facts.c.payload)
+        .where(
+            backoffice_facts.c.tid == exc.tid,
+            backoffice_facts.c.kind == MessageKind.MERCHANT_ALERT.value,
+            backoffice_facts.c.payload.like('%"alert": "sign_in_failures"%'),
+        )
+        .order_by(backoffice_facts.c.id.desc())
+    ).scalar()
+    try:
+        doc = json.loads(payload) if payload else {}
+    except ValueError:
+        return None
+    value = doc.get("count", doc.get("attempts")) if isinstance(doc, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _customer_fact(env: Env, exc: Exc, what: str, contact: str, pay: Payment) -> dict[str, Any]:
     fact: dict[str, Any] = {
         "id": _fact_id(env, exc, what),
         "at": pay.at.isoformat(),
-        "mid": pay.mid,
+        **_merchant_key(exc, pay),
         "amount_minor": pay.amount_minor,
         "contact": contact,
         "tid": exc.tid,
@@ -180,17 +212,22 @@ def alert_merchant(env: Env, exc: Exc, alert: AlertKind) -> Effect:
     pay = payment_of(env.conn, exc)
     if pay.mid is None:
         return Effect.failed("不知道是哪家商户，无法提醒。", "the merchant is not known: no one to alert")
-    ev = exc.evidence
-    count = ev.get("failures", ev.get("count", ""))
+    count = _failures(env.conn, exc) if alert is AlertKind.SIGN_IN_FAILURES else None
+    detail = f"{exc.klass.value} {exc.reference or exc.key}"
+    if alert is AlertKind.SIGN_IN_FAILURES and count is None:
+        # no count of failures in the evidence: a key session expired in business hours
+        alert, detail = (
+            AlertKind.RECON_FOUND,
+            "密钥会话在营业时间内过期 / key session expired in business hours",
+        )
     fact: dict[str, Any] = {
         "id": _fact_id(env, exc, alert.value),
         "at": env.now.isoformat(),
-        "mid": pay.mid,
+        **_merchant_key(exc, pay),
         "alert": alert.value,
-        "tid": exc.tid or "",
-        "count": count,
+        "count": "" if count is None else count,
         "reference": exc.reference or exc.key,
-        "detail": f"{exc.klass.value} {exc.reference or exc.key}",
+        "detail": detail,
     }
     if pay.tz:
         fact["tz"] = pay.tz
@@ -199,8 +236,8 @@ def alert_merchant(env: Env, exc: Exc, alert: AlertKind) -> Effect:
         return sent
     if not sent.data.get("message_ids"):
         return Effect.failed(
-            "商户没有登记任何通知地址，提醒无法发出；请用 tillroll notify endpoint add 登记。",
-            "the merchant has no notification address: add one with `tillroll notify endpoint add`",
+            "商户没有登记任何通知地址，提醒无法发出；请用 tillroll notify add-endpoint 登记。",
+            "the merchant has no notification address: add one with `tillroll notify add-endpoint`",
         )
     return Effect.queued(
         "已提醒商户（所有登记的通知地址）。",

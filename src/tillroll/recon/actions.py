@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, exists, func, insert, or_, select, update
 
 from tillroll.clock import Clock, SystemClock
 from tillroll.console import audit
@@ -327,7 +328,8 @@ def apply_automatic(
     An action already done or queued for an exception is not taken twice (a rerun of the day
     is a no-op); a final exception is left alone."""
     results: list[ActionResult] = []
-    for exception_id in dict.fromkeys(int(i) for i in exception_ids):
+    ids = list(dict.fromkeys(int(i) for i in exception_ids))
+    for exception_id in ids:
         with ctx.store.engine.connect() as conn:
             exc = _load(conn, exception_id, lock=False)
             if exc is None or exc.state in EXCEPTION_FINAL:
@@ -349,6 +351,7 @@ def apply_automatic(
             results.append(result)
             if result.state in EXCEPTION_FINAL:
                 break
+    store_diagnoses(ctx, ids)
     return results
 
 
@@ -361,6 +364,86 @@ def results_json(results: Iterable[ActionResult]) -> list[dict[str, Any]]:
             "outcome": r.outcome.value,
             "state": None if r.state is None else r.state.value,
             "detail": r.detail_en,
+            "detail_en": r.detail_en,
+            "detail_zh": r.detail_zh,
         }
         for r in results
     ]
+
+
+def refunds_due(ctx: ActionContext, *, every_s: int) -> list[int]:
+    """The stuck refunds to retry now: not final, not escalated, last retried over ``every_s``
+    seconds ago (or never). A run opens an exception once; the schedule retries it from here."""
+    e, a = recon_exceptions, recon_actions
+    last = (
+        select(a.c.exception_id, func.max(a.c.at).label("last"))
+        .where(a.c.action == ActionKind.RETRY_REFUND.value)
+        .group_by(a.c.exception_id)
+        .subquery("last")
+    )
+    escalated = exists().where(a.c.exception_id == e.c.id, a.c.action == ActionKind.ESCALATE.value)
+    before = ctx.clock.now() - timedelta(seconds=every_s)
+    query = (
+        select(e.c.id)
+        .outerjoin(last, last.c.exception_id == e.c.id)
+        .where(
+            e.c["class"] == ExceptionClass.REFUND_STUCK.value,
+            e.c.state.not_in([s.value for s in EXCEPTION_FINAL]),
+            ~escalated,
+            or_(last.c.last.is_(None), last.c.last < before),
+        )
+        .order_by(e.c.id)
+    )
+    with ctx.store.engine.connect() as conn:
+        return [int(i) for i in conn.execute(query).scalars()]
+
+
+def store_diagnoses(ctx: ActionContext, exception_ids: Iterable[int]) -> int:
+    """Each exception's ``diagnosis`` (JSON: zh, en), written from the evidence as it stands
+    after its actions: what the queue shows beside the record. Returns how many were written."""
+    from tillroll.recon.diagnose import diagnose
+
+    written = 0
+    for exception_id in exception_ids:
+        with ctx.store.engine.begin() as conn:
+            exc = _load(conn, exception_id, lock=False)
+            reference = None if exc is None else (exc.rrn or exc.order_no or exc.reference)
+            if exc is None or reference is None:
+                continue
+            found = diagnose(conn, reference)
+            if not found.found:
+                continue
+            text = json.dumps({"zh": found.text("zh"), "en": found.text("en")}, ensure_ascii=False)
+            conn.execute(
+                update(recon_exceptions).where(recon_exceptions.c.id == exc.id).values(diagnosis=text)
+            )
+            written += 1
+    return written
+
+
+def follow_commands(ctx: ActionContext) -> list[ActionResult]:
+    """Close the loop on terminal commands: an exception in progress whose commands the terminal
+    all reported done is resolved (the slip is reprinted, the refunds retried); one whose command
+    failed is escalated to a person. The outcome the terminal reported is the note."""
+    from tillroll.store.tables import terminal_commands as c
+
+    e = recon_exceptions
+    query = (
+        select(c.c.exception_id, c.c.state, c.c.outcome, c.c.command)
+        .join(e, e.c.id == c.c.exception_id)
+        .where(e.c.state == ExceptionState.IN_PROGRESS.value)
+        .order_by(c.c.exception_id, c.c.id)
+    )
+    by_exception: dict[int, list[Any]] = {}
+    with ctx.store.engine.connect() as conn:
+        for row in conn.execute(query):
+            by_exception.setdefault(int(row.exception_id), []).append(row)
+    results: list[ActionResult] = []
+    for exception_id, commands in by_exception.items():
+        states = {str(r.state) for r in commands}
+        told = "; ".join(f"{r.command}: {r.outcome}" for r in commands if r.outcome)[:500] or None
+        if "failed" in states:
+            results.append(act(ctx, exception_id, ActionKind.ESCALATE, actor=AUTO, note=told))
+        elif states == {"done"}:
+            results.append(act(ctx, exception_id, ActionKind.RESOLVE, actor=AUTO, note=told))
+    return results

@@ -162,3 +162,14 @@ def import_statement_cmd(
         typer.echo(f"  line {p.line_no}: {p.reason}")
     if result.problems:
         typer.echo(f"{len(result.problems)} line(s) could not be read / {len(result.problems)} 行无法读取")
+
+
+# The exception queue from a shell, through the same service as the console (tillroll.recon.actions).
+def _register_queue() -> None:
+    from tillroll.recon.actions_cli import act_command, exceptions_command
+
+    app.command("act")(act_command)
+    app.command("exceptions")(exceptions_command)
+
+
+_register_queue()

@@ -132,6 +132,9 @@ def _host_family(conn: Connection, first: Row) -> list[Row]:
 
 
 def _journal_family(conn: Connection, ev: Evidence, seed: list[Row]) -> list[Row]:
+    """The journal copies of the payment: by the host rows' keys, and a seed entry with its
+    original and its refunds. One query per key, so that each uses its index (an OR of them
+    would read the whole table)."""
     j = journal_entries
     keys: list[Any] = [
         and_(j.c.tid == r["tid"], j.c.batch == r["batch"], j.c.stan == r["stan"]) for r in ev.host
@@ -142,9 +145,11 @@ def _journal_family(conn: Connection, ev: Evidence, seed: list[Row]) -> list[Row
         keys.append(and_(j.c.tid == row["tid"], j.c.original_key == row["entry_key"]))
         if row["original_key"]:
             keys.append(and_(j.c.tid == row["tid"], j.c.entry_key == row["original_key"]))
-    if not keys:
-        return []
-    return _all(conn, select(j).where(or_(*keys)).order_by(j.c.created_at, j.c.id))
+    found: dict[int, Row] = {}
+    for key in keys:
+        for row in _all(conn, select(j).where(key)):
+            found[int(row["id"])] = row
+    return sorted(found.values(), key=lambda r: (r["created_at"], r["id"]))
 
 
 def _references(ev: Evidence) -> set[str]:

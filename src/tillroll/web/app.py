@@ -24,6 +24,7 @@ from tillroll.console.app import console_csp, is_console_path, mount_console
 from tillroll.crypto.backoffice import SIGNATURE_HEADER
 from tillroll.host.store import HostStore
 from tillroll.notify.routing import fan_out as notify_fan_out
+from tillroll.recon.scheduler import recon_lifespan
 from tillroll.terminal.ereceipt import render_e_receipt
 from tillroll.web.config import WebConfig
 from tillroll.web.intake import FanOut, accept
@@ -81,7 +82,13 @@ def create_app(
     templates = Environment(
         loader=PackageLoader("tillroll.web", "templates"), autoescape=select_autoescape(default=True)
     )
-    app = FastAPI(title="tillroll back office", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="tillroll back office",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=recon_lifespan(store, clock, config.recon, base_url=config.base_url),
+    )
 
     def problem(name: str, status: int) -> HTMLResponse:
         zh, text_zh, en, text_en = _PROBLEMS[name]

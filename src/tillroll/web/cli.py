@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from tillroll.recon.scheduler import ReconScheduleConfig, ScheduleConfigError
 from tillroll.web.config import WebConfig, WebConfigError, parse_listen
 
 app = typer.Typer(
@@ -31,6 +32,15 @@ def web(
     receipt_ttl_days: Annotated[
         int, typer.Option("--receipt-ttl-days", help="Days an e-receipt link works after the sale.")
     ] = 180,
+    recon: Annotated[
+        bool, typer.Option("--recon/--no-recon", help="Reconcile on a schedule: nightly and hourly.")
+    ] = False,
+    recon_nightly_at: Annotated[
+        str, typer.Option("--recon-nightly-at", help="HH:MM (Asia/Shanghai) to reconcile yesterday.")
+    ] = "02:30",
+    recon_every_s: Annotated[
+        int, typer.Option("--recon-every-s", help="Reconcile today every this many seconds (0: off).")
+    ] = 3600,
 ) -> None:
     """Serve the back office: e-receipts at /r/<token>, terminals' facts at /api/v1/…, the console."""
     if ctx.invoked_subcommand is not None:
@@ -42,8 +52,13 @@ def web(
 
     try:
         host, port = parse_listen(listen)
-        config = WebConfig(host=host, port=port, public_url=public_url, receipt_ttl_days=receipt_ttl_days)
-    except WebConfigError as exc:
+        schedule = ReconScheduleConfig(
+            enabled=recon, nightly_at=recon_nightly_at, today_every_s=recon_every_s
+        )
+        config = WebConfig(
+            host=host, port=port, public_url=public_url, receipt_ttl_days=receipt_ttl_days, recon=schedule
+        )
+    except (WebConfigError, ScheduleConfigError) as exc:
         typer.secho(f"bad input: {exc}", err=True, fg=typer.colors.RED)
         raise typer.Exit(2) from None
     store = open_store(db)

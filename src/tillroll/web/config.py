@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from tillroll.console.config import ConsoleConfig
+from tillroll.recon.scheduler import ReconScheduleConfig
 
 _URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
@@ -24,6 +25,7 @@ class WebConfig:
     receipt_ttl_days: int = 180  # an e-receipt link works this many days after the approval
     body_max_bytes: int = 64 * 1024  # one fact delivery; a larger body is refused unread
     console: ConsoleConfig = field(default_factory=ConsoleConfig)  # the merchant console (/console)
+    recon: ReconScheduleConfig = field(default_factory=ReconScheduleConfig)  # reconciliation on a schedule
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
