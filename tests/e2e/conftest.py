@@ -8,7 +8,7 @@ The live stack, all real, all on 127.0.0.1:
   in a thread (``.url``, ``.store``, ``.app``, ``.ctx``: the console's context);
 - ``live_host`` — the acquirer host (``HostServer``) on the same store;
 - ``live_wallet`` — the wallet provider over HTTP (tests/integration/walletserver.py) with the
-  merchant ``WALLET_MCH`` and its key;
+  merchant ``WALLET_MCH`` and its key; ``wallet_settings`` — a terminal's settings for it;
 - ``make_terminal(tid, mid, data_dir, wallet=None)`` — a real ``Terminal`` talking to the live host,
   delivering its facts to the live console's back office.
 
@@ -131,6 +131,22 @@ def live_wallet(db_url: str) -> Iterator[Any]:
     with wallet_server(db_url) as server:
         add_wallet_merchant(server.engine, WALLET_MCH, MERCHANT_A, WALLET_KEY)
         yield server
+
+
+@pytest.fixture
+def wallet_settings(live_wallet: Any) -> Any:
+    """The terminal's settings for the live wallet (short query schedule): ``make_terminal(wallet=...)``."""
+    from tillroll.terminal.wallet_config import WalletSettings
+
+    return WalletSettings(
+        url=live_wallet.base_url,
+        merchant=WALLET_MCH,
+        key=WALLET_KEY,
+        query_interval_s=0.2,
+        query_window_s=1.0,
+        response_timeout_s=2.0,
+        connect_timeout_s=1.0,
+    )
 
 
 @pytest.fixture

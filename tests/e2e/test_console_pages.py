@@ -10,6 +10,7 @@ import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -24,11 +25,13 @@ from consolekit import (
     TID_A1,
     TID_A2,
     TID_B1,
+    WALLET_KEY,
+    WALLET_MCH,
     add_console_user,
     console_login,
     screenshot,
 )
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from tillroll.console.users import Role
 from tillroll.money import format_yuan
@@ -36,7 +39,7 @@ from tillroll.notify.outbox import Channel
 from tillroll.notify.relay import Relay
 from tillroll.notify.smtp import SmtpConfig, SmtpSender
 from tillroll.sim.smtp_sink import SmtpSink
-from tillroll.store.tables import audit_log, journal_entries, terminal_status
+from tillroll.store.tables import audit_log, journal_entries, recon_exceptions, terminal_status
 from tillroll.store.tables import outbox as outbox_tables
 from tillroll.terminal import Outcome, Terminal
 
@@ -78,9 +81,39 @@ def day(live_console: Any, make_terminal: Callable[..., Terminal]) -> Day:
     return Day([r.rrn for r in results if r.rrn], str(sale_b.rrn), [f"{r.batch}.{r.trace}" for r in results])
 
 
+def plant_exceptions(store: Any, day: Day) -> None:
+    """Exceptions as the reconciliation run upserts them: ours open and resolved, the other's open."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        ("charged_no_receipt", f"card:rrn:{day.rrns_a[1]}", "open", MID_A, TID_A1),
+        ("duplicate", f"card:rrn:{day.rrns_a[2]}", "resolved", MID_A, TID_A1),
+        ("amount_mismatch", f"card:rrn:{day.rrn_b}", "open", MID_B, TID_B1),
+    ]
+    with store.engine.begin() as conn:
+        conn.execute(
+            insert(recon_exceptions),
+            [
+                {
+                    "class": cls,
+                    "key": key,
+                    "business_date": now.date().isoformat(),
+                    "state": state,
+                    "mid": mid,
+                    "tid": tid,
+                    "rail": "card",
+                    "evidence": "{}",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for cls, key, state, mid, tid in rows
+            ],
+        )
+
+
 def test_today_payments_and_a_payments_story_with_its_evidence_bundle(
     live_console: Any, day: Day, page: Any
 ) -> None:
+    plant_exceptions(live_console.store, day)
     password = add_console_user(live_console.store, "wang.fang", Role.CASHIER, MID_A)
     console_login(page, live_console.url, "wang.fang", password)
     # today: three approved of four at A1 (B1 is the other merchant's)
@@ -89,6 +122,9 @@ def test_today_payments_and_a_payments_story_with_its_evidence_bundle(
     assert page.inner_text("#approval") == "75.0%"
     attention = page.inner_text("#attention")
     assert TID_A2 in attention and "从未上报" in attention and TID_B1 not in attention
+    # one open exception of ours (the resolved one and the other merchant's are not counted)
+    assert page.inner_text("#open-exceptions") == "1"
+    assert page.locator("#exceptions tr").all_inner_texts() == ["已扣款无凭证\t1"]
     screenshot(page, "today")
 
     page.goto(f"{live_console.url}/console/payments?last4=0123")
@@ -243,3 +279,42 @@ def test_a_cashier_cannot_resend_and_another_merchants_staff_do_not_see_the_mess
     console_login(page, live_console.url, "baker", other)
     page.goto(f"{live_console.url}/console/notifications")
     assert page.locator("tr.message").count() == 0
+
+
+def test_a_wallet_payment_found_by_its_order_and_the_z_report_against_the_statement(
+    live_console: Any,
+    live_wallet: Any,
+    wallet_settings: Any,
+    make_terminal: Callable[..., Terminal],
+    page: Any,
+) -> None:
+    from tillroll.recon.statement import fetch_statement, import_statement
+    from tillroll.wallet.admin import add_user as add_wallet_user
+    from tillroll.wallet.admin import issue_code
+
+    add_wallet_user(live_wallet.engine, "alice", 100_00)
+    term = make_terminal(TID_A2, MID_A, wallet=wallet_settings)
+    paid = term.qr(1_999, issue_code(live_wallet.engine, "alice"))
+    assert paid.approved and paid.order_no
+    assert term.upload_journal() is not None
+    password = add_console_user(live_console.store, "wang.fang", Role.CASHIER, MID_A)
+    console_login(page, live_console.url, "wang.fang", password)
+    page.goto(f"{live_console.url}/console/payments?order={paid.order_no}")
+    (row,) = page.locator("#payments tr.payment").all()
+    assert "扫码" in row.inner_text() and "19.99" in row.inner_text() and "success" in row.inner_text()
+    with page.expect_navigation():
+        row.locator("a").click()
+    assert page.url.endswith(f"/console/payments/{TID_A2}/{paid.order_no}")
+    assert paid.order_no in page.inner_text("#identity")
+    # Before the statement is imported the Z report shows the wallet line not agreeing; after, it does.
+    page.goto(f"{live_console.url}/console/settlements/z/{TID_A2}")
+    line = page.locator("tr.zline[data-line='z.wallet_paid']")
+    assert "1 · ¥19.99" in line.inner_text() and "✘" in line.inner_text()
+    bill_date = page.inner_text("h1").rsplit("·", 1)[1].strip().replace("-", "")
+    text = fetch_statement(live_wallet.base_url, mch_id=WALLET_MCH, key=WALLET_KEY, bill_date=bill_date)
+    import_statement(
+        live_console.store.engine, text, mch_id=WALLET_MCH, bill_date=bill_date, now=live_console.clock.now()
+    )
+    page.reload()
+    line = page.locator("tr.zline[data-line='z.wallet_paid']")
+    assert line.inner_text().count("1 · ¥19.99") == 2 and "✔" in line.inner_text()

@@ -12,6 +12,21 @@ from tillroll.console.i18n import add
 
 router = APIRouter()
 
+# The exception classes' names, the same pairs as the exception queue's (part E) under the same
+# keys: whichever registers first, the catalogue holds one text per class.
+add(
+    {
+        "xclass.charged_no_receipt": ("已扣款无凭证", "charged, no receipt"),
+        "xclass.receipt_no_payment": ("有凭证无入账", "receipt, no payment"),
+        "xclass.refund_stuck": ("退款未完成", "refund stuck"),
+        "xclass.notified_not_final": ("已通知但未成功", "told paid, not final"),
+        "xclass.signin_failures": ("签到失败", "sign-in failures"),
+        "xclass.amount_mismatch": ("金额不符", "amount mismatch"),
+        "xclass.missing_on_one_side": ("单边缺失", "missing on one side"),
+        "xclass.duplicate": ("重复", "duplicate"),
+    }
+)
+
 add(
     {
         "today.title": ("今日概况", "Today"),

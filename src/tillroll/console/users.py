@@ -126,7 +126,11 @@ def authenticate(
     conn: Connection, username: str, password: str, *, now: datetime, config: ConsoleConfig
 ) -> Login:
     """Check a log-in in the caller's transaction, counting failures and locking (audited)."""
-    row = conn.execute(select(console_users).where(console_users.c.username == username)).first()
+    # The row is locked (PostgreSQL; SQLite's write transaction is exclusive already) so that
+    # parallel guesses count one by one: none slips past the lock-out between a read and a write.
+    row = conn.execute(
+        select(console_users).where(console_users.c.username == username).with_for_update()
+    ).first()
     if row is None:
         with contextlib.suppress(VerificationError):
             _HASHER.verify(_DUMMY_HASH, password)

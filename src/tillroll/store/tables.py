@@ -349,6 +349,8 @@ journal_entries = Table(
     Index("ix_journal_entries_order_no", "order_no"),
     Index("ix_journal_entries_tid_batch_stan", "tid", "batch", "stan"),
     Index("ix_journal_entries_created_at", "created_at"),
+    # The console's pages read one merchant's terminals over a time range (migration 0009).
+    Index("ix_journal_entries_tid_created_at", "tid", "created_at"),
 )
 
 # What each terminal last said about itself with an upload (console: terminals page).

@@ -89,7 +89,12 @@ def upgrade() -> None:
     )
 
 
+    # The console reads one merchant's terminals over a time range (today, analytics, search).
+    op.create_index("ix_journal_entries_tid_created_at", "journal_entries", ["tid", "created_at"])
+
+
 def downgrade() -> None:
+    op.drop_index("ix_journal_entries_tid_created_at", table_name="journal_entries")
     op.drop_table("console_sessions")
     op.drop_table("signatures")
     op.drop_table("refund_requests")
