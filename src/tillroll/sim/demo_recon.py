@@ -6,7 +6,8 @@ fetched from the provider and imported, ``tillroll recon run`` matches the day a
 its ageing window (a nightly run happens long after the last payment: nothing is "pending"
 merely because the demo is fast), the automatic actions of what it found are taken
 (``tillroll.recon.actions.apply_automatic``), and the terminals upload once more so that the
-commands those actions left for them (a reprint, a refund retried) are run and acknowledged.
+commands those actions left for them (a reprint, a refund retried) are run and acknowledged;
+what they reported then resolves (or escalates) those exceptions (``follow_commands``).
 What was found and what was done is printed.
 
 With ``--serve`` the back office keeps running on the demo's data with a console user made for
@@ -31,7 +32,7 @@ from sqlalchemy import select
 
 from tillroll.clock import Clock
 from tillroll.host.store import HostStore
-from tillroll.recon.actions import ActionContext, ActionResult, apply_automatic
+from tillroll.recon.actions import ActionContext, ActionResult, apply_automatic, follow_commands
 from tillroll.recon.run import ReconConfig, RunResult, run_day
 from tillroll.recon.statement import StatementError, fetch_statement, import_statement
 from tillroll.store.tables import recon_exceptions, terminal_commands
@@ -51,6 +52,7 @@ class ReconDay:
     statement_problems: int = 0
     actions: list[ActionResult] = field(default_factory=list)
     commands: list[dict[str, Any]] = field(default_factory=list)  # terminal_commands after the uploads
+    followed: list[ActionResult] = field(default_factory=list)  # exceptions closed by what terminals did
     problems: list[str] = field(default_factory=list)  # what kept it from running at all
 
 
@@ -89,6 +91,7 @@ def reconcile_day(
     out.run = run_day(store.engine, day, now=as_of, config=config, after=after)
     for term in terminals:  # the commands the actions left (reprint, retry refunds): run, reported
         term.upload_journal()
+    out.followed = follow_commands(ctx)  # what the terminals reported closes (or escalates) those
     with store.engine.connect() as conn:
         out.commands = [
             dict(r)
@@ -170,6 +173,8 @@ def print_recon(console: Console, store: HostStore, day: ReconDay) -> None:
             f"  terminal {cmd['tid']}: {cmd['command']} {cmd['reference'] or ''} → {cmd['state']}"
             + (f" ({cmd['outcome']})" if cmd["outcome"] else "")
         )
+    for a in day.followed:
+        console.print(f"  exception {a.exception_id}: {a.action.value} → {a.state.value if a.state else '?'}")
 
 
 def make_demo_user(store: HostStore, mid: str, *, clock: Clock) -> tuple[str, str]:
