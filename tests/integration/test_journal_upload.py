@@ -46,7 +46,7 @@ from tillroll.terminal import (
 )
 from tillroll.terminal.cli import app as pos_app
 from tillroll.terminal.journal import Journal, txns
-from tillroll.terminal.journal_upload import ENTRIES_MAX, JournalUploader
+from tillroll.terminal.journal_upload import ENTRIES_MAX, JournalUploader, UploadRound
 from tillroll.terminal.resident import Resident
 from tillroll.web import WebConfig, WebServer, create_app
 
@@ -529,11 +529,13 @@ def test_a_replaced_device_does_not_overwrite_its_predecessors_entries(
     with make_terminal(tmp_path / "old", proxy.address, web.url) as old:
         before = old.sale(1000, PAN, EXPIRY, PIN)
         assert before.approved
+        assert (old.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None  # surely up
     # The device dies; a new one (an empty journal, the same TID) takes over: the host closes the
     # lost batch at its sign-in and names the next (PROFILE §6). Its journal's rows start at 1 again.
     with make_terminal(tmp_path / "new", proxy.address, web.url) as new:
         after = new.sale(2000, PAN, EXPIRY, PIN)
         assert after.approved and after.txn_id == before.txn_id
+        assert (new.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None
     got = entries(store)
     assert key(before) != key(after)
     assert (got[key(before)]["amount_minor"], got[key(after)]["amount_minor"]) == (1000, 2000)
@@ -595,6 +597,7 @@ def test_wallet_payments_and_refunds_go_up_with_masked_codes(
             assert paid.outcome is Outcome.APPROVED and paid.order_no is not None, paid.text
             refund = term.refund_order(1000, paid.order_no)
             [row] = term.wallet_refund_list()
+            assert (term.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None
     got = entries(store)
     order = got[f"wallet:{paid.order_no}"]
     assert (order["rail"], order["kind"], order["state"], order["amount_minor"]) == (
