@@ -450,12 +450,13 @@ class Terminal:
         self, *, budget_s: float, query_printer: bool, commands: bool, force: bool = False
     ) -> None:
         """``force``: even while a failed upload's backoff runs (at settlement)."""
-        uploader = self.uploader
-        # A command's reprint inside an upload does not start another upload: the round goes on.
-        if uploader is None or self._uploading or not (force or uploader.due()):
+        if self._uploading:  # a command's reprint inside an upload starts no other: the round goes on
             return
         self._uploading = True
         try:
+            uploader = self.uploader
+            if uploader is None or not (force or uploader.due()):
+                return
             uploader.upload(
                 budget_s=budget_s,
                 run_command=self.run_command if commands else None,
