@@ -35,11 +35,15 @@ def demo(
         int, typer.Option("--operations", min=20, max=2000, help="Operations in the day")
     ] = 100,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the day's random choices")] = 2026,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Then keep the console running on the day's data (Ctrl-C stops)")
+    ] = False,
 ) -> None:
-    """Run a scripted day at two counters with faults injected, then the closing check."""
+    """Run a scripted day at two counters with faults injected, then the closing check and the
+    day's reconciliation; with --serve, the console on the day's data with a log-in."""
     from tillroll.sim.demo import run_demo
 
-    if not run_demo(work_dir, operations=operations, seed=seed):
+    if not run_demo(work_dir, operations=operations, seed=seed, serve=serve):
         raise typer.Exit(1)
 
 

@@ -3,8 +3,10 @@ an earlier answer replayed to a replaced terminal."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
+import threading
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,52 @@ def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
     assert "Settlement report" in out
     assert ("closed by: host" in out) is JOURNAL_LOSS_FAULT
     assert ("0 lost or failed because of it" in out) is FLOOD_FAULT
+    # It ends by reconciling its day: the statement imported, the journals uploaded, the run's
+    # findings listed with what the automatic actions did.
+    recon = out[out.index("Reconciliation of") :]
+    assert "wallet statement:" in recon and "0 line(s) that could not be read" in recon
+    assert re.search(r"sources: journal_card [1-9]", recon)  # the terminals' uploaded journals
+    assert re.search(r"opened \d+ exception\(s\), \d+ automatic action\(s\) taken", recon)
+
+
+@pytest.mark.slow
+def test_the_demo_serves_the_console_on_its_day(tmp_path: Path) -> None:
+    console = Console(record=True, width=300)
+    stop, serving = threading.Event(), threading.Event()
+    login: list[str] = []
+    passed: list[bool] = []
+
+    def on_serving(url: str, user: str, password: str) -> None:
+        login.extend([url, user, password])
+        serving.set()
+
+    day = threading.Thread(
+        target=lambda: passed.append(
+            run_demo(tmp_path, operations=20, console=console, serve=True, stop=stop, on_serving=on_serving)
+        )
+    )
+    day.start()
+    try:
+        assert serving.wait(300), "the demo never started serving"
+        url, user, password = login
+        assert password in console.export_text(clear=False)  # the log-in is printed for the person
+        with httpx.Client(base_url=url, trust_env=False, timeout=30) as web:
+            form = web.get("/console/login")
+            assert form.status_code == 200
+            csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+            assert csrf is not None
+            answer = web.post(
+                "/console/login",
+                data={"username": user, "password": password, "csrf_token": csrf.group(1)},
+            )
+            assert answer.status_code == 303, answer.text
+            terminals = web.get("/console/terminals")
+            assert terminals.status_code == 200
+            assert "10000001" in terminals.text and "10000002" in terminals.text  # their uploaded status
+    finally:
+        stop.set()
+        day.join(60)
+    assert passed == [True]
 
 
 def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: Path) -> None:

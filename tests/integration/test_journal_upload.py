@@ -11,11 +11,13 @@ acknowledged, each acknowledgement with its audit row.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,25 @@ from typer.testing import CliRunner
 
 from tillroll.clock import SystemClock
 from tillroll.crypto.backoffice import JOURNAL_PREFIX, SIGNATURE_HEADER, backoffice_key, sign_fact
+from tillroll.crypto.keystore import KeyStore
 from tillroll.host import HostServer
 from tillroll.host.admin import add_card, add_merchant, add_terminal
 from tillroll.host.store import HostStore, open_store
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator
 from tillroll.store.tables import audit_log, journal_entries, terminal_commands, terminal_status
-from tillroll.terminal import HostAddress, Outcome, RefundState, Terminal, TerminalConfig, save_config
+from tillroll.terminal import (
+    HostAddress,
+    Outcome,
+    RefundState,
+    Result,
+    Terminal,
+    TerminalConfig,
+    save_config,
+)
 from tillroll.terminal.cli import app as pos_app
-from tillroll.terminal.journal_upload import JournalUploader
+from tillroll.terminal.journal import Journal, txns
+from tillroll.terminal.journal_upload import ENTRIES_MAX, JournalUploader, UploadRound
 from tillroll.terminal.resident import Resident
 from tillroll.web import WebConfig, WebServer, create_app
 
@@ -125,6 +137,12 @@ def make_terminal(
     return Terminal(config, data_dir)
 
 
+def key(res: Result) -> str:
+    """The back office's key of a card entry: its batch and trace."""
+    assert res.batch is not None and res.trace is not None
+    return f"card:{res.batch}.{res.trace}"
+
+
 def entries(store: HostStore) -> dict[str, dict[str, Any]]:
     with store.engine.connect() as conn:
         rows = conn.execute(select(journal_entries).where(journal_entries.c.tid == TID)).mappings()
@@ -167,7 +185,7 @@ def test_a_sale_is_uploaded_right_after_it(
         res = term.sale(1250, PAN, EXPIRY, PIN, notify="li.lei@example.com")
         assert res.approved, res.text
         got = entries(store)
-        sale = got[f"card:{res.txn_id}"]
+        sale = got[key(res)]
         assert (sale["rail"], sale["kind"], sale["state"]) == ("card", "sale", "approved")
         assert (sale["amount_minor"], sale["rrn"], sale["stan"], sale["batch"]) == (
             1250,
@@ -181,16 +199,21 @@ def test_a_sale_is_uploaded_right_after_it(
         assert status is not None and (status["batch"], status["signed_in"]) == (res.batch, 1)
         assert status["pending_reversals"] == 0 and status["printer"] == "none"
         assert json.loads(status["status"])["receipts_owed"] == 1
-        # The watermark moved: the next upload sends no entry again.
+        # An upload answered 200 moves the watermark: the one after it sends no entry again. (The
+        # after-sale upload's answer may have come later than its 1 s on a loaded machine: then the
+        # first of these sends the sale again, which the back office keeps once.)
+        first = term.upload_journal()
+        assert first is not None and first.failed is None and first.entries <= 1
         again = term.upload_journal()
         assert again is not None and again.caught_up and again.entries == 0 and again.failed is None
+        assert len(entries(store)) == 1
         # A void changes the sale (voided) and adds the void: both go up after the void.
         void = term.void(res.trace or "")
         assert void.approved, void.text
     got = entries(store)
-    assert got[f"card:{res.txn_id}"]["state"] == "voided"
-    assert got[f"card:{void.txn_id}"]["kind"] == "void"
-    assert got[f"card:{void.txn_id}"]["original_key"] == f"card:{res.txn_id}"
+    assert got[key(res)]["state"] == "voided"
+    assert got[key(void)]["kind"] == "void"
+    assert got[key(void)]["original_key"] == key(res)
     with store.engine.connect() as conn:  # no full card number anywhere in the copy
         rows = conn.execute(select(journal_entries)).mappings().all()
     assert PAN not in json.dumps([dict(r) for r in rows], default=str)
@@ -211,8 +234,8 @@ def test_with_the_back_office_down_the_sale_stands_and_its_entry_goes_up_later(
         done = term.upload_journal()  # what `pos upload` and `pos run` do
         assert done is not None and done.failed is None and done.caught_up, done
     got = entries(store)
-    assert {got[f"card:{r.txn_id}"]["amount_minor"] for r in (first, second)} == {1000, 2000}
-    assert all(got[f"card:{r.txn_id}"]["state"] == "approved" for r in (first, second))
+    assert {got[key(r)]["amount_minor"] for r in (first, second)} == {1000, 2000}
+    assert all(got[key(r)]["state"] == "approved" for r in (first, second))
 
 
 def test_a_line_that_swallows_the_upload_does_not_hold_the_sale(
@@ -251,9 +274,9 @@ def test_a_replayed_or_older_upload_changes_nothing(
             assert uploader.upload(budget_s=10).failed is None
         first = recorder.bodies[0]
         assert term.void(res.trace or "").approved
-    key = f"card:{res.txn_id}"
+    sale_key = key(res)
     before_entries, before_status = entries(store), status_row(store)
-    assert before_entries[key]["state"] == "voided"
+    assert before_entries[sale_key]["state"] == "voided"
     # the recorded upload again, as it was signed: accepted, nothing changes
     answer = post(web.url, first)
     assert answer.status_code == 200, answer.text
@@ -273,7 +296,7 @@ def test_a_replayed_or_older_upload_changes_nothing(
 def good_entry(n: int, **over: Any) -> dict[str, Any]:
     at = "2026-12-01T06:00:00.000000Z"
     e: dict[str, Any] = {
-        "entry_key": f"card:{n}", "rail": "card", "kind": "sale", "state": "approved",
+        "entry_key": f"card:000001.{n:06d}", "rail": "card", "kind": "sale", "state": "approved",
         "batch": "000001", "stan": f"{n:06d}", "rrn": f"{n:012d}", "order_no": None,
         "original_key": None, "amount_minor": 100 * n, "currency": "156", "card_masked": MASKED,
         "response_code": "00", "receipt": "printed", "prints": 1, "contact": None, "note": None,
@@ -339,7 +362,7 @@ def test_a_fact_signature_or_another_terminal_is_refused(web: Web, store: HostSt
     assert post(web.url, other, to="10000002").status_code == 401  # signed by TID, sent as another
     assert post(web.url, body, to="99999999").status_code == 401  # an unknown terminal looks the same
     assert post(web.url, body).status_code == 200
-    assert set(entries(store)) == {"card:1"}
+    assert set(entries(store)) == {"card:000001.000001"}
 
 
 def add_command(store: HostStore, command: str, reference: str | None, tid: str = TID) -> int:
@@ -377,23 +400,25 @@ def test_commands_are_handed_over_run_and_acknowledged(
         proxy.clear()
         reprint = add_command(store, "reprint", f"{sale.batch}.{sale.trace}")
         missing = add_command(store, "reprint", f"{sale.batch}.999999")
-        retry = add_command(store, "retry_refunds", None)
+        other = add_command(store, "retry_refunds", f"{sale.batch}.999998")  # nothing open there
+        retry = add_command(store, "retry_refunds", f"{refund.batch}.{refund.trace}")  # recon's form
         done = term.upload_journal()
-        assert done is not None and done.failed is None and done.commands_run == 3, done
+        assert done is not None and done.failed is None and done.commands_run == 4, done
         reprinted = [d for d in printer.documents()[printed:] if "重打印 REPRINT" in d]
         assert len(reprinted) == 2  # the merchant's and the cardholder's copy, marked REPRINT
         assert [e.state for e in term.open_refunds()] == []
         # handed over again (as if our answer was lost): not run again, only reported again
         assert term.upload_journal() is not None
         assert term.uploader is not None
-        assert [c["state"] for c in term.uploader.commands()] == ["done", "failed", "done"]
+        assert [c["state"] for c in term.uploader.commands()] == ["done", "done", "failed", "done"]
     got = commands(store)
     assert got[reprint]["state"] == "done" and "reprint" in (got[reprint]["outcome"] or "")
     assert got[missing]["state"] == "failed" and "999999" in (got[missing]["outcome"] or "")
     assert got[retry]["state"] == "done" and "1 refund(s) finished" in (got[retry]["outcome"] or "")
+    assert got[other]["state"] == "done" and "no open refund" in (got[other]["outcome"] or "")
     copy = entries(store)
-    assert copy[f"card:{sale.txn_id}"]["prints"] == 2  # the reprint's change went up in the same round
-    assert copy[f"card:{refund.txn_id}"]["state"] == RefundState.APPROVED.value
+    assert copy[key(sale)]["prints"] == 2  # the reprint's change went up in the same round
+    assert copy[key(refund)]["state"] == RefundState.APPROVED.value
     with store.engine.connect() as conn:
         audited = conn.execute(
             select(audit_log.c.action, audit_log.c.target, audit_log.c.actor).order_by(audit_log.c.id)
@@ -401,6 +426,7 @@ def test_commands_are_handed_over_run_and_acknowledged(
     assert [(a.action, a.target) for a in audited] == [
         ("terminal_command.done", f"terminal_command:{reprint}"),
         ("terminal_command.failed", f"terminal_command:{missing}"),
+        ("terminal_command.done", f"terminal_command:{other}"),
         ("terminal_command.done", f"terminal_command:{retry}"),
     ]
     assert {a.actor for a in audited} == {f"terminal:{TID}"}
@@ -453,7 +479,7 @@ def test_pos_run_uploads_on_its_turns_and_runs_the_commands(
             stop.set()
             worker.join(5)
         assert any("重打印 REPRINT" in d for d in printer.documents())
-    assert f"card:{sale.txn_id}" in entries(store)
+    assert key(sale) in entries(store)
     assert commands(store)[command]["state"] == "done"
     status = status_row(store)
     assert status is not None and status["printer"] == "ok"  # `pos run` asks the printer itself
@@ -490,8 +516,105 @@ def test_settlement_uploads_the_batch_in_its_final_state(
         assert settled.outcome in (Outcome.SETTLED, Outcome.SETTLED_NOT_BALANCED), settled.text
         next_batch = term.batch
     got = entries(store)
-    assert {got[f"card:{s.txn_id}"]["state"] for s in sales} == {"approved"}
+    assert {got[key(s)]["state"] for s in sales} == {"approved"}
     status = status_row(store)
     assert status is not None and status["batch"] == next_batch != sales[0].batch
     last = json.loads(status["status"])["last_settlement"]
     assert last["batch"] == sales[0].batch and last["state"] in ("balanced", "uploaded")
+
+
+def test_a_replaced_device_does_not_overwrite_its_predecessors_entries(
+    tmp_path: Path, proxy: FaultProxy, web: Web, store: HostStore
+) -> None:
+    with make_terminal(tmp_path / "old", proxy.address, web.url) as old:
+        before = old.sale(1000, PAN, EXPIRY, PIN)
+        assert before.approved
+        assert (old.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None  # surely up
+    # The device dies; a new one (an empty journal, the same TID) takes over: the host closes the
+    # lost batch at its sign-in and names the next (PROFILE §6). Its journal's rows start at 1 again.
+    with make_terminal(tmp_path / "new", proxy.address, web.url) as new:
+        after = new.sale(2000, PAN, EXPIRY, PIN)
+        assert after.approved and after.txn_id == before.txn_id
+        assert (new.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None
+    got = entries(store)
+    assert key(before) != key(after)
+    assert (got[key(before)]["amount_minor"], got[key(after)]["amount_minor"]) == (1000, 2000)
+
+
+def test_long_notes_make_shorter_pages_never_a_refused_upload(
+    tmp_path: Path, web: Web, store: HostStore
+) -> None:
+    journal = Journal(tmp_path / "journal.db", KeyStore(os.urandom(32)))
+    start = SystemClock().now() - timedelta(minutes=10)
+    note = "主机无应答冲正待发送" * 30  # 300 characters, 900 bytes: 50 such entries exceed 64 KiB
+    with journal.begin() as conn:
+        for n in range(1, 121):
+            at = start + timedelta(milliseconds=n)
+            conn.execute(
+                insert(txns).values(
+                    kind="sale", state="unknown", stan=f"{n:06d}", batch="000001", mti="0200",
+                    request=json.dumps({"49": "156"}), pan_masked=MASKED, entry_mode="021",
+                    amount_minor=100 * n, operator="001", created_at=at, updated_at=at,
+                    receipt="none", prints=0, note=note[:300],
+                )
+            )  # fmt: skip
+    recorder = Recorder()
+    with httpx.Client(transport=recorder, trust_env=False) as client:
+        uploader = JournalUploader(
+            journal, tid=TID, tmk=TMK, base_url=web.url, timeout_s=5.0, clock=SystemClock(), client=client
+        )
+        done = uploader.upload(budget_s=30)
+    journal.close()
+    assert done.failed is None and done.caught_up and done.entries == 120, done
+    assert len(recorder.bodies) > -(-120 // ENTRIES_MAX)  # more requests than full pages would need
+    assert max(len(b) for b in recorder.bodies) <= WebConfig().body_max_bytes
+    got = entries(store)
+    assert len(got) == 120 and got["card:000001.000120"]["note"] == note[:300]
+
+
+def test_wallet_payments_and_refunds_go_up_with_masked_codes(
+    tmp_path: Path, web: Web, store: HostStore
+) -> None:
+    from walletserver import MCH_ID, MCH_KEY, MCH_NAME, wallet_server
+
+    from tillroll.terminal.wallet_config import WalletSettings
+    from tillroll.wallet.admin import add_merchant as add_wallet_merchant
+    from tillroll.wallet.admin import add_user, issue_code
+    from tillroll.wallet.config import WalletConfig
+
+    provider = WalletConfig(refund_settle_s=0.2, sweep_interval_s=0.05)
+    with wallet_server(f"sqlite:///{tmp_path / 'wallet.db'}", provider) as wallet:
+        add_wallet_merchant(wallet.engine, MCH_ID, MCH_NAME, MCH_KEY)
+        add_user(wallet.engine, "alice", 100_00)
+        code = issue_code(wallet.engine, "alice")
+        settings = WalletSettings(url=wallet.base_url, merchant=MCH_ID, key=MCH_KEY, response_timeout_s=2.0)
+        config = TerminalConfig(
+            tid=TID, mid=MID, tmk=TMK, host=HostAddress("127.0.0.1", 9), merchant_name=MCH_NAME,
+            wallet=settings, backoffice_url=web.url,
+        )  # fmt: skip
+        with Terminal(config, tmp_path / "pos") as term:
+            paid = term.qr(3000, code, contact="li.lei@example.com")
+            assert paid.outcome is Outcome.APPROVED and paid.order_no is not None, paid.text
+            refund = term.refund_order(1000, paid.order_no)
+            [row] = term.wallet_refund_list()
+            assert (term.upload_journal() or UploadRound(0, 0, False, 0, "none")).failed is None
+    got = entries(store)
+    order = got[f"wallet:{paid.order_no}"]
+    assert (order["rail"], order["kind"], order["state"], order["amount_minor"]) == (
+        "wallet",
+        "qr_pay",
+        "success",
+        3000,
+    )
+    assert (
+        order["order_no"] == paid.order_no
+        and order["card_masked"] == code[:6] + "*" * (len(code) - 10) + code[-4:]
+    )
+    back = got[f"wallet_refund:{row.out_refund_no}"]
+    assert (back["kind"], back["original_key"], back["amount_minor"]) == (
+        "qr_refund",
+        f"wallet:{paid.order_no}",
+        1000,
+    )
+    assert back["state"] == row.state.value, refund.text
+    assert code not in json.dumps(list(got.values()), default=str)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -43,6 +44,14 @@ from tillroll.owner_only import private_file
 from tillroll.pan import mask_pan
 from tillroll.screen import wide_console
 from tillroll.sim.demo_check import closing_check, report
+from tillroll.sim.demo_recon import (
+    ReconDay,
+    Serving,
+    make_demo_user,
+    print_recon,
+    reconcile_day,
+    serve_until_stopped,
+)
 from tillroll.sim.demo_wallet import CARD_CONTACT, WalletDay, wallet_check
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.foreign_client import FloodLimits, ForeignClient
@@ -627,10 +636,49 @@ class Demo:
     def report(self, problems: list[str]) -> None:
         report(self, problems)
 
+    # --- reconciliation of the day, and the console (demo_recon.py) ------------------------------
+
+    def reconcile(self) -> ReconDay:
+        """The day reconciled as the nightly run would, its automatic actions taken, printed."""
+        assert self.store is not None
+        day = merchant_now(self.host_clock, merchant_zone(DEFAULT_MERCHANT_TZ)).date()
+        wallet = self.wallet_day.wallet_settings() if self.wallet_day is not None else None
+        base_url = self.wallet_day.web_url if self.wallet_day is not None else "http://127.0.0.1:8080"
+        done = reconcile_day(
+            self.store,
+            day,
+            clock=self.host_clock,
+            base_url=base_url,
+            terminals=[c.terminal for c in self.counters],
+            wallet=wallet,
+        )
+        print_recon(self.console, self.store, done)
+        return done
+
+    def serve(self, *, stop: threading.Event | None = None, on_serving: Serving | None = None) -> None:
+        """Keep the back office (and its console) running on the day's data until stopped."""
+        assert self.store is not None
+        if self.wallet_day is None:
+            self.console.print("[yellow]no back office ran in this day (no wallet day): nothing to serve[/]")
+            return
+        user, password = make_demo_user(self.store, MID, clock=self.host_clock)
+        serve_until_stopped(
+            self.console, self.wallet_day.web_url, user, password, stop=stop, on_serving=on_serving
+        )
+
 
 def run_demo(
-    work_dir: Path | None = None, *, operations: int = 100, seed: int = 2026, console: Console | None = None
+    work_dir: Path | None = None,
+    *,
+    operations: int = 100,
+    seed: int = 2026,
+    console: Console | None = None,
+    serve: bool = False,
+    stop: threading.Event | None = None,
+    on_serving: Serving | None = None,
 ) -> bool:
+    """The day, its closing check, its reconciliation; with ``serve``, then the console until
+    stopped. True when the closing check passed."""
     console = console or wide_console()
     work = work_dir or Path(tempfile.mkdtemp(prefix="tillroll-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -641,6 +689,9 @@ def run_demo(
         demo.run_day()
         problems = demo.check()
         demo.report(problems)
+        demo.reconcile()
+        if serve:
+            demo.serve(stop=stop, on_serving=on_serving)
     finally:
         demo.stop()
     return not problems

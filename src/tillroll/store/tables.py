@@ -321,7 +321,9 @@ journal_entries = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("tid", String(8), nullable=False),
-    Column("entry_key", String(48), nullable=False),  # "card:<txns.id>", "wallet:<id>", "wallet_refund:<id>"
+    # natural keys, so a replaced device never overwrites its predecessor's entries:
+    # "card:<batch>.<trace>", "wallet:<out_trade_no>", "wallet_refund:<out_refund_no>"
+    Column("entry_key", String(48), nullable=False),
     Column("rail", String(8), nullable=False),  # card | wallet
     Column("kind", String(16), nullable=False),  # sale | void | balance | refund | qr_pay | qr_refund
     Column("state", String(20), nullable=False),  # the terminal's state (TxnState, RefundState, WalletState)

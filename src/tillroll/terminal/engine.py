@@ -450,12 +450,13 @@ class Terminal:
         self, *, budget_s: float, query_printer: bool, commands: bool, force: bool = False
     ) -> None:
         """``force``: even while a failed upload's backoff runs (at settlement)."""
-        uploader = self.uploader
-        # A command's reprint inside an upload does not start another upload: the round goes on.
-        if uploader is None or self._uploading or not (force or uploader.due()):
+        if self._uploading:  # a command's reprint inside an upload starts no other: the round goes on
             return
         self._uploading = True
         try:
+            uploader = self.uploader
+            if uploader is None or not (force or uploader.due()):
+                return
             uploader.upload(
                 budget_s=budget_s,
                 run_command=self.run_command if commands else None,
@@ -507,21 +508,37 @@ class Terminal:
         )
 
     def _command_retry_refunds(self, reference: str | None) -> tuple[bool, str]:
-        card = self.journal.open_refunds(orig_rrn=reference if reference and reference.isdigit() else None)
-        wallet: list[WalletRefund] = []
-        if self.wallet_refunds is not None:
-            wallet = self.wallet_refunds.open()
-            if reference:
+        """``reference``: none (every open refund), ``batch.trace`` (that refund, or the refunds of
+        that sale), a 12-digit RRN (the refunds of that sale), or an order / refund number."""
+        card = self.journal.open_refunds()
+        wallet: list[WalletRefund] = self.wallet_refunds.open() if self.wallet_refunds is not None else []
+        if reference is not None:
+            m = _CARD_REFERENCE.match(reference)
+            if m is not None:
+                ref = m.groups()
+
+                def of_trace(e: Entry) -> bool:
+                    if (e.batch, e.stan) == ref:
+                        return True
+                    orig = self.journal.get(e.orig_txn_id) if e.orig_txn_id is not None else None
+                    return orig is not None and (orig.batch, orig.stan) == ref
+
+                card = [e for e in card if of_trace(e)]
+                wallet = [r for r in wallet if (r.batch, r.stan) == ref]
+            elif re.fullmatch(r"[0-9A-Za-z]{12}", reference) and not self.wallet_journal.find_order(
+                reference
+            ):
+                card, wallet = [e for e in card if e.request.get("37") == reference], []
+            else:
                 parent = self.wallet_journal.find_order(reference)
+                card = []
                 wallet = [
                     r
                     for r in wallet
                     if (parent is not None and r.order_id == parent.id) or r.out_refund_no == reference
                 ]
-        if reference and not reference.isdigit():
-            card = []
         if not card and not wallet:
-            return True, "no open refund to retry / 无待处理退货"
+            return True, f"no open refund to retry{f' for {reference}' if reference else ''} / 无待处理退货"
         results = []
         if card:
             if not self.sessions.ensure():

@@ -12,6 +12,10 @@ commands the terminal has run; the answer hands over the commands still to run (
   moved **only when the back office answered 200**. A failed upload loses nothing: the next one
   sends the same entries again (the back office keeps an entry only when it is newer).
   ``updated_at`` indexes make the page a range read.
+- **Keys are natural**: ``card:<batch>.<trace>`` (the host's own idempotency key, PROFILE §3),
+  ``wallet:<out_trade_no>``, ``wallet_refund:<out_refund_no>`` — never the journal's row ids, which
+  a replaced device (a lost journal, PROFILE §6) starts again from 1: its entries must not
+  overwrite its predecessor's at the back office.
 - **Never in the sale's way.** After a transaction the engine uploads with a short timeout
   (:data:`AFTER_TRANSACTION_TIMEOUT_S`), skips it while an earlier failure's backoff runs, and
   swallows any failure: the sale's outcome is already journalled and final.
@@ -72,7 +76,8 @@ from tillroll.terminal.wallet_states import WALLET_OPEN
 log = logging.getLogger("tillroll.terminal")
 
 BODY_VERSION = 1
-ENTRIES_MAX = 50  # per upload: with the status, well under the back office's 64 KiB body limit
+ENTRIES_MAX = 50  # per upload, and fewer when they would not fit in BODY_MAX_BYTES
+BODY_MAX_BYTES = 56 * 1024  # under the back office's 64 KiB body limit, whatever the notes hold
 ALERTS_MAX = 20
 CLOSED_BATCHES_MAX = 10
 COMMANDS_MAX = 20  # handed over per answer; acknowledgements per upload
@@ -111,6 +116,11 @@ upload_commands = Table(
 CommandRunner = Callable[[str, str | None], tuple[bool, str]]
 
 
+def card_key(batch: str, stan: str) -> str:
+    """A card entry's key at the back office: ``card:<batch>.<trace>``."""
+    return f"card:{batch}.{stan}"
+
+
 def iso_us(instant: datetime) -> str:
     """``2026-11-29T06:05:09.123456Z``: microseconds kept, the order of changes depends on them."""
     aware = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
@@ -140,10 +150,8 @@ def _get(conn: Connection, name: str) -> int | None:
 
 
 def _set(conn: Connection, name: str, value: int) -> None:
-    if _get(conn, name) is None:
+    if not conn.execute(update(counters).where(counters.c.name == name).values(value=value)).rowcount:
         conn.execute(insert(counters).values(name=name, value=value))
-    else:
-        conn.execute(update(counters).where(counters.c.name == name).values(value=value))
 
 
 def _text(value: str | None, limit: int) -> str | None:
@@ -213,8 +221,9 @@ class JournalUploader:
         log.warning("terminal %s: journal upload failed: %s", self.tid, why)
 
     def _succeeded(self, conn: Connection) -> None:
-        _set(conn, _FAILURES, 0)
-        _set(conn, _RETRY_AT, 0)
+        if _get(conn, _FAILURES):
+            _set(conn, _FAILURES, 0)
+            _set(conn, _RETRY_AT, 0)
 
     # --- what is sent -----------------------------------------------------------------------
 
@@ -241,23 +250,28 @@ class JournalUploader:
             return col > at
         return or_(col > at, and_(col == at, table.c.id > mark_id))
 
-    def pending_page(self, conn: Connection) -> list[dict[str, Any]]:
-        """The next entries to send (at most :data:`ENTRIES_MAX`), oldest change first."""
+    def pending_page(self, conn: Connection, limit: int = ENTRIES_MAX) -> list[dict[str, Any]]:
+        """The next entries to send (at most ``limit``), oldest change first."""
         mark = self._watermark(conn)
         rows: list[dict[str, Any]] = []
-        rows += self._card_rows(conn, self._after(txns, RAIL_RANK["card"], mark))
-        rows += self._order_rows(conn, self._after(wallet_orders, RAIL_RANK["wallet"], mark))
-        rows += self._refund_rows(conn, self._after(wallet_refunds, RAIL_RANK["wallet_refund"], mark))
+        rows += self._card_rows(conn, self._after(txns, RAIL_RANK["card"], mark), limit)
+        rows += self._order_rows(conn, self._after(wallet_orders, RAIL_RANK["wallet"], mark), limit)
+        rows += self._refund_rows(conn, self._after(wallet_refunds, RAIL_RANK["wallet_refund"], mark), limit)
         rows.sort(key=lambda e: (e["updated_at"], RAIL_RANK[e["entry_key"].split(":")[0]], e["_id"]))
-        return rows[:ENTRIES_MAX]
+        return rows[:limit]
 
-    def _card_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _card_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
+        orig = txns.alias("orig")
         q = (
-            select(txns, contacts.c.contact)
-            .select_from(txns.outerjoin(contacts, contacts.c.txn_id == txns.c.id))
+            select(txns, contacts.c.contact, orig.c.batch.label("orig_batch"), orig.c.stan.label("orig_stan"))
+            .select_from(
+                txns.outerjoin(contacts, contacts.c.txn_id == txns.c.id).outerjoin(
+                    orig, orig.c.id == txns.c.orig_txn_id
+                )
+            )
             .where(after)
             .order_by(txns.c.updated_at, txns.c.id)
-            .limit(ENTRIES_MAX)
+            .limit(limit)
         )
         out = []
         for r in conn.execute(q).mappings():
@@ -265,7 +279,7 @@ class JournalUploader:
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"card:{r['id']}",
+                    "entry_key": card_key(r["batch"], r["stan"]),
                     "rail": "card",
                     "kind": r["kind"],
                     "state": r["state"],
@@ -273,7 +287,7 @@ class JournalUploader:
                     "stan": r["stan"],
                     "rrn": r["rrn"],
                     "order_no": None,
-                    "original_key": f"card:{r['orig_txn_id']}" if r["orig_txn_id"] else None,
+                    "original_key": card_key(r["orig_batch"], r["orig_stan"]) if r["orig_batch"] else None,
                     "amount_minor": r["amount_minor"],
                     "currency": request.get("49") or "156",
                     "card_masked": r["pan_masked"],  # masked when journalled (first 6, last 4)
@@ -289,14 +303,14 @@ class JournalUploader:
             )
         return out
 
-    def _order_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _order_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = select(wallet_orders).where(after).order_by(wallet_orders.c.updated_at, wallet_orders.c.id)
         out = []
-        for r in conn.execute(q.limit(ENTRIES_MAX)).mappings():
+        for r in conn.execute(q.limit(limit)).mappings():
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"wallet:{r['id']}",
+                    "entry_key": f"wallet:{r['out_trade_no']}",
                     "rail": "wallet",
                     "kind": "qr_pay",
                     "state": r["state"],
@@ -320,20 +334,20 @@ class JournalUploader:
             )
         return out
 
-    def _refund_rows(self, conn: Connection, after: Any) -> list[dict[str, Any]]:
+    def _refund_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = (
-            select(wallet_refunds, wallet_orders.c.code_masked)
+            select(wallet_refunds, wallet_orders.c.code_masked, wallet_orders.c.out_trade_no)
             .select_from(wallet_refunds.join(wallet_orders, wallet_orders.c.id == wallet_refunds.c.order_id))
             .where(after)
             .order_by(wallet_refunds.c.updated_at, wallet_refunds.c.id)
-            .limit(ENTRIES_MAX)
+            .limit(limit)
         )
         out = []
         for r in conn.execute(q).mappings():
             out.append(
                 {
                     "_id": r["id"],
-                    "entry_key": f"wallet_refund:{r['id']}",
+                    "entry_key": f"wallet_refund:{r['out_refund_no']}",
                     "rail": "wallet",
                     "kind": "qr_refund",
                     "state": r["state"],
@@ -341,7 +355,7 @@ class JournalUploader:
                     "stan": r["stan"],
                     "rrn": None,
                     "order_no": r["out_refund_no"],
-                    "original_key": f"wallet:{r['order_id']}",
+                    "original_key": f"wallet:{r['out_trade_no']}",
                     "amount_minor": r["amount_minor"],
                     "currency": "156",
                     "card_masked": r["code_masked"],
@@ -498,12 +512,17 @@ class JournalUploader:
         uploads = sent = ran = 0
         client = self._client or httpx.Client(trust_env=False)
         try:
+            status: dict[str, Any] | None = None  # once per round, again after commands ran
             for _ in range(PAGES_MAX):
                 with self.journal.begin() as conn:
-                    page = self.pending_page(conn)
+                    candidates = self.pending_page(conn, ENTRIES_MAX + 1)  # one more: is there more?
+                    page = candidates[:ENTRIES_MAX]
                     acks = self._acks(conn)
-                    status = self.status(conn, printer)
+                    status = status or self.status(conn, printer)
                 body = self.body(page, status, acks)
+                while len(body) > BODY_MAX_BYTES and len(page) > 1:  # long notes: a shorter page
+                    page = page[: len(page) // 2]
+                    body = self.body(page, status, acks)
                 left_s = deadline - self.clock.monotonic()
                 if left_s < MIN_TIMEOUT_S and uploads:
                     return UploadRound(uploads, sent, False, ran)
@@ -513,10 +532,11 @@ class JournalUploader:
                 uploads += 1
                 sent += len(page)
                 self._accepted(page, acks, answer)
-                if run_command is not None:
-                    ran += self._run(run_command)  # their outcomes go in the next upload of this round
+                if run_command is not None and (done := self._run(run_command)):
+                    ran += done  # their outcomes (and the entries they changed) go in the next upload
+                    status = None
                 with self.journal.begin() as conn:
-                    more = len(page) == ENTRIES_MAX or bool(self._acks(conn))
+                    more = len(candidates) > len(page) or bool(self._acks(conn)) or status is None
                 if not more:
                     return UploadRound(uploads, sent, True, ran)
             return UploadRound(uploads, sent, False, ran)

@@ -290,12 +290,12 @@ class Resident:
     def _upload(self, term: Terminal) -> None:
         """The journal's changes, the status and command outcomes to the back office (bounded by
         the back-office timeout per request; skipped while a failure's backoff runs)."""
-        uploader = term.uploader
-        if uploader is None or not uploader.due():
-            return
         now_s = self.clock.monotonic()
         heartbeat = self._uploaded_s is None or now_s - self._uploaded_s >= UPLOAD_HEARTBEAT_S
         try:
+            uploader = term.uploader
+            if uploader is None or not uploader.due():
+                return
             if not heartbeat and not uploader.has_work():
                 return
             done = term.upload_journal(budget_s=term.config.backoffice_timeout_s)

@@ -104,7 +104,7 @@ _KINDS: dict[str, tuple[str, dict[str, frozenset[str]]]] = {
     "wallet": ("wallet", {"qr_pay": frozenset(s.value for s in WalletState)}),
     "wallet_refund": ("wallet", {"qr_refund": _REFUND_STATES}),
 }
-_ENTRY_KEY = re.compile(r"^(card|wallet|wallet_refund):([1-9][0-9]{0,11})$")
+_ENTRY_KEY = re.compile(r"^(?:card:[0-9]{6}\.[0-9]{6}|(?:wallet|wallet_refund):[A-Za-z0-9_-]{1,32})$")
 _SIX = re.compile(r"^[0-9]{6}$")
 _RRN = re.compile(r"^[0-9A-Za-z]{12}$")
 _ORDER = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
@@ -185,7 +185,12 @@ def check_entry(doc: Any, where: str, now: datetime) -> dict[str, Any]:
         raise Refused(
             f"{where}.{wrong}", "is missing" if wrong in ENTRY_KEYS else "is not a field of an entry"
         )
-    key = _pattern(doc["entry_key"], f"{where}.entry_key", _ENTRY_KEY, "card:N, wallet:N or wallet_refund:N")
+    key = _pattern(
+        doc["entry_key"],
+        f"{where}.entry_key",
+        _ENTRY_KEY,
+        "card:<batch>.<trace>, wallet:<order> or wallet_refund:<refund>",
+    )
     assert key is not None
     rail, kinds = _KINDS[key.split(":")[0]]
     if doc["rail"] != rail:
@@ -227,13 +232,20 @@ def check_entry(doc: Any, where: str, now: datetime) -> dict[str, Any]:
     assert created is not None and updated is not None
     if updated < created:
         raise Refused(f"{where}.updated_at", "is before created_at")
+    batch = _pattern(doc["batch"], f"{where}.batch", _SIX, "6 digits")
+    stan = _pattern(doc["stan"], f"{where}.stan", _SIX, "6 digits")
+    suffix = key.split(":", 1)[1]
+    if rail == "card" and suffix != f"{batch}.{stan}":
+        raise Refused(f"{where}.entry_key", "must be card:<batch>.<stan> of the entry")
+    if rail == "wallet" and suffix != doc["order_no"]:
+        raise Refused(f"{where}.entry_key", "must name the entry's order_no")
     return {
         "entry_key": key,
         "rail": rail,
         "kind": doc["kind"],
         "state": doc["state"],
-        "batch": _pattern(doc["batch"], f"{where}.batch", _SIX, "6 digits"),
-        "stan": _pattern(doc["stan"], f"{where}.stan", _SIX, "6 digits"),
+        "batch": batch,
+        "stan": stan,
         "rrn": _pattern(doc["rrn"], f"{where}.rrn", _RRN, "12 letters or digits", nullable=True),
         "order_no": _pattern(doc["order_no"], f"{where}.order_no", _ORDER, "an order number", nullable=True),
         "original_key": original,
@@ -352,17 +364,21 @@ def _insert(conn: Connection) -> Any:
     return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
-def _upsert_entry(conn: Connection, tid: str, entry: Mapping[str, Any], now: datetime) -> bool:
-    """True when stored (new, or newer than the stored revision)."""
-    stmt = _insert(conn)(journal_entries).values(tid=tid, received_at=now, **entry)
-    changed = {k: stmt.excluded[k] for k in entry if k != "entry_key"}
+def _upsert_entries(conn: Connection, tid: str, entries: list[dict[str, Any]], now: datetime) -> int:
+    """One statement for the page (executemany): each row inserted when new, replaced when its
+    ``updated_at`` is newer than the stored one; returns how many were stored."""
+    if not entries:
+        return 0
+    stmt = _insert(conn)(journal_entries)
+    changed = {k: stmt.excluded[k] for k in ENTRY_KEYS if k != "entry_key"}
     changed["received_at"] = stmt.excluded.received_at
     stmt = stmt.on_conflict_do_update(
         index_elements=["tid", "entry_key"],
         set_=changed,
         where=journal_entries.c.updated_at < stmt.excluded.updated_at,
     ).returning(journal_entries.c.id)
-    return conn.execute(stmt).first() is not None
+    rows = [{"tid": tid, "received_at": now, **e} for e in entries]
+    return len(conn.execute(stmt, rows).all())
 
 
 def _upsert_status(conn: Connection, tid: str, status: Mapping[str, Any], now: datetime) -> bool:
@@ -456,7 +472,7 @@ def accept_journal(
         return Answer(status, {"error": "bad_upload", "detail": exc.detail, "field": exc.where})
     try:
         with engine.begin() as conn:
-            stored = sum(_upsert_entry(conn, tid, e, now) for e in upload.entries)
+            stored = _upsert_entries(conn, tid, upload.entries, now)
             fresh = _upsert_status(conn, tid, upload.status, now)
             acknowledged = _acknowledge(conn, tid, mid, upload.acks, now)
             commands = _hand_over(conn, tid, acknowledged, fresh, now)

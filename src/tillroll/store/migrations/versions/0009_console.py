@@ -88,7 +88,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("token_hash", name=op.f("pk_console_sessions")),
     )
 
-
     # The console reads one merchant's terminals over a time range (today, analytics, search).
     op.create_index("ix_journal_entries_tid_created_at", "journal_entries", ["tid", "created_at"])
 
