@@ -235,6 +235,9 @@ def _run(
     stage.fill_card(conn, lo=lo, hi=hi)
     stage.fill_statement(conn, lo=lo, hi=hi)
     stage.fill_wallet(conn, lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
+    if conn.dialect.name == "postgresql":  # a temporary table has no statistics until asked:
+        for table in ("rc_day", "rc_term", "rc_card", "rc_stmt", "rc_wallet"):  # without, nested loops
+            conn.exec_driver_sql(f"ANALYZE {table}")
     for rule in rules.RULES:
         rule(conn, p)
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))

@@ -222,10 +222,7 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     cols = [c.name for c in rc_card.c]
     conn.execute(rc_card.insert().from_select(cols, journal_side))
     t = transactions
-    # most host rows were matched just now (rc_card, in memory): only the others are looked for
-    # in the store's journal (a partner outside the window still counts as one)
-    conn.exec_driver_sql("CREATE INDEX ix_rc_card_h_id ON rc_card (h_id)")  # goes with the table
-    staged = exists().where(rc_card.c.h_id == t.c.id)
+    # a partner outside the window still counts as one: the store's journal is asked
     named_by_rrn = exists().where(je.c.rrn == t.c.rrn)
     named_by_stan = exists().where(
         je.c.tid == t.c.tid, je.c.batch == t.c.batch, je.c.stan == t.c.stan, je.c.kind == t.c.kind
@@ -262,7 +259,6 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
             t.c.created_at >= rc_day.c.lo,  # only the day's own: a partner is looked for wider
             t.c.created_at < rc_day.c.hi,
             t.c.kind.in_(CARD_KINDS),
-            ~staged,
             ~named_by_rrn,
             ~named_by_stan,
         )
