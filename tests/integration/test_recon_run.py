@@ -22,7 +22,7 @@ from tillroll.recon.model import ExceptionClass
 from tillroll.recon.run import ReconConfig, run_day
 from tillroll.recon.statement import import_statement
 from tillroll.store import make_engine, migrate
-from tillroll.store.tables import recon_exceptions, recon_runs, statement_problems
+from tillroll.store.tables import backoffice_facts, recon_exceptions, recon_runs, statement_problems
 from tillroll.wallet.bill import HEADER
 
 DAY = date(2026, 12, 1)
@@ -223,3 +223,25 @@ def test_the_business_day_is_the_merchants_own(store: Engine) -> None:
     run_day(store, DAY, now=gen.hi + timedelta(hours=2))
     assert found(store) == expected(spec)
     assert run_day(store, date(2026, 11, 30), now=gen.hi + timedelta(hours=2)).opened == []  # the day before
+
+
+def test_an_e_receipt_kept_for_the_merchant_told_the_customer_nothing(store: Engine) -> None:
+    """Rule N is about a customer told "paid": an e-receipt fact with no customer contact (the
+    slip kept for the merchant) of a sale that was then reversed is no missing notice."""
+    engine = store
+    spec = DaySpec(
+        DAY, PAYMENTS, plant(PAYMENTS, [Fault.CARD_TOLD_REVERSED, Fault.WALLET_TOLD_REVOKED], seed=3)
+    )
+    load(engine, spec)
+    with engine.begin() as conn:
+        conn.execute(
+            update(backoffice_facts)
+            .where(backoffice_facts.c.kind == "e_receipt")
+            .values(recipient="merchant")
+        )
+    run_day(engine, DAY, now=AFTER)
+    told = {e for e in found(engine) if e.cls is ExceptionClass.NOTIFIED_NOT_FINAL}
+    assert told == set()
+    assert {e.cls for e in expected(spec)} >= {
+        ExceptionClass.NOTIFIED_NOT_FINAL
+    }  # planted, with a contact it is found

@@ -51,6 +51,7 @@ from tillroll.store.tables import (
     transactions,
     wallet_statement_rows,
 )
+from tillroll.terminal.announce import MERCHANT
 
 rc_found = _temp(
     "rc_found",
@@ -594,15 +595,21 @@ def refunds_exceed_sale(conn: Connection, p: Params) -> int:
     return n + _insert(conn, wallet)
 
 
-def _fact(kind: str, tid: Any, reference: Any) -> Any:
+def _fact(kind: str, tid: Any, reference: Any, *, to_customer: bool = False) -> Any:
+    """A fact of this kind about this payment was received; ``to_customer``: one addressed to
+    the customer's own contact (an e-receipt kept for the merchant told the customer nothing)."""
     f = backoffice_facts.alias()
-    return exists().where(f.c.kind == kind, f.c.tid == tid, f.c.reference == reference)
+    where = [f.c.kind == kind, f.c.tid == tid, f.c.reference == reference]
+    if to_customer:
+        where.append(f.c.recipient != MERCHANT)
+    return exists().where(*where)
 
 
 def notified_not_final(conn: Connection, p: Params) -> int:
-    """Rule N notified_not_final: the customer was sent the e-receipt ("paid") of a payment that
-    ended otherwise — a card sale the host has reversed, voided or declined; a wallet order
-    reversed, closed or REVOKED on the statement — and no "payment cancelled" notice followed.
+    """Rule N notified_not_final: the customer was sent the e-receipt ("paid", to their own
+    contact) of a payment that ended otherwise — a card sale the host has reversed, voided or
+    declined; a wallet order reversed, closed or REVOKED on the statement — and no "payment
+    cancelled" notice followed.
     The facts' reference is ``batch.trace`` on the card rail, the order number on the wallet's."""
     c = rc_card.c
     ref = c.batch + "." + c.stan
@@ -635,7 +642,7 @@ def notified_not_final(conn: Connection, p: Params) -> int:
             c.h_status.in_(("reversed", "voided", "declined")),
             and_(c.h_id.is_(None), c.j_state != "approved"),
         ),
-        _fact("e_receipt", c.tid, ref),
+        _fact("e_receipt", c.tid, ref, to_customer=True),
         ~_fact("payment_cancelled", c.tid, ref),
     )
     n = _insert(conn, card)
@@ -666,7 +673,7 @@ def notified_not_final(conn: Connection, p: Params) -> int:
         w.kind == "pay",
         w.j_id.is_not(None),
         or_(w.j_state.in_(("revoked", "closed")), w.s_state == "REVOKED"),
-        _fact("e_receipt", w.tid, w.order_no),
+        _fact("e_receipt", w.tid, w.order_no, to_customer=True),
         ~_fact("payment_cancelled", w.tid, w.order_no),
     )
     return n + _insert(conn, wallet)
