@@ -219,6 +219,8 @@ def test_a_jammed_printer_sends_the_e_receipt_at_once_and_its_link_opens_it(
         assert report.delivered == 2
         received = next(m for m in sink.messages if m.rcpt_tos == (CONTACT,))
     assert url in received.text
+    # ... and the self-service page, for "charged but no receipt" / "my refund has not arrived".
+    assert f"{web.url}/console/help" in received.text and "refund not arrived" in received.text
     # The reprinted slip's QR code is the same link.
     assert all(f"[QR] {url}" in doc for doc in slip_docs)
     local = to_merchant_local(entry.approved_at, term.config.zone)

@@ -14,7 +14,7 @@ from tillroll.notify.contacts import Channel, ContactError, parse_contact
 from tillroll.notify.facts import AlertKind, FactError, full_card_numbers, parse_fact
 from tillroll.notify.outbox import MessageKind
 from tillroll.notify.relay import DIRECT_SCHEDULE, WEBHOOK_SCHEDULE, Schedule
-from tillroll.notify.templates import render, webhook_event
+from tillroll.notify.templates import help_url, render, webhook_event
 from tillroll.pan import luhn_ok
 
 AT = datetime(2026, 12, 2, 1, 30, 15)  # 09:30:15 in Shanghai
@@ -61,6 +61,19 @@ def test_an_e_receipt_carries_its_link_and_the_masked_number() -> None:
         parse_fact(MessageKind.E_RECEIPT, fact(link=link, pan_masked="622202*********0128", brand="银联"))
     )
     assert link in out.text and "622202*********0128" in out.text
+
+
+@pytest.mark.parametrize(
+    "kind", [MessageKind.E_RECEIPT, MessageKind.PAYMENT_CANCELLED, MessageKind.REFUND_APPROVED]
+)
+def test_every_customer_message_links_the_self_service_page_when_given(kind: MessageKind) -> None:
+    help_link = help_url("https://shop.example.com/")
+    extra = {"link": "http://127.0.0.1:8000/r/tok", "state": "reversed"}
+    out = render(parse_fact(kind, fact(help=help_link, **extra)))
+    assert help_link == "https://shop.example.com/console/help"
+    zh, en = out.text.split("\n")
+    assert zh.endswith(help_link) and en.endswith(help_link)
+    assert "console/help" not in render(parse_fact(kind, fact(**extra))).text  # none given, none shown
 
 
 @pytest.mark.parametrize(

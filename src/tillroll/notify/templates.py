@@ -19,6 +19,17 @@ from tillroll.notify.outbox import MessageKind
 from tillroll.pan import mask_pan
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+SELF_SERVICE_PATH = "/console/help"  # the customer's own lookup (tillroll.console.selfservice)
+# Every customer message ends with the self-service link when the fact carries one (``help``).
+HELP_LINE = (
+    "有疑问（扣款无小票、退款未到账）：{help}",
+    "Charged without a receipt, or a refund not arrived? {help}",
+)
+
+
+def help_url(base_url: str) -> str:
+    """The self-service page on the back office at ``base_url``."""
+    return base_url.rstrip("/") + SELF_SERVICE_PATH
 
 # Customer messages: (中文, English). Fields: merchant, amount, time, method, link.
 CUSTOMER: dict[MessageKind, tuple[str, str]] = {
@@ -160,6 +171,7 @@ def fields(fact: Fact) -> dict[str, str]:
         "via_zh": f"，{shown}" if shown else "",
         "via_en": f", {shown}" if shown else "",
         "link": str(d.get("link", "")),
+        "help": str(d.get("help", "")),
         "tid": str(d.get("tid", "")),
         "batch": str(d.get("batch", "")),
         "count": str(count),
@@ -178,6 +190,8 @@ def render(fact: Fact) -> Rendered:
     else:
         subj_zh, subj_en = SUBJECTS[fact.kind]
         zh, en = CUSTOMER[fact.kind]
+        if values["help"]:
+            zh, en = zh + HELP_LINE[0], en + " " + HELP_LINE[1]
     subject = f"{merchant} {subj_zh} / {subj_en}" if merchant else f"{subj_zh} / {subj_en}"
     text = zh.format(**values) + "\n" + en.format(**values)
     out = Rendered(subject=subject, text=text)

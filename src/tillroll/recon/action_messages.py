@@ -16,6 +16,7 @@ from tillroll.notify.contacts import ContactError, parse_contact
 from tillroll.notify.facts import AlertKind, FactError
 from tillroll.notify.outbox import Channel, MessageKind
 from tillroll.notify.routing import fan_out
+from tillroll.notify.templates import help_url
 from tillroll.recon.action_effects import Effect, Env, Exc, entries_of, host_sale
 from tillroll.recon.model import ActionKind, ActionOutcome
 from tillroll.store.tables import backoffice_facts, e_receipts, merchants, recon_actions, terminals
@@ -126,6 +127,7 @@ def _customer_fact(env: Env, exc: Exc, what: str, contact: str, pay: Payment) ->
         "contact": contact,
         "tid": exc.tid,
         "reference": exc.reference or exc.key,
+        "help": help_url(env.base_url),
     }
     if pay.tz:
         fact["tz"] = pay.tz

@@ -35,6 +35,7 @@ from tillroll.host.store import key_label
 from tillroll.notify.contacts import ContactError as ContactRefused
 from tillroll.notify.facts import FactError as NotifyFactError
 from tillroll.notify.outbox import MessageKind
+from tillroll.notify.templates import help_url
 from tillroll.store.tables import backoffice_facts, e_receipts, terminals
 from tillroll.terminal.announce import MERCHANT, fact_message_id
 from tillroll.terminal.facts import (
@@ -209,12 +210,14 @@ def notice_fact(
 ) -> dict[str, Any]:
     """The fact as the notifications take it (``tillroll.notify.fan_out``): the terminal's fields,
     plus ``id`` (the message id), ``at`` (the UTC instant), ``contact`` (the customer's, when one
-    was given) and ``link`` (the e-receipt's address on this back office)."""
+    was given), ``link`` (the e-receipt's address on this back office) and, for a customer, ``help``
+    (the self-service page: "charged but no receipt", "my refund has not arrived")."""
     out = dict(fact.payload)
     out["id"] = message_id
     out["at"] = utc_iso(fact.at_utc)
     if recipient != MERCHANT:
         out["contact"] = recipient
+        out["help"] = help_url(base_url)
     if fact.slip is not None:
         out["link"] = f"{base_url}/r/{token}"
     # the names the notifications' templates show a card or code, its brand and the zone by
