@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from datetime import datetime
 from typing import Any
 
@@ -73,6 +74,8 @@ def test_every_customer_message_links_the_self_service_page_when_given(kind: Mes
     assert help_link == "https://shop.example.com/console/help"
     zh, en = out.text.split("\n")
     assert zh.endswith(help_link) and en.endswith(help_link)
+    # every link stands apart: what a phone would make a link of is exactly one of ours
+    assert set(re.findall(r"https?://\S+", out.text)) <= {help_link, extra["link"]}
     assert "console/help" not in render(parse_fact(kind, fact(**extra))).text  # none given, none shown
 
 

@@ -191,7 +191,8 @@ def render(fact: Fact) -> Rendered:
         subj_zh, subj_en = SUBJECTS[fact.kind]
         zh, en = CUSTOMER[fact.kind]
         if values["help"]:
-            zh, en = zh + HELP_LINE[0], en + " " + HELP_LINE[1]
+            # a space before it: a link that ends a line must not run into the next words
+            zh, en = zh + " " + HELP_LINE[0], en + " " + HELP_LINE[1]
     subject = f"{merchant} {subj_zh} / {subj_en}" if merchant else f"{subj_zh} / {subj_en}"
     text = zh.format(**values) + "\n" + en.format(**values)
     out = Rendered(subject=subject, text=text)
