@@ -419,9 +419,9 @@ def card_duplicates(conn: Connection, p: Params) -> int:
     c = rc_card.c
     sales = and_(c.core == 1, c.kind == "sale", c.h_status == "approved")
     part = (c.tid, c.h_pan, c.h_amount)
-    groups = (
-        select(*part).where(sales).group_by(*part).having(func.count(func.distinct(c.h_id)) > 1).subquery("g")
-    )
+    # count(*), not count(DISTINCT h_id): cheaper, and a group whose rows all name one host sale
+    # (two journal entries of one charge) is dropped by ``prev_id != h_id`` below
+    groups = select(*part).where(sales).group_by(*part).having(func.count() > 1).subquery("g")
     order = (c.h_at, c.h_id)
     ranked = (
         select(
