@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tillroll.crypto import encrypt_pin_block, unwrap_working_keys
 from tillroll.crypto.keys import WorkingKeys
+from tillroll.host.admin import add_card, add_merchant, add_terminal
+from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
 from tillroll.iso8583.messages import Message, mac_matches, pack, sign, unpack
 
@@ -21,6 +25,22 @@ TMK = bytes.fromhex("70F2A84CCBC2AE8625CBB0F2C22AB923")
 PAN = "6222021234567890123"
 EXPIRY = "3012"
 PIN = "123456"
+MERCHANT_NAME = "一号便利店"
+CARD_BALANCE_MINOR = 100_000
+
+
+@contextmanager
+def host_store(db_url: str, *, mid: str = MID, tid: str = TID) -> Iterator[HostStore]:
+    """The host's store on `db_url` with one merchant, its terminal (key TMK) and the test card
+    (PAN, CARD_BALANCE_MINOR): the `store` fixture of most host tests."""
+    store = open_store(db_url)
+    try:
+        add_merchant(store, mid, MERCHANT_NAME)
+        add_terminal(store, tid, mid, TMK)
+        add_card(store, PAN, EXPIRY, PIN, CARD_BALANCE_MINOR)
+        yield store
+    finally:
+        store.engine.dispose()
 
 
 @dataclass

@@ -7,74 +7,30 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
 import pytest
-from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
+from hostwire import MID, PAN, TID, WireClient, host_store
+from reconkit import T0, deliver, journal_entry
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
 from tillroll.cli import app
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal
-from tillroll.host.store import HostStore, open_store
-from tillroll.notify.deadletter import back_office_dead_letter
+from tillroll.host.store import HostStore
 from tillroll.notify.facts import full_card_numbers
-from tillroll.notify.outbox import Channel, MessageKind
-from tillroll.notify.relay import Relay, RelayConfig, Schedule
+from tillroll.notify.outbox import MessageKind
 from tillroll.notify.routing import fan_out
-from tillroll.notify.smtp import SmtpConfig, SmtpSender
 from tillroll.recon.diagnose import diagnose
 from tillroll.recon.story import payment_story
 from tillroll.sim.smtp_sink import SmtpSink
-from tillroll.store.tables import backoffice_facts, journal_entries, outbox, wallet_statement_rows
-
-T0 = datetime(2026, 12, 2, 11, 2, 0)  # 19:02 in Shanghai
+from tillroll.store.tables import backoffice_facts, wallet_statement_rows
 
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, "一号便利店")
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
-
-
-def journal_entry(store: HostStore, **values: Any) -> None:
-    row = {
-        "tid": TID,
-        "rail": "card",
-        "kind": "sale",
-        "batch": "000001",
-        "card_masked": "622202*********0123",
-        "receipt": "none",
-        "created_at": T0,
-        "updated_at": T0,
-        "received_at": T0,
-        **values,
-    }
-    with store.engine.begin() as conn:
-        conn.execute(insert(journal_entries).values(**row))
-
-
-def deliver(store: HostStore, sink: SmtpSink, clock: FakeClock) -> None:
-    sender = SmtpSender(SmtpConfig("127.0.0.1", sink.port, timeout_s=5.0))
-    config = RelayConfig(lease_s=30.0, schedules={Channel.EMAIL: Schedule(retry_delays_s=(0.0,))})
-    relay = Relay(
-        store.engine,
-        outbox,
-        {Channel.EMAIL: sender},
-        clock=clock,
-        config=config,
-        on_dead=back_office_dead_letter,
-    )
-    try:
-        relay.run_once()
-    finally:
-        sender.close()
+    with host_store(db_url) as s:
+        yield s
 
 
 @pytest.fixture

@@ -7,25 +7,21 @@ import struct
 from collections.abc import Iterator
 
 import pytest
-from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
+from hostwire import MID, PAN, TID, WireClient, host_store
 
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
+from tillroll.host.admin import card_balance, card_messages
 from tillroll.host.config import HostConfig
-from tillroll.host.store import HostStore, open_store
+from tillroll.host.store import HostStore
 from tillroll.iso8583 import framing
 from tillroll.iso8583.messages import Message, pack
 
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, "一号便利店")
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
+    with host_store(db_url) as s:
+        yield s
 
 
 @pytest.fixture

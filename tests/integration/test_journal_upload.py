@@ -23,15 +23,16 @@ from typing import Any
 
 import httpx
 import pytest
+from hostwire import host_store
 from sqlalchemy import func, insert, select
 from typer.testing import CliRunner
+from webstack import Web
 
 from tillroll.clock import SystemClock
 from tillroll.crypto.backoffice import JOURNAL_PREFIX, SIGNATURE_HEADER, backoffice_key, sign_fact
 from tillroll.crypto.keystore import KeyStore
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal
-from tillroll.host.store import HostStore, open_store
+from tillroll.host.store import HostStore
 from tillroll.sim.fault_proxy import Fault, FaultProxy
 from tillroll.sim.printer_emulator import PrinterEmulator
 from tillroll.store.tables import audit_log, journal_entries, terminal_commands, terminal_status
@@ -48,7 +49,7 @@ from tillroll.terminal.cli import app as pos_app
 from tillroll.terminal.journal import Journal, txns
 from tillroll.terminal.journal_upload import ENTRIES_MAX, JournalUploader, UploadRound
 from tillroll.terminal.resident import Resident
-from tillroll.web import WebConfig, WebServer, create_app
+from tillroll.web import WebConfig
 
 MID = "898310048990001"
 TID = "10000001"
@@ -59,20 +60,10 @@ EXPIRY = "3012"
 PIN = "123456"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, "一号便利店")
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
+    with host_store(db_url, mid=MID, tid=TID) as s:
+        yield s
 
 
 @pytest.fixture
@@ -85,28 +76,6 @@ def host(store: HostStore) -> Iterator[HostServer]:
 def proxy(host: HostServer) -> Iterator[FaultProxy]:
     with FaultProxy(host.address) as p:
         yield p
-
-
-class Web:
-    """The web app on a port chosen now, started and stopped at will (the back office down)."""
-
-    def __init__(self, store: HostStore) -> None:
-        self.port = free_port()
-        self.config = WebConfig(port=self.port)
-        self.store = store
-        self.server: WebServer | None = None
-
-    @property
-    def url(self) -> str:
-        return self.config.base_url
-
-    def start(self) -> None:
-        self.server = WebServer(create_app(self.config, self.store), port=self.port).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
+from hostwire import MID, PAN, TID, WireClient, host_store
 from moneycheck import over_returned
+from reconkit import T0, deliver, journal_entry
 from sqlalchemy import func, insert, select
 from walletserver import MCH_ID, MCH_KEY, MCH_NAME, wallet_server
 
@@ -21,13 +21,10 @@ from tillroll import ledger
 from tillroll.clock import FakeClock
 from tillroll.console import audit
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance, card_messages
-from tillroll.host.store import HostStore, open_store
-from tillroll.notify.deadletter import back_office_dead_letter
+from tillroll.host.admin import card_balance, card_messages
+from tillroll.host.store import HostStore
 from tillroll.notify.endpoints import add_endpoint
 from tillroll.notify.outbox import Channel, MessageKind
-from tillroll.notify.relay import Relay, RelayConfig, Schedule
-from tillroll.notify.smtp import SmtpConfig, SmtpSender
 from tillroll.recon.actions import ActionContext, act, act_many, apply_automatic
 from tillroll.recon.model import ActionKind, ActionOutcome, ExceptionClass, ExceptionState
 from tillroll.sim.smtp_sink import SmtpSink
@@ -46,17 +43,11 @@ from tillroll.terminal.wallet_config import WalletSettings
 from tillroll.wallet.admin import add_merchant as wallet_merchant
 from tillroll.wallet.admin import add_user, issue_code
 
-T0 = datetime(2026, 12, 2, 11, 2, 0)  # 19:02 in Shanghai
-
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, "一号便利店")
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
+    with host_store(db_url) as s:
+        yield s
 
 
 @pytest.fixture
@@ -80,25 +71,6 @@ def client(host: HostServer) -> Iterator[WireClient]:
 @pytest.fixture
 def ctx(store: HostStore, clock: FakeClock) -> ActionContext:
     return ActionContext(store=store, clock=clock, base_url="http://shop.example:8080")
-
-
-def journal_entry(store: HostStore, **values: Any) -> None:
-    """A journal copy row the way the terminal's upload stores it."""
-    row = {
-        "tid": TID,
-        "rail": "card",
-        "kind": "sale",
-        "batch": "000001",
-        "stan": "000001",
-        "card_masked": "622202*********0123",
-        "receipt": "none",
-        "created_at": T0,
-        "updated_at": T0,
-        "received_at": T0,
-        **values,
-    }
-    with store.engine.begin() as conn:
-        conn.execute(insert(journal_entries).values(**row))
 
 
 def open_exception(store: HostStore, klass: ExceptionClass, key: str, **values: Any) -> int:
@@ -247,18 +219,6 @@ def test_reversing_a_sale_of_a_settled_batch_refunds_it_from_the_merchant(
     assert card_balance(store, PAN) == 100_000
 
 
-def _deliver(store: HostStore, sink: SmtpSink, clock: FakeClock) -> None:
-    """One relay round to the SMTP sink (what `tillroll notify relay` does)."""
-    sender = SmtpSender(SmtpConfig("127.0.0.1", sink.port, timeout_s=5.0))
-    config = RelayConfig(lease_s=30.0, schedules={Channel.EMAIL: Schedule(retry_delays_s=(0.0,))})
-    relay = Relay(store.engine, outbox, {Channel.EMAIL: sender}, clock=clock, config=config,
-                  on_dead=back_office_dead_letter)  # fmt: skip
-    try:
-        relay.run_once()
-    finally:
-        sender.close()
-
-
 def test_approval_the_terminal_saw_is_reprinted_and_its_e_receipt_mailed(
     store: HostStore, ctx: ActionContext, clock: FakeClock
 ) -> None:
@@ -313,7 +273,7 @@ def test_approval_the_terminal_saw_is_reprinted_and_its_e_receipt_mailed(
     assert again.outcome is ActionOutcome.SKIPPED and "already asked" in again.detail_en
 
     with SmtpSink() as sink:
-        _deliver(store, sink, clock)
+        deliver(store, sink, clock)
         (mail,) = sink.wait_for(1)
     assert mail.rcpt_tos == ("li@example.com",)
     assert "¥8.80" in mail.text and "http://shop.example:8080/r/" in mail.text
@@ -343,7 +303,7 @@ def test_follow_up_without_a_contact_fails_in_words_and_with_one_reaches_the_cus
     done = act(ctx, exc, ActionKind.CONTACT_CUSTOMER, actor="wang")
     assert done.outcome is ActionOutcome.QUEUED and exception_row(store, exc)["owner"] == "wang"
     with SmtpSink() as sink:
-        _deliver(store, sink, clock)
+        deliver(store, sink, clock)
         (mail,) = sink.wait_for(1)
     assert "¥42.00" in mail.text and "contact the merchant" in mail.text and "请联系商户" in mail.text
     assert actions_of(store, exc) == [

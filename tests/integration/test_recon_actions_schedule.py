@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from hostwire import EXPIRY, MID, PAN, PIN, TID, TMK, WireClient
+from hostwire import PAN, TID, WireClient, host_store
 from sqlalchemy import func, insert, select
 
 from tillroll.clock import FakeClock
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal, card_balance
-from tillroll.host.store import HostStore, open_store
+from tillroll.host.admin import card_balance
+from tillroll.host.store import HostStore
 from tillroll.recon.model import ActionKind, ActionOutcome
 from tillroll.recon.scheduler import ReconScheduleConfig, ReconScheduler, ScheduleConfigError
 from tillroll.store.tables import journal_entries, recon_exceptions, recon_runs
@@ -29,12 +29,8 @@ WAIT_S = 30.0
 
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, "一号便利店")
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
+    with host_store(db_url) as s:
+        yield s
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -21,13 +20,14 @@ from typing import Any
 import httpx
 import pypdf
 import pytest
+from hostwire import host_store
 from sqlalchemy import func, select
+from webstack import Web
 
 from tillroll.clock import Clock, FakeClock, SystemClock, to_merchant_local
 from tillroll.crypto.backoffice import SIGNATURE_HEADER, backoffice_key, sign_fact
 from tillroll.host import HostServer
-from tillroll.host.admin import add_card, add_merchant, add_terminal
-from tillroll.host.store import HostStore, open_store
+from tillroll.host.store import HostStore
 from tillroll.money import format_yuan
 from tillroll.notify.endpoints import add_endpoint
 from tillroll.notify.outbox import Channel, MessageKind, MessageState
@@ -41,7 +41,6 @@ from tillroll.store.tables import outbox as outbox_tables
 from tillroll.terminal import HostAddress, Outcome, ReceiptState, Terminal, TerminalConfig, TxnKind
 from tillroll.terminal.backoffice import fact_body
 from tillroll.terminal.journal import outbox
-from tillroll.web import WebConfig, WebServer, create_app
 
 MID = "898310048990001"
 TID = "10000001"
@@ -55,20 +54,10 @@ MERCHANT = "一号便利店"
 RELAY_BOUND_S = 2.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def store(db_url: str) -> Iterator[HostStore]:
-    s = open_store(db_url)
-    add_merchant(s, MID, MERCHANT)
-    add_terminal(s, TID, MID, TMK)
-    add_card(s, PAN, EXPIRY, PIN, 100_000)
-    yield s
-    s.engine.dispose()
+    with host_store(db_url, mid=MID, tid=TID) as s:
+        yield s
 
 
 @pytest.fixture
@@ -81,29 +70,6 @@ def host(store: HostStore) -> Iterator[HostServer]:
 def proxy(host: HostServer) -> Iterator[FaultProxy]:
     with FaultProxy(host.address) as p:
         yield p
-
-
-class Web:
-    """The web app on a port chosen now, started and stopped at will (the back office down)."""
-
-    def __init__(self, store: HostStore) -> None:
-        self.port = free_port()
-        self.config = WebConfig(port=self.port)
-        self.store = store
-        self.server: WebServer | None = None
-
-    @property
-    def url(self) -> str:
-        return self.config.base_url
-
-    def start(self) -> None:
-        app = create_app(self.config, self.store)
-        self.server = WebServer(app, port=self.port).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
 
 
 @pytest.fixture

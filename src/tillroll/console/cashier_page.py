@@ -164,6 +164,17 @@ def _submit(
     return _job_panel(request, ctx, job)
 
 
+def _pay(
+    request: Request, ctx: ConsoleContext, principal: Principal, op: Operation, amount: str, **params: Any
+) -> HTMLResponse:
+    """A payment of `amount` as typed on the screen; one that is not an amount is not submitted."""
+    engine = _engine_for(ctx, principal)
+    amount_minor = _amount(amount)
+    if amount_minor is None:
+        return _note(request, ctx, key="cash.bad_amount")
+    return _submit(request, ctx, engine, op, amount_minor=amount_minor, **params)
+
+
 @router.post("/cashier/sale", response_class=HTMLResponse)
 def sale(
     request: Request,
@@ -176,16 +187,12 @@ def sale(
     contact: Annotated[str, Form()] = "",
     signature: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
-    engine = _engine_for(ctx, principal)
-    amount_minor = _amount(amount)
-    if amount_minor is None:
-        return _note(request, ctx, key="cash.bad_amount")
-    return _submit(
+    return _pay(
         request,
         ctx,
-        engine,
+        principal,
         Operation.SALE,
-        amount_minor=amount_minor,
+        amount,
         pan=pan.replace(" ", ""),
         expiry=expiry.strip(),
         pin=pin or None,
@@ -203,18 +210,8 @@ def qr(
     code: Annotated[str, Form()],
     contact: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
-    engine = _engine_for(ctx, principal)
-    amount_minor = _amount(amount)
-    if amount_minor is None:
-        return _note(request, ctx, key="cash.bad_amount")
-    return _submit(
-        request,
-        ctx,
-        engine,
-        Operation.QR,
-        amount_minor=amount_minor,
-        code=code.strip(),
-        contact=contact.strip() or None,
+    return _pay(
+        request, ctx, principal, Operation.QR, amount, code=code.strip(), contact=contact.strip() or None
     )
 
 

@@ -32,6 +32,7 @@ from tillroll.console.selfservice_lookup import (
     Claim,
     Finding,
     Lookup,
+    Query,
     SelfServiceInputError,
     find_case,
     lookup,
@@ -196,6 +197,33 @@ def _form(
     )
 
 
+def _values(claim: str, amount: str, day: str, last4: str, order_no: str, contact: str) -> dict[str, str]:
+    """The form's fields as given (shown again in the form when it is refused)."""
+    return {
+        "claim": claim,
+        "amount": amount,
+        "day": day,
+        "last4": last4,
+        "order_no": order_no,
+        "contact": contact,
+    }
+
+
+def _query(
+    request: Request, ctx: ConsoleContext, token: str, limiter: RateLimiter, values: dict[str, str]
+) -> Query | HTMLResponse:
+    """The customer's query, or the form again saying why not: a stale or foreign form, too many
+    tries from this client (`limiter`), or details that do not parse."""
+    if not form_token_ok(token):
+        return _form(request, ctx, status=400, problem="help.stale", values=values)
+    if not limiter.allow(_client(request)):
+        return _form(request, ctx, status=429, problem="help.slow", values=values)
+    try:
+        return parse_query(**values)
+    except SelfServiceInputError as exc:
+        return _form(request, ctx, status=400, problem=str(exc), values=values)
+
+
 @router.get("/help", response_class=HTMLResponse)
 def help_form(request: Request, ctx: Ctx, ref: str = "") -> HTMLResponse:
     track = None
@@ -218,23 +246,11 @@ async def help_lookup(
     order_no: Annotated[str, Form()] = "",
     contact: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
-    values = {
-        "claim": claim,
-        "amount": amount,
-        "day": day,
-        "last4": last4,
-        "order_no": order_no,
-        "contact": contact,
-    }
-    if not form_token_ok(token):
-        return _form(request, ctx, status=400, problem="help.stale", values=values)
+    values = _values(claim, amount, day, last4, order_no, contact)
     lookups, cases = _limiters(ctx)
-    if not lookups.allow(_client(request)):
-        return _form(request, ctx, status=429, problem="help.slow", values=values)
-    try:
-        q = parse_query(claim=claim, amount=amount, day=day, last4=last4, order_no=order_no, contact=contact)
-    except SelfServiceInputError as exc:
-        return _form(request, ctx, status=400, problem=str(exc), values=values)
+    q = _query(request, ctx, token, lookups, values)
+    if isinstance(q, HTMLResponse):
+        return q
 
     def work() -> tuple[Lookup, str | None]:
         with ctx.store.engine.begin() as conn:
@@ -270,23 +286,11 @@ async def help_case(
     order_no: Annotated[str, Form()] = "",
     contact: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
-    values = {
-        "claim": claim,
-        "amount": amount,
-        "day": day,
-        "last4": last4,
-        "order_no": order_no,
-        "contact": contact,
-    }
-    if not form_token_ok(token):
-        return _form(request, ctx, status=400, problem="help.stale", values=values)
+    values = _values(claim, amount, day, last4, order_no, contact)
     _, cases = _limiters(ctx)
-    if not cases.allow(_client(request)):
-        return _form(request, ctx, status=429, problem="help.slow", values=values)
-    try:
-        q = parse_query(claim=claim, amount=amount, day=day, last4=last4, order_no=order_no, contact=contact)
-    except SelfServiceInputError as exc:
-        return _form(request, ctx, status=400, problem=str(exc), values=values)
+    q = _query(request, ctx, token, cases, values)
+    if isinstance(q, HTMLResponse):
+        return q
 
     def work() -> str:
         with ctx.store.engine.begin() as conn:

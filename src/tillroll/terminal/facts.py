@@ -227,7 +227,9 @@ _ID_FIELDS = {"tid", "reference", "mid", "rrn", "auth_code", "batch", "trace", "
 _ID_FIELDS |= {"orig_reference", "orig_rrn", "receipt_token"}
 # Values with their own strict format (checked below), not free text: not scanned for card numbers.
 _ID_PATHS = _ID_FIELDS | {f"slip.{k}" for k in ("tid", "mid", "rrn", "auth_code", "batch", "trace")}
-_MASKED = re.compile(r"^(?:[0-9A-Za-z]{0,8}\*+[0-9A-Za-z]{0,4}|)$")
+# A masked card number (first 6 and last 4 at most, the rest *), or none: the journal intake
+# holds its uploads to the same rule.
+MASKED_CARD = re.compile(r"^(?:[0-9A-Za-z]{0,8}\*+[0-9A-Za-z]{0,4}|)$")
 _GROUPED = re.compile(r"(?<![0-9])[0-9]{4}(?:[ -][0-9]{4}){2,3}[ -][0-9]{1,4}(?![0-9])")
 _MID = re.compile(r"^[0-9A-Za-z]{15}$")
 _SHORT_ID = re.compile(r"^[A-Za-z0-9_.:-]{0,64}$")
@@ -359,7 +361,7 @@ def check_fact(kind: MessageKind, tid: str, payload: Any) -> CheckedFact:
     _amount(payload["amount_minor"], "amount_minor")
     if not re.fullmatch(r"[0-9]{3}", _text(payload, "currency")):
         raise FactError("currency", "must be an ISO 4217 numeric code like 156")
-    if not _MASKED.match(_text(payload, "card_masked", max_len=24)):
+    if not MASKED_CARD.match(_text(payload, "card_masked", max_len=24)):
         raise FactError("card_masked", "must be masked (first 6 and last 4 at most, the rest *)")
     for key in ("issuer",):
         _text(payload, key, max_len=40)
@@ -412,7 +414,7 @@ def _check_slip(payload: Mapping[str, Any], trans_type: TransType) -> Slip:
     for key in ("expiry_yymm", "reference"):
         if doc[key] is not None:
             _text(doc, key, max_len=200)
-    if not _MASKED.match(doc["pan_masked"]):
+    if not MASKED_CARD.match(doc["pan_masked"]):
         raise FactError("slip.pan_masked", "must be masked")
     for key in ("mid", "tid", "amount_minor", "currency", "batch", "trace", "rrn", "auth_code"):
         if doc[key] != payload[key]:

@@ -10,12 +10,15 @@ body) — never a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from datetime import datetime
+from functools import partial
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -23,16 +26,33 @@ from tillroll.clock import Clock, SystemClock
 from tillroll.console.app import console_csp, is_console_path, mount_console
 from tillroll.console.cashier_signature import load_signature
 from tillroll.crypto.backoffice import SIGNATURE_HEADER
+from tillroll.crypto.keystore import KeyStore
 from tillroll.host.store import HostStore
 from tillroll.notify.routing import fan_out as notify_fan_out
 from tillroll.recon.scheduler import recon_lifespan
 from tillroll.terminal.ereceipt import render_e_receipt
 from tillroll.web.config import WebConfig
-from tillroll.web.intake import FanOut, accept
+from tillroll.web.intake import Answer, FanOut, accept
 from tillroll.web.journal_intake import accept_journal
 from tillroll.web.receipts import Found, Missing, find, receipt_pdf
 
 log = logging.getLogger("tillroll.web")
+
+
+class Delivery(Protocol):
+    """What checks and stores one signed delivery of a terminal (its facts, its journal)."""
+
+    def __call__(
+        self,
+        engine: Engine,
+        keystore: KeyStore,
+        *,
+        tid: str,
+        body: bytes,
+        signature: str | None,
+        now: datetime,
+    ) -> Answer: ...
+
 
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; base-uri 'none'; "
@@ -148,13 +168,14 @@ def create_app(
 
     too_large = {"error": "too_large", "detail": "the body is too large"}
 
-    @app.post("/api/v1/terminals/{tid}/journal")
-    async def journal_intake(tid: str, request: Request) -> JSONResponse:
+    async def delivery(tid: str, request: Request, check: Delivery) -> JSONResponse:
+        """A terminal's signed delivery: the body read within its bound, then checked and stored
+        by `check` in a worker thread (it blocks on the database)."""
         body = await read_body(request)
         if body is None:
             return JSONResponse(too_large, 413)
         answer = await run_in_threadpool(
-            accept_journal,
+            check,
             store.engine,
             store.keystore,
             tid=tid,
@@ -164,24 +185,14 @@ def create_app(
         )
         return JSONResponse(answer.body, answer.status)
 
+    @app.post("/api/v1/terminals/{tid}/journal")
+    async def journal_intake(tid: str, request: Request) -> JSONResponse:
+        return await delivery(tid, request, accept_journal)
+
     @app.post("/api/v1/terminals/{tid}/facts")
     async def intake(tid: str, request: Request) -> JSONResponse:
-        body = await read_body(request)
-        if body is None:
-            return JSONResponse(too_large, 413)
-        answer = await run_in_threadpool(
-            accept,
-            store.engine,
-            store.keystore,
-            tid=tid,
-            body=body,
-            signature=request.headers.get(SIGNATURE_HEADER),
-            now=clock.now(),
-            fan_out=fan,
-            base_url=config.base_url,
-            ttl_days=config.receipt_ttl_days,
-        )
-        return JSONResponse(answer.body, answer.status)
+        facts = partial(accept, fan_out=fan, base_url=config.base_url, ttl_days=config.receipt_ttl_days)
+        return await delivery(tid, request, facts)
 
     @app.get("/r/{token}")
     def receipt(token: str, format: str = "html") -> Response:

@@ -33,7 +33,7 @@ from tillroll.console import audit
 from tillroll.crypto.backoffice import JOURNAL_PREFIX, fact_signature_ok
 from tillroll.crypto.keystore import KeyStore
 from tillroll.store.tables import journal_entries, terminal_commands, terminal_status, terminals
-from tillroll.terminal.facts import ContactError, has_card_number, parse_contact
+from tillroll.terminal.facts import MASKED_CARD, ContactError, has_card_number, parse_contact
 from tillroll.terminal.journal_upload import (
     ALERTS_MAX,
     BODY_VERSION,
@@ -109,7 +109,6 @@ _SIX = re.compile(r"^[0-9]{6}$")
 _RRN = re.compile(r"^[0-9A-Za-z]{12}$")
 _ORDER = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 _CODE = re.compile(r"^[A-Za-z0-9_]{1,32}$")
-_MASKED = re.compile(r"^(?:[0-9A-Za-z]{0,8}\*+[0-9A-Za-z]{0,4}|)$")
 _TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")
 _ALERT_KIND = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _ACK_STATES = frozenset({"done", "failed"})
@@ -202,7 +201,7 @@ def check_entry(doc: Any, where: str, now: datetime) -> dict[str, Any]:
     # the card number first: a full number is refused as such, whatever else is wrong
     if (
         not isinstance(doc["card_masked"], str)
-        or not _MASKED.match(doc["card_masked"])
+        or not MASKED_CARD.match(doc["card_masked"])
         or len(doc["card_masked"]) > 24
     ):
         raise Refused(f"{where}.card_masked", "must be masked (first 6 and last 4 at most, the rest *)")
