@@ -31,6 +31,7 @@ def help_url(base_url: str) -> str:
     """The self-service page on the back office at ``base_url``."""
     return base_url.rstrip("/") + SELF_SERVICE_PATH
 
+
 # Customer messages: (中文, English). Fields: merchant, amount, time, method, link.
 CUSTOMER: dict[MessageKind, tuple[str, str]] = {
     MessageKind.E_RECEIPT: (
