@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -245,3 +246,34 @@ def test_an_e_receipt_kept_for_the_merchant_told_the_customer_nothing(store: Eng
     assert {e.cls for e in expected(spec)} >= {
         ExceptionClass.NOTIFIED_NOT_FINAL
     }  # planted, with a contact it is found
+
+
+def test_two_runs_of_one_day_racing_open_each_exception_once(store: Engine) -> None:
+    """The web schedule and a CLI run (or two web processes) reconcile the same day at once: each
+    exception is opened by exactly one of them, so its automatic actions are taken once."""
+    engine = store
+    spec = DaySpec(DAY, PAYMENTS, plant(PAYMENTS, list(Fault), seed=8))
+    load(engine, spec)
+    start = threading.Barrier(2, timeout=30)
+    opened: list[list[int]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait()
+            opened.append(run_day(engine, DAY, now=AFTER).opened)
+        except BaseException as exc:  # reported below: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(opened) == 2
+    first, second = opened
+    assert set(first).isdisjoint(second)
+    with engine.connect() as conn:
+        every = sorted(conn.execute(select(recon_exceptions.c.id)).scalars())
+    assert sorted(first + second) == every
+    assert found(engine) == expected(spec)

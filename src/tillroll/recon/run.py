@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from tillroll.recon import rules, stage
@@ -32,6 +32,8 @@ from tillroll.store.tables import (
     statement_problems,
     wallet_statement_imports,
 )
+
+_RUN_LOCK = 0x7E_C0_0000_0000  # pg_advisory_xact_lock keys of the runs: this + the day's ordinal
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,11 @@ def _run(
     conn: Connection, day: date, now: datetime, config: ReconConfig
 ) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
+    if conn.dialect.name == "postgresql":
+        # One run of a day at a time (the schedule of two web processes, a CLI run beside them):
+        # racing runs would each count the other's new records as their own and hand them to the
+        # automatic actions twice. SQLite's single writer (BEGIN IMMEDIATE) already serialises.
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _RUN_LOCK + day.toordinal()})
     run_id = inserted_id(conn.execute(insert(recon_runs).values(business_date=iso, started_at=now)))
     stage.create(conn)
     rc_found.drop(conn, checkfirst=True)
