@@ -305,34 +305,17 @@ class JournalUploader:
 
     def _order_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = select(wallet_orders).where(after).order_by(wallet_orders.c.updated_at, wallet_orders.c.id)
-        out = []
-        for r in conn.execute(q.limit(limit)).mappings():
-            out.append(
-                {
-                    "_id": r["id"],
-                    "entry_key": f"wallet:{r['out_trade_no']}",
-                    "rail": "wallet",
-                    "kind": "qr_pay",
-                    "state": r["state"],
-                    "batch": r["batch"],
-                    "stan": r["stan"],
-                    "rrn": None,
-                    "order_no": r["out_trade_no"],
-                    "original_key": None,
-                    "amount_minor": r["amount_minor"],
-                    "currency": "156",
-                    "card_masked": r["code_masked"],
-                    "response_code": r["err_code"],
-                    "receipt": r["receipt"],
-                    "prints": r["prints"] or 0,
-                    "contact": r["contact"],
-                    "note": _text(r["note"], NOTE_MAX),
-                    "approved_at": r["paid_at"],
-                    "created_at": r["created_at"],
-                    "updated_at": r["updated_at"],
-                }
+        return [
+            _wallet_entry(
+                r,
+                key=f"wallet:{r['out_trade_no']}",
+                kind="qr_pay",
+                order_no=r["out_trade_no"],
+                original_key=None,
+                approved_at=r["paid_at"],
             )
-        return out
+            for r in conn.execute(q.limit(limit)).mappings()
+        ]
 
     def _refund_rows(self, conn: Connection, after: Any, limit: int) -> list[dict[str, Any]]:
         q = (
@@ -342,34 +325,17 @@ class JournalUploader:
             .order_by(wallet_refunds.c.updated_at, wallet_refunds.c.id)
             .limit(limit)
         )
-        out = []
-        for r in conn.execute(q).mappings():
-            out.append(
-                {
-                    "_id": r["id"],
-                    "entry_key": f"wallet_refund:{r['out_refund_no']}",
-                    "rail": "wallet",
-                    "kind": "qr_refund",
-                    "state": r["state"],
-                    "batch": r["batch"],
-                    "stan": r["stan"],
-                    "rrn": None,
-                    "order_no": r["out_refund_no"],
-                    "original_key": f"wallet:{r['out_trade_no']}",
-                    "amount_minor": r["amount_minor"],
-                    "currency": "156",
-                    "card_masked": r["code_masked"],
-                    "response_code": r["err_code"],
-                    "receipt": r["receipt"],
-                    "prints": r["prints"] or 0,
-                    "contact": r["contact"],
-                    "note": _text(r["note"], NOTE_MAX),
-                    "approved_at": r["approved_at"],
-                    "created_at": r["created_at"],
-                    "updated_at": r["updated_at"],
-                }
+        return [
+            _wallet_entry(
+                r,
+                key=f"wallet_refund:{r['out_refund_no']}",
+                kind="qr_refund",
+                order_no=r["out_refund_no"],
+                original_key=f"wallet:{r['out_trade_no']}",
+                approved_at=r["approved_at"],
             )
-        return out
+            for r in conn.execute(q).mappings()
+        ]
 
     def printer_state(self, *, query: bool) -> str:
         """``none`` without a printer; a live status query (bounded by the printer's own timeout)
@@ -652,3 +618,32 @@ class JournalUploader:
                 select(upload_commands).order_by(upload_commands.c.id.desc()).limit(50)
             ).mappings()
             return [dict(r) for r in rows]
+
+
+def _wallet_entry(
+    r: Any, *, key: str, kind: str, order_no: str, original_key: str | None, approved_at: Any
+) -> dict[str, Any]:
+    """A wallet order's or refund's entry: the columns both tables share, and what differs."""
+    return {
+        "_id": r["id"],
+        "entry_key": key,
+        "rail": "wallet",
+        "kind": kind,
+        "state": r["state"],
+        "batch": r["batch"],
+        "stan": r["stan"],
+        "rrn": None,
+        "order_no": order_no,
+        "original_key": original_key,
+        "amount_minor": r["amount_minor"],
+        "currency": "156",
+        "card_masked": r["code_masked"],  # the payment code, masked when journalled
+        "response_code": r["err_code"],
+        "receipt": r["receipt"],
+        "prints": r["prints"] or 0,
+        "contact": r["contact"],
+        "note": _text(r["note"], NOTE_MAX),
+        "approved_at": approved_at,
+        "created_at": r["created_at"],
+        "updated_at": r["updated_at"],
+    }
