@@ -4,7 +4,14 @@ Starts `tillroll host serve` as its own process on a fresh database (SQLite by d
 WAL with synchronous=FULL), registers signed-in terminals, then drives sales from `--concurrency`
 connections for `--seconds`, and prints one JSON object.
 
-    python bench/host_auth.py --concurrency 50 --seconds 20 [--db URL] [--pin]
+    python bench/host_auth.py --concurrency 50 --seconds 20 [--db URL] [--pin] [--workers N] [--peer]
+
+`--workers N` runs the host as `host serve --workers N` (N processes on one port; give `--db` an
+empty PostgreSQL database). `--peer` then measures an approve-all mock issuer that does no work
+(`iso8583sim serve`, from PyPI) driven by `iso8583sim load` at the same concurrency, one
+connection per request in flight, for as many requests as the host answered, and adds its figures
+and the ratio host/peer. The machine is usually shared: the JSON carries the CPU time the host
+(all of its processes) and the loader spent during the measured run, and the load average.
 """
 
 from __future__ import annotations
@@ -13,13 +20,20 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import resource
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import uvloop
 
 from tillroll.crypto import encrypt_pin_block, unwrap_working_keys
 from tillroll.crypto.keys import WorkingKeys
@@ -36,6 +50,130 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[Any], what: str) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with status {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} not listening on port {port} after 30 s")
+
+
+def wait_line(proc: subprocess.Popen[str], pattern: str, timeout_s: float = 60.0) -> None:
+    """Read the process's output until a line matches; keep draining it afterwards."""
+    found = threading.Event()
+    rx = re.compile(pattern)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if rx.search(line):
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout_s) or proc.poll() is not None:
+        raise SystemExit(f"host not ready within {timeout_s:.0f} s (status {proc.poll()})")
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its live descendants (Linux /proc)."""
+    total = 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, ValueError):
+        return total
+    return total + sum(tree_cpu_s(int(c)) for c in children)
+
+
+def proc_cpu_s(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds of every PostgreSQL server process on this machine (whoever they serve)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    found[int(entry.name)] = proc_cpu_s(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def postgres_cpu_since(before: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in postgres_cpu().items())
+
+
+def load_1min() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def iso8583sim() -> str:
+    exe = shutil.which("iso8583sim", path=str(Path(sys.executable).parent)) or shutil.which("iso8583sim")
+    if exe is None:
+        raise SystemExit("iso8583sim is not installed: pip install -e '.[dev]'")
+    return exe
+
+
+def _figure(text: str, label: str, unit: str) -> float | None:
+    m = re.search(rf"{label}\W+([\d,.]+)\s*{unit}", text)
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def run_peer(concurrency: int, count: int) -> dict[str, Any]:
+    """The approve-all mock (`iso8583sim serve`) under `iso8583sim load`: its figures."""
+    port = free_port()
+    exe = iso8583sim()
+    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    mock = subprocess.Popen(
+        [exe, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_listening(port, mock, "iso8583sim serve")
+        cpu0, children0 = tree_cpu_s(mock.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        load = subprocess.run(
+            [exe, "load", "--port", str(port), "-n", str(count), "-c", str(concurrency),
+             "--connections", str(concurrency)],
+            env=env, capture_output=True, text=True, check=True, timeout=600,
+        )  # fmt: skip
+        mock_cpu = tree_cpu_s(mock.pid) - cpu0
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+    out = load.stdout
+    loader_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+    responses = _figure(out, "Responses", "")
+    return {
+        "peer_requests": count,
+        "peer_responses": int(responses) if responses is not None else None,
+        "peer_errors": int((_figure(out, "Errors", "") or 0) + (_figure(out, "Timeouts", "") or 0)),
+        "peer_seconds": _figure(out, "Duration", "s"),
+        "peer_per_s": _figure(out, "Throughput", "msg/s"),
+        "peer_p50_ms": _figure(out, "Latency p50", "ms"),
+        "peer_p99_ms": _figure(out, "Latency p99", "ms"),
+        "peer_cpu_s": round(mock_cpu, 2),
+        "peer_loader_cpu_s": round(loader_cpu, 2),  # with its start-up (about 0.5 s)
+    }
 
 
 async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> bytes:
@@ -110,6 +248,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--pin", action="store_true", help="send a PIN block with every sale")
+    parser.add_argument("--workers", type=int, default=None, help="host serve --workers N")
+    parser.add_argument("--peer", action="store_true", help="also measure iso8583sim serve/load")
+    parser.add_argument("--host-log", type=Path, default=None, help="write the host's log (stderr) here")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tillroll-bench-"))
@@ -125,40 +266,60 @@ def main() -> None:
     store.engine.dispose()
 
     port = free_port()
+    command = [sys.executable, "-m", "tillroll", "host", "serve", "--listen", f"127.0.0.1:{port}", "--db", db]
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
+    log = args.host_log.open("w") if args.host_log else subprocess.DEVNULL
     host = subprocess.Popen(
-        [sys.executable, "-m", "tillroll", "host", "serve", "--listen", f"127.0.0.1:{port}", "--db", db],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        command, env=env, stdout=subprocess.PIPE if args.workers else subprocess.DEVNULL,
+        stderr=log, text=True,
     )  # fmt: skip
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        latencies, errors, elapsed = asyncio.run(drive(tmks, port, args.seconds, args.pin))
+        if args.workers:  # every worker listening, not only the first
+            wait_line(host, rf"\([^,]+, {args.workers} workers?\)")
+        else:
+            wait_listening(port, host, "tillroll host serve")
+        load_before = load_1min()
+        host_cpu0, client_cpu0, pg_cpu0 = tree_cpu_s(host.pid), time.process_time(), postgres_cpu()
+        # The loader on uvloop too: it shares the two cores with the host, so its own overhead
+        # is kept small (it is not what is measured).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            latencies, errors, elapsed = runner.run(drive(tmks, port, args.seconds, args.pin))
+        host_cpu, client_cpu = tree_cpu_s(host.pid) - host_cpu0, time.process_time() - client_cpu0
+        pg_cpu = postgres_cpu_since(pg_cpu0)
+        load_after = load_1min()
     finally:
         host.terminate()
-        host.wait(timeout=10)
+        host.wait(timeout=30)
+        if args.host_log:
+            log.close()  # type: ignore[union-attr]
     latencies.sort()
     n = len(latencies)
-    print(
-        json.dumps(
-            {
-                "benchmark": "host_auth",
-                "database": db.split(":")[0],
-                "concurrency": args.concurrency,
-                "pin": args.pin,
-                "seconds": round(elapsed, 2),
-                "authorizations": n,
-                "errors": len(errors),
-                "authorizations_per_s": round(n / elapsed, 1),
-                "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
-                "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
-                "cpus": os.cpu_count(),
-            }
-        )
-    )
+    result: dict[str, Any] = {
+        "benchmark": "host_auth",
+        "database": db.split(":")[0],
+        "concurrency": args.concurrency,
+        "pin": args.pin,
+        "seconds": round(elapsed, 2),
+        "authorizations": n,
+        "errors": len(errors),
+        "authorizations_per_s": round(n / elapsed, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2) if n else None,
+        "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
+        "cpus": os.cpu_count(),
+        "workers": args.workers,
+        "host_cpu_s": round(host_cpu, 2),  # every host process, during the measured run
+        "host_cpu_us_per_auth": round(host_cpu / n * 1e6) if n else None,
+        "client_cpu_s": round(client_cpu, 2),
+        # every PostgreSQL server process on the machine: other users of the server count too
+        "postgres_cpu_s": round(pg_cpu, 2) if db.startswith("postgres") else None,
+        "load_1min": [load_before, load_after],
+    }
+    if args.peer:
+        result.update(run_peer(args.concurrency, max(n, 1000)))
+        peer = result["peer_per_s"]
+        result["host_to_peer"] = round(result["authorizations_per_s"] / peer, 3) if peer else None
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tillroll.recon import generate as g
 from tillroll.recon.actions import ActionContext, apply_automatic
 from tillroll.recon.diagnose import diagnose
 from tillroll.recon.run import run_day
-from tillroll.store.tables import metadata, recon_exceptions
+from tillroll.store.tables import recon_exceptions
 
 DAY = date(2026, 12, 1)
 
@@ -40,14 +40,6 @@ def main() -> None:
         DAY, args.payments, faults=g.plant(args.payments, list(g.Fault), seed=1, copies=args.copies)
     )
     g.load(store.engine, spec)
-    if store.engine.dialect.name == "postgresql":  # the generator writes explicit ids
-        with store.engine.begin() as conn:
-            for table in metadata.sorted_tables:
-                if "id" in table.c and table.c.id.autoincrement and table.c.id.primary_key:
-                    conn.exec_driver_sql(
-                        f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                        f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table.name}), 1))"
-                    )
     now = g.DayGenerator(spec).hi + timedelta(hours=3)
     ctx = ActionContext(store=store, clock=FakeClock(now))
     t0 = time.perf_counter()

@@ -128,6 +128,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(trylast=True)  # after -m / -k have deselected what they deselect
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _slow_first(items)
     postgres = [item for item in items if item.get_closest_marker("postgres")]
     if not postgres:
         return
@@ -137,6 +138,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.hook.pytest_deselected(items=postgres)
     items[:] = [item for item in items if not item.get_closest_marker("postgres")]
     config.stash[_PG_DESELECTED] = len(postgres)
+
+
+def _slow_first(items: list[pytest.Item]) -> None:
+    """The `slow` tests (up to minutes each) start first, each after one short test:
+    slow, short, slow, short, ... then the rest in pytest's order (the same on every worker, as
+    xdist requires). A worker is sent a test as it finishes one (addopts: --maxschedchunk=1; two
+    queued at a time, so the first two go to one worker and the next two to the other): each
+    worker starts on a slow test, and takes the next slow one when it is free, so the two
+    longest run side by side and the run ends on short tests, not on a long one that started
+    late."""
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    rest = [item for item in items if not item.get_closest_marker("slow")]
+    head: list[pytest.Item] = []
+    for n, item in enumerate(slow):
+        head.append(item)
+        if n < len(rest):
+            head.append(rest[n])
+    items[:] = head + rest[len(slow) :]
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -33,26 +33,10 @@ from tillroll.terminal import Outcome, Terminal
 
 
 @pytest.mark.slow
-def test_the_demo_day_passes_its_closing_check(tmp_path: Path) -> None:
+def test_the_demo_day_passes_its_closing_check_and_serves_the_console_on_its_day(tmp_path: Path) -> None:
+    """One day (``tillroll demo --serve``) for both: what it prints before it serves is what a day
+    without ``--serve`` prints, so its closing check and reconciliation are read from that."""
     console = Console(record=True, width=600)
-    assert run_demo(tmp_path, operations=40, console=console)
-    out = console.export_text()
-    assert "closing check passed" in out
-    assert out.count("✔") == 6 + JOURNAL_LOSS_FAULT + FLOOD_FAULT + WALLET_DAY and "✘" not in out
-    assert "Settlement report" in out
-    assert ("closed by: host" in out) is JOURNAL_LOSS_FAULT
-    assert ("0 lost or failed because of it" in out) is FLOOD_FAULT
-    # It ends by reconciling its day: the statement imported, the journals uploaded, the run's
-    # findings listed with what the automatic actions did.
-    recon = out[out.index("Reconciliation of") :]
-    assert "wallet statement:" in recon and "0 line(s) that could not be read" in recon
-    assert re.search(r"sources: journal_card [1-9]", recon)  # the terminals' uploaded journals
-    assert re.search(r"opened \d+ exception\(s\), \d+ automatic action\(s\) taken", recon)
-
-
-@pytest.mark.slow
-def test_the_demo_serves_the_console_on_its_day(tmp_path: Path) -> None:
-    console = Console(record=True, width=300)
     stop, serving = threading.Event(), threading.Event()
     login: list[str] = []
     passed: list[bool] = []
@@ -63,7 +47,7 @@ def test_the_demo_serves_the_console_on_its_day(tmp_path: Path) -> None:
 
     day = threading.Thread(
         target=lambda: passed.append(
-            run_demo(tmp_path, operations=20, console=console, serve=True, stop=stop, on_serving=on_serving)
+            run_demo(tmp_path, operations=40, console=console, serve=True, stop=stop, on_serving=on_serving)
         )
     )
     day.start()
@@ -88,6 +72,18 @@ def test_the_demo_serves_the_console_on_its_day(tmp_path: Path) -> None:
         stop.set()
         day.join(60)
     assert passed == [True]
+    out = console.export_text()
+    assert "closing check passed" in out
+    assert out.count("✔") == 6 + JOURNAL_LOSS_FAULT + FLOOD_FAULT + WALLET_DAY and "✘" not in out
+    assert "Settlement report" in out
+    assert ("closed by: host" in out) is JOURNAL_LOSS_FAULT
+    assert ("0 lost or failed because of it" in out) is FLOOD_FAULT
+    # It ends by reconciling its day: the statement imported, the journals uploaded, the run's
+    # findings listed with what the automatic actions did.
+    recon = out[out.index("Reconciliation of") :]
+    assert "wallet statement:" in recon and "0 line(s) that could not be read" in recon
+    assert re.search(r"sources: journal_card [1-9]", recon)  # the terminals' uploaded journals
+    assert re.search(r"opened \d+ exception\(s\), \d+ automatic action\(s\) taken", recon)
 
 
 def test_the_closing_check_catches_an_approval_the_terminal_never_saw(tmp_path: Path) -> None:
@@ -157,6 +153,7 @@ def test_the_closing_check_catches_an_earlier_answer_replayed_to_a_restored_jour
         demo.stop()
 
 
+@pytest.mark.slow
 def test_the_closing_check_catches_a_message_that_is_not_true(tmp_path: Path) -> None:
     """The wallet customers' day, then a false "you paid" to a customer whose payment was
     cancelled, and a second cancellation notice: the check names both."""

@@ -27,7 +27,10 @@ TIDS = ("C0000001", "C0000002", "C0000003")
 PANS = {tid: f"62220200000{i:08d}" for i, tid in enumerate(TIDS)}
 OPENING = 10_000_000
 ROUNDS = 12
-SALES_MAX = 200  # per terminal and round: a round ends at the first 77 long before this
+# Per terminal and round, a bound only: a round ends at the first 77. On SQLite the close waits
+# for the write lock between the host's group commits; with the sale lane the host sold 200 per
+# terminal before the close got in (2026-12-02), so the bound is far above that.
+SALES_MAX = 5_000
 
 
 @dataclass

@@ -122,8 +122,12 @@ def test_settlement_balanced_closes_the_batch_and_pays_the_merchant(
     assert balances[ledger.merchant(MID)] == 9_000 - fee
     assert balances[ledger.FEES] == fee
     assert balances.get(ledger.CLEARING, 0) == 0
+    day = FakeClock().now().date()
     with store.engine.connect() as conn:
-        (row,) = settlement_report(conn, FakeClock().now().date())
+        (row,) = settlement_report(conn, day)
+        # one merchant's report is that merchant's rows, read as such; another's has none of them
+        assert settlement_report(conn, day, mid=MID) == [row]
+        assert settlement_report(conn, day, mid="898999999999999") == []
     assert (row.sale_count, row.gross_minor, row.refund_count, row.refunds_minor) == (1, 10_000, 1, 1_000)
     assert (row.fees_minor, row.net_minor) == (fee, 9_000 - fee)
     path = tmp_path / "report.csv"

@@ -21,7 +21,7 @@ from tillroll.recon import generate as g
 from tillroll.recon.actions import ActionContext, ActionResult, apply_automatic
 from tillroll.recon.model import ActionOutcome
 from tillroll.recon.run import run_day
-from tillroll.store.tables import audit_log, metadata, recon_actions, recon_exceptions, transactions
+from tillroll.store.tables import audit_log, recon_actions, recon_exceptions, transactions
 
 DAY = date(2026, 12, 1)
 
@@ -33,24 +33,9 @@ def store(db_url: str) -> Iterator[HostStore]:
     s.engine.dispose()
 
 
-def _advance_sequences(store: HostStore) -> None:
-    """The generator writes explicit ids; on PostgreSQL the real code that runs after it (the
-    host's reversal) takes ids from the sequences, which must start past them."""
-    if store.engine.dialect.name != "postgresql":
-        return
-    with store.engine.begin() as conn:
-        for table in metadata.sorted_tables:
-            if "id" in table.c and table.c.id.autoincrement and table.c.id.primary_key:
-                conn.exec_driver_sql(
-                    f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
-                    f"GREATEST((SELECT COALESCE(MAX(id), 0) FROM {table.name}), 1))"
-                )
-
-
 def test_every_planned_action_is_taken_with_an_outcome_in_words(store: HostStore) -> None:
     spec = g.DaySpec(DAY, 2000, faults=g.plant(2000, list(g.Fault), seed=7))
     g.load(store.engine, spec)
-    _advance_sequences(store)
     now = g.DayGenerator(spec).hi + timedelta(hours=3)
     ctx = ActionContext(store=store, clock=FakeClock(now), base_url="http://shop.example")
     taken: list[ActionResult] = []

@@ -97,6 +97,22 @@ def test_a_clean_day_yields_no_exception(store: Engine) -> None:
     assert result.summary["sources"]["statement"] == result.summary["sources"]["journal_wallet"] > 0
 
 
+def test_one_connection_or_two_find_the_same_on_sqlite(tmp_path: Path) -> None:
+    """On a SQLite file the wallet rail and the host's rules run on a second connection beside
+    the card rail; on one connection (as on PostgreSQL) the same statements find the same."""
+    engine = _store(f"sqlite:///{tmp_path / 'two.db'}")
+    spec = DaySpec(DAY, PAYMENTS, plant(PAYMENTS, list(Fault), seed=9))
+    load(engine, spec)
+    one = run_day(engine, DAY, now=AFTER, config=ReconConfig(beside=False))
+    assert found(engine) == expected(spec)
+    two = run_day(engine, DAY, now=AFTER)
+    assert any(step.startswith("beside:") for step in two.steps_s)
+    assert not any(step.startswith("beside:") for step in one.steps_s)
+    assert found(engine) == expected(spec) and two.opened == []  # the same records, found again
+    assert {**one.summary, "new_exceptions": 0} == {**two.summary, "new_exceptions": 0}
+    engine.dispose()
+
+
 def test_a_rerun_finds_the_same_records_and_leaves_resolved_ones_alone(store: Engine) -> None:
     engine = store
     spec = DaySpec(DAY, PAYMENTS, plant(PAYMENTS, [Fault.CARD_AMOUNT, Fault.WALLET_NO_JOURNAL], seed=3))

@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from tillroll.terminal.wallet_gateway import HttpWalletGateway
 from tillroll.terminal.wallet_states import WalletState
 from tillroll.wallet.admin import add_merchant, add_user, balance_fen, issue_code, takings_fen, user_messages
 from tillroll.wallet.config import WalletConfig
+from tillroll.wallet.tables import orders
 
 TID = "10000001"
 MID = "898310048990001"
@@ -92,6 +94,26 @@ def counter(db_url: str, tmp_path: Path) -> Iterator[Counter]:
         yield Counter(server, tmp_path / "pos", MemoryPrinter())
 
 
+@pytest.fixture
+def patient_counter(db_url: str, tmp_path: Path) -> Iterator[Counter]:
+    """A wallet that closes an unconfirmed order only when the test says so (:func:`close_now`): a
+    timed close raced the terminal's own query window and reverse try on a loaded machine."""
+    with wallet_server(db_url, WalletConfig(userpaying_close_s=3600, sweep_interval_s=0.05)) as server:
+        add_merchant(server.engine, MCH_ID, MCH_NAME, MCH_KEY)
+        yield Counter(server, tmp_path / "pos", MemoryPrinter())
+
+
+def close_now(counter: Counter, out_trade_no: str) -> None:
+    """The customer never confirmed: the wallet's close of the order falls due now."""
+    with counter.server.engine.begin() as conn:
+        closed = conn.execute(
+            orders.update()
+            .where(orders.c.out_trade_no == out_trade_no, orders.c.close_at.is_not(None))
+            .values(close_at=datetime(2000, 1, 1))
+        )
+    assert closed.rowcount == 1, out_trade_no
+
+
 def announced(term: Terminal) -> list[dict[str, Any]]:
     with term.journal.begin() as conn:
         rows = conn.execute(select(outbox.messages).order_by(outbox.messages.c.id)).mappings().all()
@@ -139,7 +161,9 @@ def test_success(counter: Counter) -> None:
 
 def test_userpaying_resolved_by_polling(counter: Counter) -> None:
     code = counter.user("bob", "confirm:0.5")
-    with counter.terminal() as term:
+    # A window far past the confirmation: a 1 s window lost to a 0.5 s confirm on a loaded CI
+    # machine (reversed, WALLET_CANCELLED). Polling stops at the answer, so the test is no slower.
+    with counter.terminal(counter.config(wallet={"query_window_s": 30.0})) as term:
         r = term.qr(8_00, code)
         assert r.outcome is Outcome.APPROVED, r.text
         assert r.order_no
@@ -148,7 +172,10 @@ def test_userpaying_resolved_by_polling(counter: Counter) -> None:
         check_money(counter, term, {"bob": r.order_no})
 
 
-def test_userpaying_never_resolving_is_reversed_and_the_customer_told_only_then(counter: Counter) -> None:
+def test_userpaying_never_resolving_is_reversed_and_the_customer_told_only_then(
+    patient_counter: Counter,
+) -> None:
+    counter = patient_counter
     code = counter.user("carol", "never")
     # one reverse try per command: the wallet refuses it (USERPAYING) until it closes the order
     with counter.terminal(counter.config(reversal_retries_max=1)) as term:
@@ -156,6 +183,8 @@ def test_userpaying_never_resolving_is_reversed_and_the_customer_told_only_then(
         assert r.outcome is Outcome.WALLET_PENDING, r.text
         assert announced(term) == []  # nothing told while the outcome is unknown
         assert term.wallet_orders()[0].state is WalletState.REVERSING
+        assert r.order_no
+    close_now(counter, r.order_no)
     with counter.terminal() as term:  # the next run: recover finishes it
         for _ in range(20):
             done = term.recover()
@@ -290,7 +319,8 @@ def test_a_crash_between_journalling_and_sending_is_queried_and_reversed(counter
     assert counter.balance("jay") == START_FEN
 
 
-def test_pos_run_reverses_in_the_background_with_no_command_typed(counter: Counter) -> None:
+def test_pos_run_reverses_in_the_background_with_no_command_typed(patient_counter: Counter) -> None:
+    counter = patient_counter
     code = counter.user("kim", "never")
     config = counter.config(reversal_retries_max=1)
     save_config(counter.data_dir, config)
@@ -299,6 +329,7 @@ def test_pos_run_reverses_in_the_background_with_no_command_typed(counter: Count
         assert r.outcome is Outcome.WALLET_PENDING, r.text
         order_no = r.order_no
         assert order_no
+    close_now(counter, order_no)
     stop, done = threading.Event(), threading.Event()
     lines: list[str] = []
 

@@ -33,7 +33,8 @@ NOTIFY_FIELDS = {"mch_id", "nonce_str", "out_trade_no", "transaction_id", "total
 
 @dataclass
 class Receiver:
-    """Fails its first ``fail_first`` attempts, in turn: HTTP 500, a FAIL body, no answer in time."""
+    """Fails its first ``fail_first`` attempts, in turn: HTTP 500, a FAIL body, no answer in time
+    (then a FAIL body, so a late read cannot turn the failure into an acknowledgement)."""
 
     fail_first: int = 0
     hang_s: float = 1.0
@@ -59,7 +60,10 @@ class Receiver:
                 if n % 3 == 2:
                     return JSONResponse({"return_code": "FAIL"})
                 await asyncio.sleep(self.hang_s)  # longer than the provider waits
-                return JSONResponse({"return_code": "SUCCESS"})
+                # Too late, and a failure all the same: on a loaded machine the provider's loop can
+                # stall past its timeout and still read this answer, and the attempt must count as
+                # failed either way (a late SUCCESS here once ended a give-up test early, at 6 of 16).
+                return JSONResponse({"return_code": "FAIL", "return_msg": "too late"})
             with self.lock:
                 self.facts.setdefault(body["transaction_id"], body)
             self.acked.set()

@@ -112,6 +112,22 @@ def test_a_full_card_number_is_refused_anywhere_in_a_fact() -> None:
     assert full_card_numbers("6222021234567890123") == []  # fails Luhn
 
 
+def test_a_merchant_id_that_passes_luhn_is_not_taken_for_a_card_number() -> None:
+    mid = "898310048160004"  # 15 digits, like a card number, and Luhn happens to pass
+    assert luhn_ok(mid)
+    for named in (fact(mid=mid), fact(mid=mid, merchant_name=None)):  # no name: the id is the merchant
+        f = parse_fact(MessageKind.PAYMENT_CANCELLED, named)
+        out = render(f)
+        assert webhook_event(f)["data"]["mid"] == mid
+        assert ("测试便利店" if named["merchant_name"] else mid) in out.subject
+    # The id is exempt only as itself: a card number beside it is still refused, and so is the
+    # same digits in a fact about another merchant.
+    with pytest.raises(FactError):
+        parse_fact(MessageKind.PAYMENT_CANCELLED, fact(mid=mid, detail=f"card {PAN}"))
+    with pytest.raises(FactError):
+        parse_fact(MessageKind.PAYMENT_CANCELLED, fact(detail=f"card {mid}"))
+
+
 @given(st.integers(13, 19), st.integers(0, 2**32), st.text(max_size=20))
 def test_no_rendered_message_ever_holds_a_full_pan(length: int, seed: int, noise: str) -> None:
     pan = luhn_number(random.Random(seed), length)

@@ -79,8 +79,11 @@ def settlements_page(request: Request, principal: CurrentUser, ctx: Ctx) -> HTML
             .order_by(settlements.c.settled_at.desc())
             .limit(ctx.console.page_rows)
         ).all()
-        # The host's report covers every merchant; a merchant's staff get their own rows only.
-        report = [r for r in settlement_report(conn, day, merchant_zone(tz)) if principal.sees(r.mid)]
+        # An operator's report covers every merchant; a merchant's staff's reads their own rows
+        # only (and keeps only those, should a user ever have no merchant).
+        mid = None if principal.is_operator else principal.mid
+        rows = settlement_report(conn, day, merchant_zone(tz), mid=mid)
+        report = [r for r in rows if principal.sees(r.mid)]
         tids = terminal_ids(conn, principal)
     return ctx.render(request, "settlements.html", day=day, tz=tz, batches=batches, report=report, tids=tids)
 

@@ -6,7 +6,9 @@ Double-length keys (k1k2) are expanded to k1k2k1: `cryptography` deprecates 16-b
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
+from typing import Any
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -37,19 +39,37 @@ def _cipher(key: bytes) -> Cipher[modes.ECB]:
     return Cipher(TripleDES(_expand(key)), modes.ECB())
 
 
+# Cipher contexts are kept per thread and key: ECB has no chaining, so one context encrypts any
+# number of whole blocks with `update`, and making a context costs more than using it. Contexts
+# are not shared between threads (the host's event loop and database worker both sign).
+_contexts = threading.local()
+CONTEXTS_MAX = 4096
+
+
+def _context(key: bytes, direction: str) -> Any:
+    cache: dict[tuple[bytes, str], Any] | None = getattr(_contexts, "cache", None)
+    if cache is None:
+        cache = _contexts.cache = {}
+    ctx = cache.get((key, direction))
+    if ctx is None:
+        if len(cache) >= CONTEXTS_MAX:
+            cache.clear()
+        cipher = _cipher(key)
+        ctx = cache[(key, direction)] = cipher.encryptor() if direction == "e" else cipher.decryptor()
+    return ctx
+
+
 def encrypt(key: bytes, data: bytes) -> bytes:
     """DES (8-byte key) or 3DES (16/24-byte key) ECB encryption of whole blocks."""
     if len(data) % 8:
         raise ValueError(f"data must be a multiple of 8 bytes, got {len(data)}")
-    enc = _cipher(key).encryptor()
-    return enc.update(data) + enc.finalize()
+    return bytes(_context(key, "e").update(data))
 
 
 def decrypt(key: bytes, data: bytes) -> bytes:
     if len(data) % 8:
         raise ValueError(f"data must be a multiple of 8 bytes, got {len(data)}")
-    dec = _cipher(key).decryptor()
-    return dec.update(data) + dec.finalize()
+    return bytes(_context(key, "d").update(data))
 
 
 def check_value(key: bytes) -> bytes:

@@ -67,7 +67,7 @@ class Answer:
 
 
 @dataclass
-class _Request:
+class GroupRequest:
     """One decoded request of a group, and what happened to it."""
 
     index: int
@@ -113,36 +113,45 @@ class RequestBoundary:
         return self.handle_batch([payload])[0]
 
     def handle_batch(self, payloads: list[bytes]) -> list[Reply]:
-        """Answer several requests with one commit (group commit).
+        """Answer several requests with one commit (group commit): `decode`, `answer`, `finish`.
 
-        Each request runs in its own savepoint, so it commits or rolls back as a whole, and
-        none of the replies leaves before the commit that makes its request durable. Whatever
-        one request does (PROFILE §7) is its own: a bad frame gets 30 or a close, an exception in
-        its steps rolls back its savepoint only and answers 96, and the rest of the group commits.
+        Each request commits or rolls back as a whole, and none of the replies leaves before
+        the commit that makes its request durable. Whatever one request does (PROFILE §7) is its
+        own: a bad frame gets 30 or a close, an exception in its steps rolls back that request
+        only and answers 96, and the rest of the group commits.
         """
-        replies: list[Reply | None] = [None] * len(payloads)
-        work: list[_Request] = []
-        for i, payload in enumerate(payloads):
-            parsed = self._decode(payload)
-            if isinstance(parsed, Reply):
-                replies[i] = parsed
-            else:
-                work.append(_Request(i, *parsed))
-        answers = self._commit_group(work) if work else {}
-        for req in work:
-            answer = answers.get(req.index)
-            if answer is None:
-                # The commit's outcome is unknown (PROFILE §7): no answer; the terminal reverses.
-                replies[req.index] = Reply(None, close=True, incident=req.incident, error=req.error)
-                continue
-            try:
-                self._fault("after_commit", req.msg)
-            except Exception:  # InjectedCrashAfterCommit: the response is lost
-                replies[req.index] = Reply(None, close=True)
-                continue
-            reply = self._frame(req.frame, answer)
-            replies[req.index] = replace(reply, incident=reply.incident or req.incident, error=req.error)
-        return [r if r is not None else Reply(None, close=True) for r in replies]
+        decoded = [self.decode(payload) for payload in payloads]
+        work = [GroupRequest(i, *d) for i, d in enumerate(decoded) if not isinstance(d, Reply)]
+        answers = self.answer(work)
+        by_index = {req.index: req for req in work}
+        return [
+            d if isinstance(d, Reply) else self.finish(by_index[i], answers.get(i))
+            for i, d in enumerate(decoded)
+        ]
+
+    def decode(self, payload: bytes) -> Reply | tuple[framing.Frame, Message]:
+        """Total, and touches no state: the frame and its request, or the reply to a frame that
+        is not one (the server does this on its event loop, off the database thread)."""
+        return self._decode(payload)
+
+    def answer(self, work: list[GroupRequest]) -> dict[int, Answer]:
+        """The group's answers by request index, after its commit; a request missing from them
+        has no answer (its connection is closed)."""
+        return self._commit_group(work) if work else {}
+
+    def finish(self, req: GroupRequest, answer: Answer | None) -> Reply:
+        """The reply frame of an answered request (signed), or the close of an unanswered one."""
+        if answer is None:
+            # The commit's outcome is unknown (PROFILE §7): no answer; the terminal reverses.
+            return Reply(None, close=True, incident=req.incident, error=req.error)
+        try:
+            self._fault("after_commit", req.msg)
+        except Exception:  # InjectedCrashAfterCommit: the response is lost
+            return Reply(None, close=True)
+        reply = self._frame(req.frame, answer)
+        if req.incident is None and req.error is None:
+            return reply
+        return replace(reply, incident=reply.incident or req.incident, error=req.error)
 
     def _decode(self, payload: bytes) -> Reply | tuple[framing.Frame, Message]:
         """Total: a frame and its request, or the reply to a frame that is not one."""
@@ -180,7 +189,7 @@ class RequestBoundary:
         except Exception as exc:  # EncodeError: a field echoed from the request does not fit
             return Reply(None, close=True, incident=f"response does not encode: {describe(exc)}", error=exc)
 
-    def _commit_group(self, work: list[_Request]) -> dict[int, Answer]:
+    def _commit_group(self, work: list[GroupRequest]) -> dict[int, Answer]:
         """Run every request in one transaction and commit once.
 
         Returns the answers to send; a request missing from them has no answer (close). A
@@ -196,7 +205,7 @@ class RequestBoundary:
         try:
             try:
                 trans = conn.begin()
-                answers = {req.index: self._run(conn, req) for req in work}
+                answers = self._answer_all(conn, work)
             except Exception as exc:  # outside any one request's savepoint: the transaction broke
                 self.db_problems.note(
                     "database", f"transaction failed before commit, answering 96: {describe(exc)}"
@@ -220,12 +229,16 @@ class RequestBoundary:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _malfunction(self, req: _Request) -> Answer:
+    def _answer_all(self, conn: Connection, work: list[GroupRequest]) -> dict[int, Answer]:
+        """Every request of the group, in order, each in its own savepoint."""
+        return {req.index: self._run(conn, req) for req in work}
+
+    def _malfunction(self, req: GroupRequest) -> Answer:
         """96: nothing of this request was kept, safe to retry it unchanged."""
         now = self.clock.now()
         return Answer(response_for(req.msg, RC.SYSTEM_MALFUNCTION, now, self.zone), req.verified.get("mak"))
 
-    def _run(self, conn: Connection, req: _Request) -> Answer:
+    def _run(self, conn: Connection, req: GroupRequest) -> Answer:
         """One request in its own savepoint. An exception from its steps rolls back the
         savepoint only; if that rollback itself fails the exception leaves (the group broke)."""
         msg = req.msg

@@ -71,7 +71,7 @@ def _pin(ctx: RequestContext, pan: str) -> str | None:
     return None if block is None else decrypt_pin(ctx.pik, bytes.fromhex(block), pan)
 
 
-def _record(
+def transaction_row(
     ctx: RequestContext,
     *,
     kind: TxnKind,
@@ -83,29 +83,31 @@ def _record(
     original_id: int | None = None,
     batch: str | None = None,
     stan: str | None = None,
-) -> None:
-    ctx.conn.execute(
-        _INSERT_TRANSACTION,
-        {
-            "rrn": ctx.rrn,
-            "tid": ctx.tid,
-            "mid": ctx.mid,
-            "batch": batch or ctx.f60.batch,
-            "stan": stan or ctx.stan,
-            "kind": kind,
-            "status": TxnStatus.APPROVED if code is RC.APPROVED else TxnStatus.DECLINED,
-            "response_code": code.value,
-            "amount_minor": amount_minor,
-            "currency": CURRENCY_CNY,
-            "pan_masked": pan_masked,
-            "auth_code": auth,
-            "issuer_ref": issuer_ref,
-            "original_id": original_id,
-            "local_date": ctx.local_now.strftime("%m%d"),
-            "created_at": ctx.now,
-            "updated_at": ctx.now,
-        },
-    )
+) -> dict[str, object]:
+    """The host's record of one transaction (pure)."""
+    return {
+        "rrn": ctx.rrn,
+        "tid": ctx.tid,
+        "mid": ctx.mid,
+        "batch": batch or ctx.f60.batch,
+        "stan": stan or ctx.stan,
+        "kind": kind,
+        "status": TxnStatus.APPROVED if code is RC.APPROVED else TxnStatus.DECLINED,
+        "response_code": code.value,
+        "amount_minor": amount_minor,
+        "currency": CURRENCY_CNY,
+        "pan_masked": pan_masked,
+        "auth_code": auth,
+        "issuer_ref": issuer_ref,
+        "original_id": original_id,
+        "local_date": ctx.local_now.strftime("%m%d"),
+        "created_at": ctx.now,
+        "updated_at": ctx.now,
+    }
+
+
+def _record(ctx: RequestContext, **row: Any) -> None:
+    ctx.conn.execute(_INSERT_TRANSACTION, transaction_row(ctx, **row))
 
 
 def _set_status(ctx: RequestContext, txn_id: int, status: TxnStatus) -> None:
@@ -372,6 +374,18 @@ def reversal(ctx: RequestContext) -> Message:
     """Undo an approved original; a no-op for a declined or reversed one; a tombstone for one
     never seen; an automatic refund when the original's batch is already settled."""
     open_batch_locked(ctx)  # so that "is its batch settled?" cannot change under us
+    # Whether the original request was seen is asked BEFORE its transaction is looked up: on
+    # PostgreSQL each statement sees what had committed when it began, so an original that
+    # commits between the two is then found by the second (asked the other way round, it was
+    # seen but not found, and the reversal answered 00 having undone nothing).
+    seen = ctx.conn.execute(
+        select(requests.c.id).where(
+            requests.c.tid == ctx.tid,
+            requests.c.batch == ctx.f60.batch,
+            requests.c.stan == ctx.stan,
+            requests.c.mti == Mti.FINANCIAL.value,
+        )
+    ).first()
     orig = (
         ctx.conn.execute(
             select(transactions)
@@ -387,14 +401,6 @@ def reversal(ctx: RequestContext) -> Message:
         .first()
     )
     if orig is None:
-        seen = ctx.conn.execute(
-            select(requests.c.id).where(
-                requests.c.tid == ctx.tid,
-                requests.c.batch == ctx.f60.batch,
-                requests.c.stan == ctx.stan,
-                requests.c.mti == Mti.FINANCIAL.value,
-            )
-        ).first()
         if seen is None:
             ctx.conn.execute(
                 insert(requests).values(

@@ -250,23 +250,71 @@ def serve_cmd(
         int, typer.Option("--key-lifetime-s", help="Working-key session lifetime")
     ] = 86_400,
     tz: TzOption = DEFAULT_MERCHANT_TZ,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Run N host processes on the one port (SO_REUSEPORT), sharing the database "
+            "(PostgreSQL; on SQLite they queue on its one writer); 1..64",
+        ),
+    ] = None,
+    worker_fd: Annotated[int | None, typer.Option("--worker-fd", hidden=True)] = None,
 ) -> None:
     """Serve the card rail over TCP until interrupted."""
-    from tillroll.host.server import HostFailed, serve
+    from tillroll.host.server import HostFailed, run_event_loop, serve
     from tillroll.host.store import open_store
 
     host, port = parse_listen(listen)
     try:
-        config = HostConfig(key_lifetime_s=key_lifetime_s, merchant_tz=tz)
-        store = open_store(db)
+        config = HostConfig(key_lifetime_s=key_lifetime_s, merchant_tz=tz, reuse_port=worker_fd is not None)
+        if workers is not None:
+            _supervise(workers, host, port, db, config)
+            return
+        # A child of --workers: its parent migrated the database already.
+        store = open_store(db, migrate_schema=worker_fd is None)
     except (ConfigError, DatabaseUrlError) as exc:
         raise _fail(str(exc)) from None
     # force: a library may have put a handler on the root logger first (then INFO was lost).
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    typer.echo(f"tillroll host listening on {host}:{port} ({store.url.split('://')[0]})")
+    who = "" if worker_fd is None else " [%(process)d]"  # a child of --workers: its pid on each line
+    fmt = f"%(asctime)s{who} %(name)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=fmt, force=True)
     try:
-        asyncio.run(serve(store, config, host, port))
+        if worker_fd is not None:
+            from tillroll.host.workers import serve_worker
+
+            run_event_loop(serve_worker(store, config, host, port, worker_fd))
+            return
+        typer.echo(f"tillroll host listening on {host}:{port} ({store.url.split('://')[0]})")
+        run_event_loop(serve(store, config, host, port))
     except KeyboardInterrupt:
         typer.echo("stopped")
     except HostFailed as exc:
         raise _fail(f"host stopped: {exc}") from None
+    except OSError as exc:  # the address is taken or not ours
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def _supervise(workers: int, host: str, port: int, db: str | None, config: HostConfig) -> None:
+    """`--workers N`: migrate once here, then run N children (host/workers.py)."""
+    from tillroll.host.store import open_store
+    from tillroll.host.workers import ListenError, WorkerPlan, check_workers, supervise
+
+    check_workers(workers)
+    store = open_store(db)  # the master key is checked and the schema migrated, once, before any child
+    store.engine.dispose()  # the children open their own: nothing of this engine crosses into them
+    plan = WorkerPlan(workers, host, port, store.url, config)
+    if plan.backend.startswith("sqlite") and workers > 1:
+        typer.secho(
+            f"note: SQLite has one writer at a time; the {workers} workers take turns at it "
+            "(PostgreSQL is what --workers is for)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    try:
+        code = asyncio.run(supervise(plan, typer.echo))
+    except ListenError as exc:
+        raise _fail(str(exc)) from None
+    if code == 2:
+        raise _fail("host stopped: its workers kept dying")
+    typer.echo("stopped")
+    raise typer.Exit(code)

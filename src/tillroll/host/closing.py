@@ -50,8 +50,17 @@ def journal_lost(conn: Connection, tid: str, batch: str, sign_in_stan: str) -> b
 
 def batch_for_sign_in(conn: Connection, term: Any, sign_in_stan: str, now: datetime) -> str:
     """The batch a sign-in names in 60.2: the terminal's open batch, or, when its journal was
-    lost, a new one, after the host closed and settled the open one."""
-    batch = str(term["batch"])
+    lost, a new one, after the host closed and settled the open one.
+
+    The terminal's row is locked and read again: a settlement or cut-over of this terminal in
+    flight (another host process, on PostgreSQL) either commits first — then this sign-in sees
+    the next batch — or waits for this one and then closes the session it opens. Read without
+    the lock, a sign-in could hand out the batch a racing settlement was closing, in a session
+    left active (tests/integration/test_host_race_pg.py found it)."""
+    tid = str(term["tid"])
+    batch = str(
+        conn.execute(select(terminals.c.batch).where(terminals.c.tid == tid).with_for_update()).scalar_one()
+    )
     if not journal_lost(conn, str(term["tid"]), batch, sign_in_stan):
         return batch
     closed = close_batch(

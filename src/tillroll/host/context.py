@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
@@ -12,22 +14,29 @@ from tillroll.crypto.keystore import KeyStore
 from tillroll.host.config import HostConfig
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.messages import Field60, Message, Mti
+from tillroll.pan import mask_pan
 
 _ECHOED = ("2", "3", "4", "11", "25", "41", "42", "49", "60")
+_RESPONSE_MTI = {mti.value: mti.response.value for mti in Mti if int(mti.value[2]) % 2 == 0}
 
 
-def response_for(req: Message, code: ResponseCode, now: datetime, tz: tzinfo, **extra: str) -> Message:
+def response_for(
+    req: Message,
+    code: ResponseCode,
+    now: datetime,
+    tz: tzinfo,
+    *,
+    local: datetime | None = None,
+    **extra: str,
+) -> Message:
     """A response echoing the request's identifying fields (PROFILE §3); fields 12/13 are the
-    UTC instant `now` in the merchant's zone `tz` (PROFILE §7), whatever the process's TZ."""
-    local = to_merchant_local(now, tz)
+    UTC instant `now` in the merchant's zone `tz` (PROFILE §7), whatever the process's TZ
+    (`local`: that wall-clock time, when the caller has it already)."""
+    local = local or to_merchant_local(now, tz)
     fields = {k: req.fields[k] for k in _ECHOED if k in req.fields}
     fields.update({"12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"), "39": code.value})
     fields.update({k.lstrip("f"): v for k, v in extra.items()})
-    try:
-        mti = Mti(req.mti).response.value
-    except ValueError:
-        mti = req.mti
-    return Message(mti, fields)
+    return Message(_RESPONSE_MTI.get(req.mti, req.mti), fields)
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,7 @@ class RequestContext:
     config: HostConfig
     keystore: KeyStore  # the issuer's PIN verification key is sealed under it
 
-    @property
+    @functools.cached_property
     def local_now(self) -> datetime:
         """The merchant's wall-clock time of the request: fields 12/13/15, dates shown."""
         return to_merchant_local(self.now, self.config.zone)
@@ -67,4 +76,26 @@ class RequestContext:
         if auth_code:
             fields["38"] = auth_code
         fields.update({k.lstrip("f"): v for k, v in extra.items()})
-        return response_for(self.msg, code, self.now, self.config.zone, **fields)
+        return response_for(self.msg, code, self.now, self.config.zone, local=self.local_now, **fields)
+
+
+def stored_response(msg: Message) -> str:
+    """The stored response, with the card number masked (PROFILE §7)."""
+    fields = dict(msg.fields)
+    if "2" in fields:
+        fields["2"] = mask_pan(fields["2"])
+    return json.dumps({"mti": msg.mti, "fields": fields})
+
+
+def replayed_response(text: str, req: Message) -> Message:
+    """A stored response for a replay: field 2 is echoed again from the retried request, which
+    carries the full card number (when it is the masked one stored)."""
+    data = json.loads(text)
+    fields = data["fields"]
+    if "2" in fields:
+        pan = req.get("2")
+        if pan is not None and mask_pan(pan) == fields["2"]:
+            fields["2"] = pan
+        else:
+            del fields["2"]
+    return Message(data["mti"], fields)

@@ -19,18 +19,17 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from tillroll.clock import Clock, to_merchant_local
 from tillroll.crypto.keys import WorkingKeys, wrap_working_keys
 from tillroll.crypto.keystore import KeyStore
-from tillroll.host import card, closing, settlement
+from tillroll.host import card, closing, sale_lane, settlement
 from tillroll.host.boundary import Answer as _Answer
-from tillroll.host.boundary import FaultHook, RequestBoundary
+from tillroll.host.boundary import FaultHook, GroupRequest, RequestBoundary
 from tillroll.host.boundary import Replay as _Replay
 from tillroll.host.config import HostConfig
-from tillroll.host.context import RequestContext, response_for
+from tillroll.host.context import RequestContext, replayed_response, response_for, stored_response
 from tillroll.host.states import MAC_VALID_STATES, SessionState
 from tillroll.host.store import key_label
 from tillroll.iso8583.codes import ResponseCode
 from tillroll.iso8583.errors import DecodeError
 from tillroll.iso8583.messages import Field60, Kind, Message, Mti, mac_matches
-from tillroll.pan import mask_pan
 from tillroll.store import inserted_id
 from tillroll.store.tables import merchants, requests, sessions, terminals
 
@@ -84,6 +83,17 @@ class HostPipeline(RequestBoundary):
         super().__init__(engine, clock, config.zone, fault_hook=fault_hook)
         self.keystore = keystore
         self.config = config
+        self.sales = sale_lane.SaleLane(keystore, clock, config)
+
+    def _answer_all(self, conn: Connection, work: list[GroupRequest]) -> dict[int, _Answer]:
+        """Runs of ordinary sales through the sale lane, everything else through the steps."""
+        answers: dict[int, _Answer] = {}
+        for part, laned in sale_lane.runs(work, enabled=self.config.sale_lane):
+            if laned:
+                answers.update(self.sales.run(conn, part, self._run, self._fault))
+            else:
+                answers[part[0].index] = self._run(conn, part[0])
+        return answers
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -130,7 +140,7 @@ class HostPipeline(RequestBoundary):
         if stored is not None:
             # Reversals are exempt from 94: every repeat answers as the first did (PROFILE §6).
             if stored["content_hash"] == content_hash or kind is Kind.REVERSAL:
-                raise _Replay(_Answer(_load(stored["response"], msg), mak))
+                raise _Replay(_Answer(replayed_response(stored["response"], msg), mak))
             raise _Replay(_Answer(response_for(msg, RC.DUPLICATE, now, self.config.zone), mak))
         # Replays above may answer in a closed (settled) session: a lost 0510 can be asked again.
         if not self._session_admits(session, kind, f60):
@@ -164,7 +174,7 @@ class HostPipeline(RequestBoundary):
             keystore=self.keystore,
         )
         response = handler(ctx)
-        conn.execute(_STORE_RESPONSE, {"b_id": request_id, "b_response": _dump(response)})
+        conn.execute(_STORE_RESPONSE, {"b_id": request_id, "b_response": stored_response(response)})
         return _Answer(response, mak)
 
     def _session_admits(self, session: Any, kind: Kind, f60: Field60) -> bool:
@@ -229,25 +239,3 @@ class HostPipeline(RequestBoundary):
                 .values(state=SessionState.SIGNED_OUT)
             )
         return _Answer(response_for(msg, RC.APPROVED, self.clock.now(), self.config.zone), None)
-
-
-def _dump(msg: Message) -> str:
-    """The stored response, with the card number masked (PROFILE §7)."""
-    fields = dict(msg.fields)
-    if "2" in fields:
-        fields["2"] = mask_pan(fields["2"])
-    return json.dumps({"mti": msg.mti, "fields": fields})
-
-
-def _load(text: str, req: Message) -> Message:
-    """A stored response for a replay: field 2 is echoed again from the retried request, which
-    carries the full card number (when it is the masked one stored)."""
-    data = json.loads(text)
-    fields = data["fields"]
-    if "2" in fields:
-        pan = req.get("2")
-        if pan is not None and mask_pan(pan) == fields["2"]:
-            fields["2"] = pan
-        else:
-            del fields["2"]
-    return Message(data["mti"], fields)

@@ -8,7 +8,7 @@ from datetime import date, tzinfo
 from pathlib import Path
 
 from rich.table import Table
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, func, select, true
 
 from tillroll import ledger
 from tillroll.clock import DEFAULT_MERCHANT_TZ, local_day_bounds, merchant_zone
@@ -36,12 +36,20 @@ class ReportRow:
     net_minor: int  # what the acquirer pays the merchant for the day
 
 
-def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> list[ReportRow]:
+def settlement_report(
+    conn: Connection, day: date, tz: tzinfo | None = None, *, mid: str | None = None
+) -> list[ReportRow]:
     """Per merchant and terminal: the batches settled on `day`, and the automatic refunds
     booked that day (they belong to no terminal's totals, but reduce what the merchant is paid).
-    `day` is a calendar day of the merchant's zone `tz` (default Asia/Shanghai)."""
+    `day` is a calendar day of the merchant's zone `tz` (default Asia/Shanghai); `mid` limits it
+    to one merchant (in the SQL: a merchant's console never reads another's figures)."""
     start, end = local_day_bounds(day, tz or merchant_zone(DEFAULT_MERCHANT_TZ))
-    names = {str(mid): str(name) for mid, name in conn.execute(select(merchants.c.mid, merchants.c.name))}
+    names = {
+        str(m): str(name)
+        for m, name in conn.execute(
+            select(merchants.c.mid, merchants.c.name).where(true() if mid is None else merchants.c.mid == mid)
+        )
+    }
     acc: dict[tuple[str, str], dict[str, int]] = {}
 
     def slot(mid: str, tid: str) -> dict[str, int]:
@@ -60,11 +68,15 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
             func.sum(settlements.c.retained_minor),
             func.sum(case((settlements.c.closed_by == ClosedBy.HOST, 1), else_=0)),
         )
-        .where(settlements.c.settled_at >= start, settlements.c.settled_at < end)
+        .where(
+            settlements.c.settled_at >= start,
+            settlements.c.settled_at < end,
+            true() if mid is None else settlements.c.mid == mid,
+        )
         .group_by(settlements.c.mid, settlements.c.tid)
     )
-    for mid, tid, batches, sales, gross, refunds, refunded, fees, kept, by_host in settled:
-        s = slot(mid, tid)
+    for row_mid, tid, batches, sales, gross, refunds, refunded, fees, kept, by_host in settled:
+        s = slot(row_mid, tid)
         s.update(
             batches=int(batches),
             sale_count=int(sales),
@@ -82,14 +94,15 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
             transactions.c.status == TxnStatus.APPROVED,
             transactions.c.created_at >= start,
             transactions.c.created_at < end,
+            true() if mid is None else transactions.c.mid == mid,
         )
         .group_by(transactions.c.mid, transactions.c.tid)
     )
-    for mid, tid, count, total in autos:
-        s = slot(mid, tid)
+    for row_mid, tid, count, total in autos:
+        s = slot(row_mid, tid)
         s.update(auto_refund_count=int(count), auto_refunds_minor=int(total))
     rows = []
-    for (mid, tid), s in sorted(acc.items()):
+    for (row_mid, tid), s in sorted(acc.items()):
         s["net_minor"] = (
             s["gross_minor"]
             + s["retained_minor"]
@@ -97,7 +110,7 @@ def settlement_report(conn: Connection, day: date, tz: tzinfo | None = None) -> 
             - s["fees_minor"]
             - s["auto_refunds_minor"]
         )
-        rows.append(ReportRow(mid=mid, merchant_name=names.get(mid, ""), tid=tid, **s))
+        rows.append(ReportRow(mid=row_mid, merchant_name=names.get(row_mid, ""), tid=tid, **s))
     return rows
 
 

@@ -12,35 +12,72 @@ import asyncio
 import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import uvloop
+
 from tillroll.clock import Clock, SystemClock
-from tillroll.host.boundary import FaultHook, Reply
+from tillroll.host.boundary import Answer, FaultHook, GroupRequest, Reply
 from tillroll.host.config import HostConfig
 from tillroll.host.offenders import OffenderLog, describe
 from tillroll.host.pipeline import HostPipeline
 from tillroll.host.store import HostStore, open_store
 from tillroll.iso8583 import framing
 from tillroll.iso8583.errors import FramingError
+from tillroll.iso8583.messages import Message
 
 log = logging.getLogger("tillroll.host")
 
 
 @dataclass(frozen=True)
 class _Work:
-    payload: bytes
-    future: asyncio.Future[Reply]
+    """A decoded request waiting for the database worker, and where its answer goes."""
+
+    frame: framing.Frame
+    msg: Message
+    future: asyncio.Future[tuple[GroupRequest, Answer | None]]
+
+
+@dataclass(slots=True, eq=False)  # eq=False: hashed by identity, kept in a set
+class _Peer:
+    """A connection as the idle sweep sees it: when it last finished a request, and whether one
+    is being answered (then it is not idle, whatever the time)."""
+
+    writer: asyncio.StreamWriter
+    last_s: float
+    busy: bool = False
+
+
+class GroupSizes:
+    """How many requests each group commit answered (the host's figure of merit under load)."""
+
+    def __init__(self) -> None:
+        self.groups = 0
+        self.requests = 0
+        self.largest = 0
+
+    def note(self, size: int) -> None:  # one worker thread per counter update: no lock needed
+        self.groups += 1
+        self.requests += size
+        self.largest = max(self.largest, size)
+
+    def summary(self) -> str:
+        mean = self.requests / self.groups if self.groups else 0.0
+        return (
+            f"{self.requests} requests in {self.groups} group commits "
+            f"(mean {mean:.1f}, largest {self.largest})"
+        )
 
 
 class HostFailed(RuntimeError):
     """The host cannot serve any more (its database workers keep dying): it stops, non-zero."""
 
 
-_NO_ANSWER = Reply(None, close=True)
 WORKER_DEATHS_WINDOW_S = 60.0
 
 
@@ -67,12 +104,15 @@ class HostService:
         self._connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._peers: set[_Peer] = set()
         self._housekeeping: asyncio.Task[None] | None = None
+        self._idle_sweep: asyncio.Task[None] | None = None
         self._failure: asyncio.Future[HostFailed] | None = None
         self._closing = False
         # Log throttles count real seconds whatever clock the business logic runs on.
         interval = config.bad_input_log_interval_s
         self.offenders = OffenderLog(log, time.monotonic, interval_s=interval)
+        self.groups = GroupSizes()
         self.overload = OffenderLog(log, time.monotonic, interval_s=interval, what="overload")
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -80,8 +120,11 @@ class HostService:
         self._failure = self._loop.create_future()
         for n in range(self._workers_n):
             self._start_worker(n)
-        self._server = await asyncio.start_server(self._serve, host, port, limit=4096, backlog=1024)
+        self._server = await asyncio.start_server(
+            self._serve, host, port, limit=4096, backlog=1024, reuse_port=self.config.reuse_port
+        )
         self._housekeeping = asyncio.create_task(self._flush_logs())
+        self._idle_sweep = asyncio.create_task(self._close_idle())
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
 
@@ -107,8 +150,9 @@ class HostService:
 
     async def close(self) -> None:
         self._closing = True
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._idle_sweep):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             self._server.close()
             for task in list(self._tasks):
@@ -121,6 +165,18 @@ class HostService:
             await asyncio.to_thread(worker.join, 10)
         self.offenders.close()
         self.overload.close()
+        log.info("%s; %s", self.groups.summary(), self.pipeline.sales.summary())
+
+    async def _close_idle(self) -> None:
+        """Close connections silent for `idle_timeout_s`: one sweep a fraction of that, instead of
+        a timer armed and disarmed around every read (the loop's hot path)."""
+        idle_s = self.config.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = loop.time()
+            for peer in [p for p in self._peers if not p.busy and now - p.last_s >= idle_s]:
+                peer.writer.close()  # its pending read ends (IncompleteReadError): it returns
 
     async def _flush_logs(self) -> None:
         while True:
@@ -161,7 +217,9 @@ class HostService:
         self._start_worker(n)
 
     def _work(self) -> None:
-        """Worker thread: drain waiting requests into one batch, answer them, repeat."""
+        """Worker thread: drain waiting requests into one group, answer them with one commit,
+        hand the answers back to the loop in one wake-up; signing and framing them is the
+        loop's (so this thread is already on the next group's database work)."""
         batch_max = self.config.batch_max
         while True:
             item = self._queue.get()
@@ -177,29 +235,34 @@ class HostService:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
+            group = [GroupRequest(i, w.frame, w.msg) for i, w in enumerate(batch)]
+            self.groups.note(len(group))
             try:
-                replies = self.pipeline.handle_batch([w.payload for w in batch])
+                answers = self.pipeline.answer(group)
             except BaseException as exc:
                 # The pipeline contains every request's failure; this is a bug or the thread being
                 # torn down. Whether the group committed is unknown: no answers, close them.
-                for w in batch:
-                    self._resolve(w.future, _NO_ANSWER)
+                self._resolve([(w.future, (req, None)) for w, req in zip(batch, group, strict=True)])
                 if not isinstance(exc, Exception):
                     raise
                 log.error("pipeline failed on a batch of %d: %s", len(batch), describe(exc))
                 continue
-            for w, reply in zip(batch, replies, strict=True):
-                self._resolve(w.future, reply)
+            self._resolve(
+                [(w.future, (req, answers.get(req.index))) for w, req in zip(batch, group, strict=True)]
+            )
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _resolve(self, future: asyncio.Future[Reply], reply: Reply) -> None:
+    def _resolve(self, results: list[tuple[asyncio.Future[Any], Any]]) -> None:
+        """Set a group's futures on the loop: one wake-up for the whole group."""
+
         def _set() -> None:
-            if not future.done():  # a request that timed out was given up already
-                future.set_result(reply)
+            for future, result in results:
+                if not future.done():  # a request that timed out was given up already
+                    future.set_result(result)
 
         self._call_soon(_set)
 
@@ -232,34 +295,63 @@ class HostService:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, offender: str
     ) -> None:
         loop = asyncio.get_running_loop()
+        peer = _Peer(writer, loop.time())
+        self._peers.add(peer)
+        try:
+            await self._answer_each(reader, writer, offender, peer, loop)
+        finally:
+            self._peers.discard(peer)
+
+    async def _answer_each(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        offender: str,
+        peer: _Peer,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         config = self.config
         while True:
             try:
-                payload = await asyncio.wait_for(
-                    framing.read_payload(reader, config.frame_max_len), timeout=config.idle_timeout_s
-                )
+                payload = await framing.read_payload(reader, config.frame_max_len)  # idle: `_close_idle`
             except FramingError as exc:
                 self.offenders.note(offender, f"closing: {exc}")
                 return
-            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            except (asyncio.IncompleteReadError, ConnectionError):
                 return
-            future: asyncio.Future[Reply] = loop.create_future()
-            work = _Work(payload, future)
-            try:
-                self._queue.put_nowait(work)
-            except queue.Full:  # overloaded: wait a bounded time, then give this connection up
+            peer.busy = True
+            decoded = self.pipeline.decode(payload)
+            if isinstance(decoded, Reply):  # not a request of the profile: no database work
+                reply = decoded
+            else:
+                future: asyncio.Future[tuple[GroupRequest, Answer | None]] = loop.create_future()
+                work = _Work(*decoded, future)
                 try:
-                    await asyncio.to_thread(self._queue.put, work, True, config.queue_wait_s)
-                except queue.Full:
+                    self._queue.put_nowait(work)
+                except queue.Full:  # overloaded: wait a bounded time, then give this connection up
+                    try:
+                        await asyncio.to_thread(self._queue.put, work, True, config.queue_wait_s)
+                    except queue.Full:
+                        self.overload.note(
+                            offender, f"request queue full for {config.queue_wait_s:.1f} s: closing"
+                        )
+                        return
+                # A timer that cancels the future, not a timeout context: nothing made per request
+                # but the one timer handle.
+                late = loop.call_later(config.request_timeout_s, future.cancel)
+                try:
+                    req, answer = await future
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # the host is closing
                     self.overload.note(
-                        offender, f"request queue full for {config.queue_wait_s:.1f} s: closing"
+                        offender, f"no answer within {config.request_timeout_s:.1f} s: closing"
                     )
                     return
-            try:
-                reply = await asyncio.wait_for(future, timeout=config.request_timeout_s)
-            except TimeoutError:
-                self.overload.note(offender, f"no answer within {config.request_timeout_s:.1f} s: closing")
-                return
+                finally:
+                    late.cancel()
+                reply = self.pipeline.finish(req, answer)
             if reply.incident:
                 self.offenders.note(offender, reply.incident, reply.error)
             if reply.frame is not None:
@@ -267,6 +359,8 @@ class HostService:
                 await writer.drain()
             if reply.close:
                 return
+            peer.busy = False
+            peer.last_s = loop.time()
 
 
 async def _close(writer: asyncio.StreamWriter) -> None:
@@ -352,12 +446,34 @@ class HostServer:
         self.stop()
 
 
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """`asyncio.run` on uvloop's event loop, the host process's (a loop written in C: 4 of 5
+    back-to-back runs of bench/host_auth.py answered 2-17 % more sales, docs/performance.md).
+    Tests and the demo run the host on the standard loop (`HostServer`); the processes of
+    `tillroll host serve` and its `--workers` are the ones on uvloop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 async def serve(store: HostStore, config: HostConfig, host: str, port: int) -> None:
-    """Run the host in the foreground until cancelled (`tillroll host serve`)."""
+    """Run the host in the foreground until cancelled or sent SIGTERM (`tillroll host serve`):
+    either way the open groups are answered, the workers stopped and the figures logged."""
     service = HostService(store, config)
     address = await service.start(host, port)
     log.info("tillroll host listening on %s:%d", *address)
+    loop = asyncio.get_running_loop()
+    terminated = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        loop.add_signal_handler(signal.SIGTERM, terminated.set)
+    serving = asyncio.ensure_future(service.serve_forever())
+    stopping = asyncio.ensure_future(terminated.wait())
     try:
-        await service.serve_forever()
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():
+            serving.result()  # HostFailed
     finally:
+        stopping.cancel()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, HostFailed):
+            await serving
         await service.close()

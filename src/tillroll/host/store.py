@@ -57,11 +57,13 @@ def load_keystore(url: str) -> KeyStore:
     return KeyStore.from_env() or KeyStore.load(master_key_file(url))
 
 
-def open_store(db_url: str | None = None, *, pool_size: int = 8) -> HostStore:
+def open_store(db_url: str | None = None, *, pool_size: int = 8, migrate_schema: bool = True) -> HostStore:
     """Engine, migrations and key store; the key store first, so a refused master key stops
-    the start before anything is created."""
+    the start before anything is created. `migrate_schema=False`: another process migrated
+    already (the parent of `host serve --workers N`), so N children do not race on Alembic."""
     url = normalize_url(db_url or default_db_url())
     keystore = load_keystore(url)
     engine = make_engine(url, pool_size=pool_size)
-    migrate(engine)
+    if migrate_schema:
+        migrate(engine)
     return HostStore(url=url, engine=engine, keystore=keystore)

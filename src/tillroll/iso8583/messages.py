@@ -126,7 +126,7 @@ class Message:
                 new.pop(num, None)
             else:
                 new[num] = v
-        return replace(self, fields=new)
+        return Message(self.mti, new)
 
     def without(self, *keys: str) -> Message:
         return replace(self, fields={k: v for k, v in self.fields.items() if k not in keys})

@@ -8,7 +8,9 @@ request), so a debit, its message and the host's booking commit or roll back tog
 from __future__ import annotations
 
 import enum
+import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,7 +30,7 @@ PIN_TRIES_MAX = 3
 BANK_NAME = "模拟银行"
 BANK_TIME_ZONE = "Asia/Shanghai"  # the cardholder's messages and card expiry: the bank's day
 PVK_NAME = "pvk"
-_PVK_LABEL = b"issuer:pvk"
+PVK_LABEL = b"issuer:pvk"
 
 
 class CardStatus(enum.StrEnum):
@@ -84,6 +86,7 @@ _INSERT_AUTHORIZATION = insert(issuer_authorizations)
 _INSERT_MESSAGE = insert(issuer_messages)
 
 
+@functools.lru_cache(maxsize=256)  # a sale asks twice for its instant (expiry, then message)
 def _bank_time(now: datetime) -> datetime:
     return to_merchant_local(now, merchant_zone(BANK_TIME_ZONE))
 
@@ -99,13 +102,13 @@ def pin_verification_key(
             with conn.begin_nested():
                 conn.execute(
                     insert(issuer_keys).values(
-                        name=PVK_NAME, key_enc=keystore.seal(os.urandom(16), label=_PVK_LABEL), created_at=now
+                        name=PVK_NAME, key_enc=keystore.seal(os.urandom(16), label=PVK_LABEL), created_at=now
                     )
                 )
         except IntegrityError:
             pass
         sealed = conn.execute(select(issuer_keys.c.key_enc).where(issuer_keys.c.name == PVK_NAME)).scalar()
-    return keystore.open(sealed, label=_PVK_LABEL) if sealed is not None else None
+    return keystore.open(sealed, label=PVK_LABEL) if sealed is not None else None
 
 
 def add_card(
@@ -162,9 +165,39 @@ def _card(conn: Connection, pan: str, *, for_update: bool = True) -> dict[str, o
     return dict(row) if row else None
 
 
-def _pin_ok(conn: Connection, card: dict[str, object], pin: str, keystore: KeyStore) -> bool:
+def card_refusal(
+    card: Mapping[str, object] | None, expiry_yymm: str | None, now: datetime
+) -> ResponseCode | None:
+    """The card-level checks a bank makes before the PIN and the money (pure)."""
+    if card is None:
+        return ResponseCode.INVALID_CARD
+    if card["status"] == CardStatus.LOCKED:
+        return ResponseCode.PIN_TRIES_EXCEEDED
+    if card["status"] != CardStatus.ACTIVE:
+        return ResponseCode.DO_NOT_HONOUR
+    card_expiry = str(card["expiry"])
+    if card_expiry < _bank_time(now).strftime("%y%m") or (
+        expiry_yymm is not None and expiry_yymm != card_expiry
+    ):
+        return ResponseCode.EXPIRED_CARD
+    return None
+
+
+def debit_refusal(card: Mapping[str, object], amount_minor: int) -> ResponseCode | None:
+    """The money checks of a purchase, after the card and PIN passed (pure)."""
+    if amount_minor <= 0:
+        return ResponseCode.INVALID_AMOUNT
+    limit = card["limit_minor"]
+    if limit is not None and amount_minor > int(str(limit)):
+        return ResponseCode.AMOUNT_LIMIT
+    if int(str(card["balance_minor"])) < amount_minor:
+        return ResponseCode.INSUFFICIENT_FUNDS
+    return None
+
+
+def pin_ok(pvk: bytes | None, card: Mapping[str, object], pin: str) -> bool:
+    """Whether `pin` is the card's PIN (pure); never for a card issued before PIN offsets."""
     offset = card["pin_offset"]
-    pvk = pin_verification_key(conn, keystore)
     if offset is None or pvk is None:  # a card issued before PIN offsets: re-issue it
         return False
     return pin_matches(pvk, validation_data(str(card["pan"])), str(offset), pin)
@@ -178,20 +211,13 @@ def _check_card(
     now: datetime,
     keystore: KeyStore,
 ) -> ResponseCode | None:
-    """Card-level checks a bank makes before looking at money; None when they pass."""
-    if card is None:
-        return ResponseCode.INVALID_CARD
-    if card["status"] == CardStatus.LOCKED:
-        return ResponseCode.PIN_TRIES_EXCEEDED
-    if card["status"] != CardStatus.ACTIVE:
-        return ResponseCode.DO_NOT_HONOUR
-    card_expiry = str(card["expiry"])
-    if card_expiry < _bank_time(now).strftime("%y%m") or (
-        expiry_yymm is not None and expiry_yymm != card_expiry
-    ):
-        return ResponseCode.EXPIRED_CARD
+    """Card-level checks a bank makes before looking at money; None when they pass. A wrong PIN
+    counts a try (the third locks the card); a right one clears the count."""
+    refusal = card_refusal(card, expiry_yymm, now)
+    if refusal is not None or card is None:
+        return refusal
     if pin is not None:
-        if not _pin_ok(conn, card, pin, keystore):
+        if not pin_ok(pin_verification_key(conn, keystore), card, pin):
             tries = int(str(card["pin_tries"])) + 1
             locked = tries >= PIN_TRIES_MAX
             conn.execute(
@@ -205,26 +231,47 @@ def _check_card(
     return None
 
 
-def _message(
-    conn: Connection,
-    *,
-    card: dict[str, object],
+def message_text(
+    pan: str, what: str, amount_minor: int, balance_minor: int, merchant_name: str, now: datetime
+) -> str:
+    """The cardholder's "you paid" message of one authorization (pure)."""
+    return (
+        f"您尾号{pan[-4:]}的卡于{_bank_time(now):%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
+        f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
+    )
+
+
+def authorization_row(
+    card_id: int,
+    direction: str,
+    amount_minor: int,
+    reason: Reason,
+    reference: str,
+    merchant_name: str,
+    now: datetime,
+) -> dict[str, object]:
+    return {
+        "card_id": card_id,
+        "direction": direction,
+        "amount_minor": amount_minor,
+        "reason": reason,
+        "reference": reference,
+        "merchant_name": merchant_name,
+        "created_at": now,
+    }
+
+
+def message_row(
+    card: Mapping[str, object],
     authorization_id: int,
-    what: str,
+    reason: Reason,
     amount_minor: int,
     balance_minor: int,
     merchant_name: str,
     now: datetime,
-) -> None:
-    pan = str(card["pan"])
-    text = (
-        f"您尾号{pan[-4:]}的卡于{_bank_time(now):%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
-        f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
-    )
-    conn.execute(
-        _INSERT_MESSAGE,
-        {"card_id": card["id"], "authorization_id": authorization_id, "text": text, "created_at": now},
-    )
+) -> dict[str, object]:
+    text = message_text(str(card["pan"]), _REASON_ZH[reason], amount_minor, balance_minor, merchant_name, now)
+    return {"card_id": card["id"], "authorization_id": authorization_id, "text": text, "created_at": now}
 
 
 def _post(
@@ -241,29 +288,15 @@ def _post(
     delta = -amount_minor if direction == "debit" else amount_minor
     balance = int(str(card["balance_minor"])) + delta
     conn.execute(_SET_BALANCE, {"b_id": card["id"], "b_balance": balance})
+    card_id = int(str(card["id"]))
     auth_id = inserted_id(
         conn.execute(
             _INSERT_AUTHORIZATION,
-            {
-                "card_id": card["id"],
-                "direction": direction,
-                "amount_minor": amount_minor,
-                "reason": reason,
-                "reference": reference,
-                "merchant_name": merchant_name,
-                "created_at": now,
-            },
+            authorization_row(card_id, direction, amount_minor, reason, reference, merchant_name, now),
         )
     )
-    _message(
-        conn,
-        card=card,
-        authorization_id=auth_id,
-        what=_REASON_ZH[reason],
-        amount_minor=amount_minor,
-        balance_minor=balance,
-        merchant_name=merchant_name,
-        now=now,
+    conn.execute(
+        _INSERT_MESSAGE, message_row(card, auth_id, reason, amount_minor, balance, merchant_name, now)
     )
     return Outcome(ResponseCode.APPROVED, auth_id, balance, int(str(card["id"])))
 
@@ -285,13 +318,9 @@ def debit(
     refusal = _check_card(conn, card, expiry_yymm, pin, now, keystore)
     if refusal is not None or card is None:
         return Outcome(refusal or ResponseCode.INVALID_CARD)
-    if amount_minor <= 0:
-        return Outcome(ResponseCode.INVALID_AMOUNT)
-    limit = card["limit_minor"]
-    if limit is not None and amount_minor > int(str(limit)):
-        return Outcome(ResponseCode.AMOUNT_LIMIT)
-    if int(str(card["balance_minor"])) < amount_minor:
-        return Outcome(ResponseCode.INSUFFICIENT_FUNDS)
+    refusal = debit_refusal(card, amount_minor)
+    if refusal is not None:
+        return Outcome(refusal)
     return _post(
         conn,
         card=card,

@@ -9,10 +9,12 @@ from tillroll.ledger.postings import (
     UnbalancedEntry,
     balances,
     cardholder,
+    entry_rows,
     imbalance,
     merchant,
     post,
     transfer,
+    transfer_legs,
 )
 
 __all__ = [
@@ -24,8 +26,10 @@ __all__ = [
     "UnbalancedEntry",
     "balances",
     "cardholder",
+    "entry_rows",
     "imbalance",
     "merchant",
     "post",
     "transfer",
+    "transfer_legs",
 ]

@@ -58,29 +58,42 @@ class Leg:
     currency: str = "156"
 
 
-def post(conn: Connection, kind: EntryKind, reference: str, legs: Sequence[Leg], now: datetime) -> int:
-    """Append one entry; its legs must sum to zero in each currency."""
+def entry_rows(
+    entry_id: int | None, kind: EntryKind, reference: str, legs: Sequence[Leg], now: datetime
+) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """One entry's row and its postings' rows (pure); its legs must sum to zero in each
+    currency. With `entry_id` None the entry's row leaves the id to the database (the postings'
+    then lack theirs: fill it in)."""
     totals: dict[str, int] = defaultdict(int)
     for leg in legs:
         totals[leg.currency] += leg.amount_minor
     if any(totals.values()) or len(legs) < 2:
         raise UnbalancedEntry(f"{kind} {reference}: legs {legs} do not balance")
-    entry_id = inserted_id(
-        conn.execute(_INSERT_ENTRY, {"kind": kind, "reference": reference, "created_at": now})
-    )
-    conn.execute(
-        _INSERT_POSTING,
-        [
-            {
-                "entry_id": entry_id,
-                "account": leg.account,
-                "amount_minor": leg.amount_minor,
-                "currency": leg.currency,
-            }
-            for leg in legs
-            if leg.amount_minor
-        ],
-    )
+    entry: dict[str, object] = {"kind": kind, "reference": reference, "created_at": now}
+    if entry_id is not None:
+        entry["id"] = entry_id
+    postings: list[dict[str, object]] = [
+        {
+            "entry_id": entry_id,
+            "account": leg.account,
+            "amount_minor": leg.amount_minor,
+            "currency": leg.currency,
+        }
+        for leg in legs
+        if leg.amount_minor
+    ]
+    return entry, postings
+
+
+def transfer_legs(source: str, target: str, amount_minor: int) -> list[Leg]:
+    return [Leg(source, -amount_minor), Leg(target, amount_minor)]
+
+
+def post(conn: Connection, kind: EntryKind, reference: str, legs: Sequence[Leg], now: datetime) -> int:
+    """Append one entry; its legs must sum to zero in each currency."""
+    entry, postings = entry_rows(None, kind, reference, legs, now)
+    entry_id = inserted_id(conn.execute(_INSERT_ENTRY, entry))
+    conn.execute(_INSERT_POSTING, [{**posting, "entry_id": entry_id} for posting in postings])
     return entry_id
 
 
@@ -94,7 +107,7 @@ def transfer(
     amount_minor: int,
     now: datetime,
 ) -> int:
-    return post(conn, kind, reference, [Leg(source, -amount_minor), Leg(target, amount_minor)], now)
+    return post(conn, kind, reference, transfer_legs(source, target, amount_minor), now)
 
 
 def balances(conn: Connection) -> dict[str, int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -84,26 +84,39 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(v)
 
 
-def full_card_numbers(value: Any) -> list[str]:
+def full_card_numbers(value: Any, ids: Collection[str] = ()) -> list[str]:
     """Every run of 13-19 consecutive digits in ``value`` (strings, numbers, nested) that passes
-    Luhn: what a full card number looks like. Returned masked, for the error message."""
+    Luhn: what a full card number looks like. Returned masked, for the error message. A run equal
+    to one of ``ids`` (the fact's own merchant and terminal ids) is not a card number: a 15-digit
+    merchant id passes Luhn one time in ten."""
     found = []
     for text in _strings(value):
         for run in _DIGIT_RUN.findall(text):
-            if PAN_DIGITS_MIN <= len(run) <= PAN_DIGITS_MAX and luhn_ok(run):
+            if PAN_DIGITS_MIN <= len(run) <= PAN_DIGITS_MAX and run not in ids and luhn_ok(run):
                 found.append(run[:6] + "*" * (len(run) - 10) + run[-4:])
     return found
 
 
-def refuse_card_numbers(payload: Any, what: str) -> None:
-    """Raise :class:`FactError` if ``payload`` holds a clear-number field or a full card number."""
+def refuse_card_numbers(payload: Any, what: str, ids: Collection[str] = ()) -> None:
+    """Raise :class:`FactError` if ``payload`` holds a clear-number field or a full card number
+    (other than one of ``ids``, the merchant and terminal ids it is about)."""
     if isinstance(payload, Mapping):
         clear = sorted(set(map(str, payload)) & _CLEAR_FIELDS)
         if clear:
             raise FactError(f"{what} has field(s) {clear} that carry a clear number: send it masked")
-    found = full_card_numbers(payload)
+    found = full_card_numbers(payload, ids)
     if found:
         raise FactError(f"{what} holds a full card number ({found[0]}): mask it (first 6, last 4)")
+
+
+def _ids(*values: object) -> frozenset[str]:
+    """The merchant and terminal ids a fact names, as the digit runs the card-number scan skips."""
+    return frozenset(v.strip() for v in values if isinstance(v, str) and v.strip())
+
+
+def fact_ids(fact: Fact) -> frozenset[str]:
+    """The ids of ``fact`` that a rendered message or event may show in full."""
+    return _ids(fact.mid, fact.details.get("tid"))
 
 
 def _text(fact: Mapping[str, Any], name: str, *, required: bool) -> str | None:
@@ -144,7 +157,7 @@ def parse_fact(kind: MessageKind, fact: Mapping[str, Any]) -> Fact:
     ``amount_minor`` (required for customer messages and money alerts), ``currency`` (default
     156), ``contact`` (the customer's phone or e-mail), ``alert`` (an :class:`AlertKind`, required
     for merchant alerts), ``link`` (required for e-receipts); the rest is kept as details."""
-    refuse_card_numbers(fact, "fact")
+    refuse_card_numbers(fact, "fact", _ids(fact.get("mid"), fact.get("tid")))
     fact_id = _text(fact, "id", required=True)
     assert fact_id is not None
     if len(fact_id) > FACT_ID_MAX:

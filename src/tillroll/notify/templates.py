@@ -14,7 +14,7 @@ from typing import Any
 
 from tillroll.clock import DEFAULT_MERCHANT_TZ, TimeZoneError, merchant_zone, to_merchant_local
 from tillroll.money import CNY, format_yuan
-from tillroll.notify.facts import AlertKind, Fact, FactError, refuse_card_numbers
+from tillroll.notify.facts import AlertKind, Fact, FactError, fact_ids, refuse_card_numbers
 from tillroll.notify.outbox import MessageKind
 from tillroll.pan import mask_pan
 
@@ -197,7 +197,7 @@ def render(fact: Fact) -> Rendered:
     subject = f"{merchant} {subj_zh} / {subj_en}" if merchant else f"{subj_zh} / {subj_en}"
     text = zh.format(**values) + "\n" + en.format(**values)
     out = Rendered(subject=subject, text=text)
-    refuse_card_numbers([out.subject, out.text], "rendered message")
+    refuse_card_numbers([out.subject, out.text], "rendered message", fact_ids(fact))
     return out
 
 
@@ -223,7 +223,7 @@ def webhook_event(fact: Fact) -> dict[str, Any]:
         if key in fact.details:
             data[key] = _masked(fact.details[key])
     event = {"type": WEBHOOK_EVENT_TYPES[fact.kind], "timestamp": data["at"], "data": data}
-    refuse_card_numbers(event, "webhook event")
+    refuse_card_numbers(event, "webhook event", fact_ids(fact))
     return event
 
 

@@ -88,8 +88,7 @@ _CHANNEL_WORDS = {Channel.SMS: ("短信", "SMS"), Channel.EMAIL: ("邮件", "e-m
 
 
 def _merchant_key(exc: Exc, pay: Payment) -> dict[str, Any]:
-    """The terminal when known (the notifications look its merchant up), else the merchant: a
-    merchant id in a fact is scanned like any text, and a 15-digit id can pass Luhn."""
+    """The terminal when known (the notifications look its merchant up), else the merchant."""
     return {"tid": exc.tid} if exc.tid else {"mid": pay.mid}
 
 

@@ -20,10 +20,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine, and_, case, exists, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from tillroll.recon import rules, stage
+from tillroll.recon import rules, side, stage
 from tillroll.recon.model import EXCEPTION_FINAL, ExceptionState
 from tillroll.recon.rules import Params, rc_found
 from tillroll.recon.statement import BEIJING
+from tillroll.recon.timing import Steps
 from tillroll.store import inserted_id
 from tillroll.store.tables import (
     merchants,
@@ -43,6 +44,7 @@ class ReconConfig:
     duplicate_window_s: int = 120  # the same card and amount twice within this is a duplicate
     business_hours: tuple[int, int] = (8, 22)  # local hours in which a key session must not expire
     exception_deadline_s: int = 86400  # an exception's deadline after it is opened
+    beside: bool = True  # SQLite file: the wallet rail and the host's rules on a second connection
 
 
 @dataclass
@@ -52,6 +54,7 @@ class RunResult:
     opened: list[int]  # the exceptions this run opened (the automatic actions' input)
     found: dict[str, int]  # per class, opened or found again
     summary: dict[str, Any] = field(default_factory=dict)
+    steps_s: dict[str, float] = field(default_factory=dict)  # wall seconds per step (the benchmark's)
 
 
 AfterRun = Callable[[list[int]], object]
@@ -160,32 +163,35 @@ def _upsert(conn: Connection, p: Params, run_id: int, deadline: datetime) -> lis
         where=e.c.state.not_in([s.value for s in EXCEPTION_FINAL]),
     )
     conn.execute(ins)
-    new = (
-        select(e.c.id)
-        .join(f, and_(e.c["class"] == f.c.cls, e.c.key == f.c.key))
-        .where(f.c.existed == 0)
-        .order_by(e.c.id)
-    )
-    return [int(i) for i in conn.execute(new).scalars()]
+    # The day's found rows drive the join (an index lookup each); sorted here, since an ORDER BY
+    # e.id made SQLite walk every exception ever recorded in id order instead.
+    new = select(e.c.id).select_from(f).join(e, and_(e.c["class"] == f.c.cls, e.c.key == f.c.key))
+    return sorted(int(i) for i in conn.execute(new.where(f.c.existed == 0)).scalars())
 
 
-def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
-    c, w, f = stage.rc_card.c, stage.rc_wallet.c, rc_found.c
+def _summary(conn: Connection, p: Params, day: date, wallet: dict[str, int]) -> dict[str, Any]:
+    """The run's summary: the card rail counted here (one scan of rc_card), the wallet rail's
+    counts as ``side.wallet_and_host`` made them, the classes and rules from rc_found."""
+    c, f = stage.rc_card.c, rc_found.c
 
     def n(cond: Any) -> Any:
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
-    # one scan of each working table for all its counts
     card = conn.execute(
         select(
             n(c.j_id.is_not(None)),
             n(c.h_id.is_not(None)),
             n(c.matched_by == "rrn"),
             n(c.matched_by == "tid_batch_stan"),
+            n(rules.pending_card(p)),
         ).where(c.core == 1)
     ).one()
-    wallet = conn.execute(select(n(w.j_id.is_not(None)), n(w.s_state.is_not(None))).where(w.core == 1)).one()
-    sources = {"journal_card": card[0], "host": card[1], "journal_wallet": wallet[0], "statement": wallet[1]}
+    sources = {
+        "journal_card": card[0],
+        "host": card[1],
+        "journal_wallet": wallet["journal_wallet"],
+        "statement": wallet["statement"],
+    }
     matched = {"rrn": card[2], "tid_batch_stan": card[3]}
     classes: dict[Any, Any] = dict(conn.execute(select(f.cls, func.count()).group_by(f.cls)).all())
     by_rule: dict[Any, Any] = dict(conn.execute(select(f.rule, func.count()).group_by(f.rule)).all())
@@ -197,7 +203,7 @@ def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
         "matched_by": {str(k): int(v) for k, v in matched.items()},
         "classes": {str(k): int(v) for k, v in classes.items()},
         "rules": {str(k): int(v) for k, v in by_rule.items()},
-        "pending": rules.pending_counts(conn, p),
+        "pending": {"card": int(card[4]), "wallet": wallet["pending_wallet"]},
         "statement": {
             "imported": p.stmt_ready,
             "next_day_imported": p.stmt_next_ready,
@@ -206,8 +212,37 @@ def _summary(conn: Connection, p: Params, day: date) -> dict[str, Any]:
     }
 
 
+def _card_and_rest(
+    conn: Connection,
+    p: Params,
+    window: side.Window,
+    queue: side.RuleQueue,
+    beside: side.WalletBeside | None,
+    steps: Steps,
+) -> dict[str, int]:
+    """Stage and match the card rail; the host's rules left; the wallet rail's side (here, or
+    what the second connection found). The wallet rail's counts."""
+    stage.fill_card(conn, lo=window.lo, hi=window.hi)
+    steps.mark("stage_card")
+    if conn.dialect.name == "postgresql":  # a temporary table has no statistics until asked:
+        for table in ("rc_day", "rc_term", "rc_card"):  # without, nested loops
+            conn.exec_driver_sql(f"ANALYZE {table}")
+        steps.mark("analyze")
+    for rule in rules.CARD_RULES:
+        rule(conn, p)
+        steps.mark(rule.__name__)
+    if beside is None:
+        return side.wallet_and_host(conn, p, window, queue, steps)
+    queue.run(conn, p, steps)
+    got = beside.result()
+    steps.mark("wait_beside")
+    side.add_found(conn, got.found)
+    steps.took.update(got.steps)
+    return got.counts
+
+
 def _run(
-    conn: Connection, day: date, now: datetime, config: ReconConfig
+    engine: Engine, conn: Connection, day: date, now: datetime, config: ReconConfig, steps: Steps
 ) -> tuple[dict[str, Any], int, list[int]]:
     iso = day.isoformat()
     if conn.dialect.name == "postgresql":
@@ -239,24 +274,34 @@ def _run(
         window_lo=lo,
         window_hi=hi,
     )
-    stage.fill_card(conn, lo=lo, hi=hi)
-    stage.fill_statement(conn, lo=lo, hi=hi)
-    stage.fill_wallet(conn, lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
-    if conn.dialect.name == "postgresql":  # a temporary table has no statistics until asked:
-        for table in ("rc_day", "rc_term", "rc_card", "rc_stmt", "rc_wallet"):  # without, nested loops
-            conn.exec_driver_sql(f"ANALYZE {table}")
-    for rule in rules.RULES:
-        rule(conn, p)
+    window = side.Window(lo=lo, hi=hi, stmt_lo=s_lo, stmt_hi=s_hi)
+    steps.mark("setup")
+    # the wallet rail: beside the card rail on a SQLite file (a second connection in a thread),
+    # after it on PostgreSQL (this connection); the same statements. The host's rules go to
+    # whichever connection is free first.
+    queue = side.RuleQueue()
+    use_beside = config.beside and side.runs_beside(engine)
+    beside = side.WalletBeside(engine, p, window, days, queue) if use_beside else None
+    try:
+        wallet = _card_and_rest(conn, p, window, queue, beside, steps)
+    except BaseException:
+        if beside is not None:
+            beside.abandon()  # its connection ends before this one rolls back
+        raise
     opened = _upsert(conn, p, run_id, now + timedelta(seconds=config.exception_deadline_s))
-    summary = _summary(conn, p, day)
+    steps.mark("upsert")
+    summary = _summary(conn, p, day, wallet)
+    steps.mark("summary")
     summary["new_exceptions"] = len(opened)
     conn.execute(
         update(recon_runs)
         .where(recon_runs.c.id == run_id)
         .values(finished_at=now, summary=json.dumps(summary, sort_keys=True))
     )
-    rc_found.drop(conn)
-    stage.drop(conn)
+    if conn.dialect.name != "sqlite":  # SQLite: run_day closes the connection instead
+        rc_found.drop(conn)
+        stage.drop(conn)
+        steps.mark("drop")
     return summary, run_id, opened
 
 
@@ -272,14 +317,23 @@ def run_day(
     config = config or ReconConfig()
     day = parse_business_date(business_date) if isinstance(business_date, str) else business_date
     iso = day.isoformat()
+    steps = Steps()
     with engine.connect() as conn:
         if conn.dialect.name == "sqlite":  # before BEGIN: SQLite refuses temp_store inside one
             raw: Any = conn.connection.driver_connection
             raw.execute("PRAGMA temp_store=MEMORY")  # the working tables never touch disk
-            raw.execute("PRAGMA mmap_size=8589934592")  # read the day's pages mapped (SQLite caps it)
+            for pragma in side.READ_PRAGMAS:  # the day's pages read mapped, and cached beyond the map
+                raw.execute(f"PRAGMA {pragma}")
         with conn.begin():
-            summary, run_id, opened = _run(conn, day, now, config)
-    result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary)
+            summary, run_id, opened = _run(engine, conn, day, now, config, steps)
+        steps.mark("commit")
+        if conn.dialect.name == "sqlite":
+            # The working tables go with the connection: closing it frees their memory at once,
+            # where DROP TABLE inside the transaction walked (and journalled) every page of them
+            # (0.5 s at 1M payments). The pool opens a new connection for the next user.
+            conn.invalidate()
+            steps.mark("close")
+    result = RunResult(run_id, iso, opened, dict(summary["classes"]), summary, steps.took)
     if after is not None and opened:
         after(opened)
     return result

@@ -37,6 +37,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    tuple_,
 )
 
 from tillroll.store.tables import journal_entries as je
@@ -98,6 +99,24 @@ rc_card = _temp(
     Column("core", Integer),  # 1: of this business day (not only of the window around it)
 )
 
+# The host's card sales of each merchant's business day (host time) that were approved once:
+# what the host's own rules (ledger, duplicates) read, staged once by the connection that runs
+# them (a narrow copy: their two passes do not go back to the store's rows).
+rc_sale = _temp(
+    "rc_sale",
+    Column("id", BigInteger),
+    Column("mid", String(15)),
+    Column("tid", String(8)),
+    Column("rrn", String(12)),
+    Column("batch", String(6)),
+    Column("stan", String(6)),
+    Column("status", String(12)),
+    Column("amount_minor", BigInteger),
+    Column("pan_masked", String(19)),
+    Column("issuer_ref", BigInteger),
+    Column("created_at", DateTime),
+)
+
 rc_stmt = _temp(
     "rc_stmt",
     Column("kind", String(8)),  # pay | refund
@@ -113,6 +132,9 @@ rc_stmt = _temp(
     Column("bill_date", String(8)),
     Index("ix_rc_stmt_ref", "ref", "kind"),
 )
+
+# rc_stmt's payments and refunds that are on more than one line, folded (one row each)
+rc_fold = _temp("rc_fold", *(Column(c.name, c.type) for c in rc_stmt.c))
 
 rc_wallet = _temp(
     "rc_wallet",
@@ -137,17 +159,18 @@ rc_wallet = _temp(
 )
 
 CARD_KINDS = ("sale", "void", "refund")
+WAS_APPROVED = ("approved", "voided", "reversed")  # a host sale that was approved once
 WALLET_KIND = {"qr_pay": "pay", "qr_refund": "refund"}
 
 
 def create(conn: Connection) -> None:
-    for table in (rc_day, rc_term, rc_card, rc_stmt, rc_wallet):
+    for table in (rc_day, rc_term, rc_card, rc_sale, rc_stmt, rc_fold, rc_wallet):
         table.drop(conn, checkfirst=True)
         table.create(conn)
 
 
 def drop(conn: Connection) -> None:
-    for table in (rc_wallet, rc_stmt, rc_card, rc_term, rc_day):
+    for table in (rc_wallet, rc_fold, rc_stmt, rc_sale, rc_card, rc_term, rc_day):
         table.drop(conn, checkfirst=True)
 
 
@@ -166,13 +189,12 @@ def fill_terminals(conn: Connection) -> None:
 def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     """rc_card: the journal's card entries with their host transaction, then the host's alone.
     ``lo``/``hi`` bound every merchant's window: the created_at indexes find the day's rows
-    whatever the history the store holds."""
-    by_rrn = transactions.alias("h1")
-    by_stan = transactions.alias("h2")
+    whatever the history the store holds.
 
-    def h(col: str) -> Any:
-        return func.coalesce(by_rrn.c[col], by_stan.c[col])
-
+    The host transaction is looked up by RRN in the INSERT, and only for the few entries that
+    found none by TID + batch + STAN afterwards (an UPDATE of those rows): one outer join more
+    in the INSERT cost an index lookup per journal row (~1.2 s of 2.7 at 1M payments)."""
+    h = transactions.alias("h1")
     journal_side = (
         select(
             rc_term.c.mid,
@@ -180,36 +202,26 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
             je.c.kind,
             je.c.batch,
             je.c.stan,
-            func.coalesce(by_rrn.c.rrn, by_stan.c.rrn, je.c.rrn),
+            func.coalesce(h.c.rrn, je.c.rrn),
             je.c.id,
             je.c.state,
             je.c.amount_minor,
             je.c.receipt,
             je.c.created_at,
-            h("id"),
-            h("status"),
-            h("amount_minor"),
-            h("response_code"),
-            h("issuer_ref"),
-            h("pan_masked"),
-            h("created_at"),
-            case((by_rrn.c.id.is_not(None), "rrn"), (by_stan.c.id.is_not(None), "tid_batch_stan")),
+            h.c.id,
+            h.c.status,
+            h.c.amount_minor,
+            h.c.response_code,
+            h.c.issuer_ref,
+            h.c.pan_masked,
+            h.c.created_at,
+            case((h.c.id.is_not(None), "rrn")),
             je.c.created_at,
             _core(je.c.created_at, rc_term),
         )
         .select_from(je)
         .join(rc_term, rc_term.c.tid == je.c.tid)
-        .outerjoin(by_rrn, by_rrn.c.rrn == je.c.rrn)
-        .outerjoin(
-            by_stan,
-            and_(
-                by_rrn.c.id.is_(None),
-                by_stan.c.tid == je.c.tid,
-                by_stan.c.batch == je.c.batch,
-                by_stan.c.stan == je.c.stan,
-                by_stan.c.kind == je.c.kind,
-            ),
-        )
+        .outerjoin(h, h.c.rrn == je.c.rrn)
         .where(
             je.c.rail == "card",
             je.c.kind.in_(CARD_KINDS),
@@ -221,6 +233,7 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     )
     cols = [c.name for c in rc_card.c]
     conn.execute(rc_card.insert().from_select(cols, journal_side))
+    _match_by_stan(conn)
     t = transactions
     # a partner outside the window still counts as one: the store's journal is asked
     named_by_rrn = exists().where(je.c.rrn == t.c.rrn)
@@ -266,29 +279,100 @@ def fill_card(conn: Connection, *, lo: datetime, hi: datetime) -> None:
     conn.execute(rc_card.insert().from_select(cols, host_side))
 
 
+def fill_sales(conn: Connection, *, lo: datetime, hi: datetime) -> None:
+    """rc_sale: the host's sales of each merchant's day (after rc_day) approved once."""
+    t = transactions
+    q = (
+        select(*(t.c[c.name] for c in rc_sale.c))
+        .select_from(t)
+        .join(rc_day, rc_day.c.mid == t.c.mid)
+        .where(
+            t.c.created_at >= lo,
+            t.c.created_at < hi,
+            t.c.created_at >= rc_day.c.lo,
+            t.c.created_at < rc_day.c.hi,
+            t.c.kind == "sale",
+            t.c.status.in_(WAS_APPROVED),
+        )
+    )
+    conn.execute(rc_sale.insert().from_select([c.name for c in rc_sale.c], q))
+
+
+def _match_by_stan(conn: Connection) -> None:
+    """The journal's entries no host transaction has by RRN (the terminal never got an answer)
+    take theirs by TID + batch + STAN + kind, if one exists."""
+    h, c = transactions.alias("h2"), rc_card.c
+    conn.execute(
+        rc_card.update()
+        .where(
+            c.h_id.is_(None),
+            h.c.tid == c.tid,
+            h.c.batch == c.batch,
+            h.c.stan == c.stan,
+            h.c.kind == c.kind,
+        )
+        .values(
+            rrn=h.c.rrn,
+            h_id=h.c.id,
+            h_status=h.c.status,
+            h_amount=h.c.amount_minor,
+            h_code=h.c.response_code,
+            h_issuer_ref=h.c.issuer_ref,
+            h_pan=h.c.pan_masked,
+            h_at=h.c.created_at,
+            matched_by="tid_batch_stan",
+        )
+    )
+
+
 def fill_statement(conn: Connection, *, lo: datetime, hi: datetime) -> None:
-    """rc_stmt: statement lines in [lo, hi), one row per payment or refund (GROUP BY)."""
+    """rc_stmt: statement lines in [lo, hi), one row per payment or refund.
+
+    Every line is copied as it is, then the few payments or refunds on more than one line are
+    folded: their lines' aggregate (the GROUP BY of the whole statement this used to be) replaces
+    them. The keys that repeat are found by a scan of rc_stmt's (ref, kind) index, not by
+    sorting every line (0.4 s instead of 1.1 at 1M payments)."""
     s = wallet_statement_rows
     kind = case((s.c.trade_state == "REFUND", "refund"), else_="pay")
     ref = case((s.c.trade_state == "REFUND", s.c.out_refund_no), else_=s.c.out_trade_no)
+    lines = select(
+        kind,
+        ref,
+        s.c.out_trade_no,
+        literal(1, Integer),
+        s.c.line_no,
+        s.c.trade_state,
+        s.c.total_minor,
+        s.c.refund_minor,
+        s.c.refund_status,
+        s.c.trade_time,
+        s.c.bill_date,
+    ).where(s.c.trade_time >= lo, s.c.trade_time < hi)
+    cols = [c.name for c in rc_stmt.c]
+    conn.execute(rc_stmt.insert().from_select(cols, lines))
+    t = rc_stmt.c
+    repeated = select(t.ref, t.kind).group_by(t.ref, t.kind).having(func.count() > 1)
     folded = (
         select(
-            kind,
-            ref,
-            func.max(s.c.out_trade_no),
+            t.kind,
+            t.ref,
+            func.max(t.out_trade_no),
             func.count(),
-            func.min(s.c.line_no),
-            func.max(s.c.trade_state),
-            func.max(s.c.total_minor),
-            func.max(s.c.refund_minor),
-            func.max(s.c.refund_status),
-            func.min(s.c.trade_time),
-            func.min(s.c.bill_date),
+            func.min(t.first_line),
+            func.max(t.state),
+            func.max(t.total),
+            func.max(t.refund),
+            func.max(t.refund_status),
+            func.min(t.at),
+            func.min(t.bill_date),
         )
-        .where(s.c.trade_time >= lo, s.c.trade_time < hi)
-        .group_by(kind, ref)
+        .where(tuple_(t.ref, t.kind).in_(repeated))
+        .group_by(t.ref, t.kind)
     )
-    conn.execute(rc_stmt.insert().from_select([c.name for c in rc_stmt.c], folded))
+    conn.execute(rc_fold.insert().from_select(cols, folded))
+    f = rc_fold.c
+    conn.execute(rc_stmt.delete().where(tuple_(t.ref, t.kind).in_(select(f.ref, f.kind))))
+    conn.execute(rc_stmt.insert().from_select(cols, select(rc_fold)))
 
 
 def fill_wallet(

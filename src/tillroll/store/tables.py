@@ -71,6 +71,7 @@ sessions = Table(
     Column("signed_in_at", DateTime, nullable=False),
     Column("expires_at", DateTime, nullable=False),
     Index("ix_sessions_tid_id", "tid", "id"),
+    Index("ix_sessions_expires_at", "expires_at"),  # reconciliation: the day's expiries (0010)
 )
 
 # Idempotency: one row per request key; the stored response is replayed for a retry.
@@ -287,6 +288,7 @@ backoffice_facts = Table(
     Column("payload", Text, nullable=False),  # JSON as received; card numbers masked (checked)
     Column("received_at", DateTime, nullable=False),
     Index("ix_backoffice_facts_tid_reference", "tid", "reference"),
+    Index("ix_backoffice_facts_received_at", "received_at"),  # reconciliation: the day's (0010)
 )
 
 # The cardholder copy of an approval's slip, served at /r/<token>.
@@ -426,6 +428,7 @@ wallet_statement_imports = Table(
     Column("sha256", String(64), nullable=False),  # of the CSV as received
     Column("imported_at", DateTime, nullable=False),
     UniqueConstraint("mch_id", "bill_date", name="uq_wallet_statement_imports_day"),
+    Index("ix_wallet_statement_imports_bill_date", "bill_date"),  # every merchant's day (0010)
 )
 
 # Every statement line that could not be read, with its line and reason: reported, never dropped.
@@ -440,6 +443,7 @@ statement_problems = Table(
     Column("line_text", Text, nullable=False),  # as read, long digit runs masked
     Column("imported_at", DateTime, nullable=False),
     UniqueConstraint("mch_id", "bill_date", "line_no", name="uq_statement_problems_line"),
+    Index("ix_statement_problems_bill_date", "bill_date"),  # every merchant's day (0010)
 )
 
 # One row per reconciliation run of a business day.
@@ -510,6 +514,19 @@ console_users = Table(
     Column("locked_until", DateTime, nullable=True),
     Column("active", Integer, nullable=False, server_default="1"),
     Column("created_at", DateTime, nullable=False),
+)
+
+# Failed log-ins in a row of a name that has no user, counted by the rule of console_users'
+# columns: an unknown name is answered and locked out exactly like a taken one, so the log-in
+# page never tells which names exist. A row at 0 failures whose lock has run out says nothing
+# and is pruned (ix_console_login_failures_locked_until).
+console_login_failures = Table(
+    "console_login_failures",
+    metadata,
+    Column("username", String(64), primary_key=True),
+    Column("failed_logins", Integer, nullable=False),
+    Column("locked_until", DateTime, nullable=True),
+    Index("ix_console_login_failures_locked_until", "locked_until"),
 )
 
 # Server-side sessions: the cookie holds a random token; the store keeps only its SHA-256.

@@ -1,0 +1,149 @@
+"""The sale lane's statements as plain SQL on the DBAPI cursor of SQLAlchemy's connection.
+
+The same text on SQLite and PostgreSQL, bar the placeholder and the row locks SQLite has no
+words for (it holds the whole database's write lock from BEGIN IMMEDIATE). Compiling a Core
+statement costs more than running it on SQLite; these few run for every group, so they are
+written once here, and everything else stays SQLAlchemy Core. Values go through the column
+types' own bind and result processors (SQLite keeps datetimes as SQLAlchemy's text format).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, DateTime, Table
+from sqlalchemy.engine import Dialect
+
+from tillroll.store.tables import (
+    issuer_authorizations,
+    issuer_messages,
+    ledger_entries,
+    ledger_postings,
+    requests,
+    transactions,
+)
+
+TERMINAL_COLUMNS = ("tid", "mid", "status", "batch", "name", "fee_rate_ppm")
+SESSION_COLUMNS = ("id", "tid", "batch", "pik_enc", "mak_enc", "state", "expires_at")
+CARD_COLUMNS = ("id", "pan", "expiry", "pin_offset", "pin_tries", "status", "balance_minor", "limit_minor")
+
+
+class HotSql:
+    """The lane's statements for one dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.postgres = dialect.name == "postgresql"
+        self.mark = "%s" if self.postgres else "?"
+        impl = DateTime().dialect_impl(dialect)
+        self._to_db = impl.bind_processor(dialect)  # SQLite: the text SQLAlchemy stores
+        self._from_db = impl.result_processor(dialect, None)
+
+    def _marks(self, n: int) -> str:
+        return ", ".join([self.mark] * n)
+
+    # --- reads of a run ----------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019 - one HotSql per dialect, for the process's life
+    def _terminals_sql(self, n: int) -> str:
+        lock = " FOR SHARE OF t" if self.postgres else ""
+        return (
+            "SELECT t.tid, t.mid, t.status, t.batch, m.name, m.fee_rate_ppm FROM terminals t "
+            f"JOIN merchants m ON m.mid = t.mid WHERE t.tid IN ({self._marks(n)}) ORDER BY t.tid{lock}"
+        )
+
+    def terminals(self, conn: Connection, tids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Share-locked (PostgreSQL) like `card.open_batch_locked`: a host-side close waits."""
+        rows = conn.exec_driver_sql(self._terminals_sql(len(tids)), tuple(tids))
+        return {r[0]: dict(zip(TERMINAL_COLUMNS, r, strict=True)) for r in rows}
+
+    @functools.cache  # noqa: B019
+    def _sessions_sql(self, n: int) -> str:
+        return (
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE id IN "
+            f"(SELECT max(id) FROM sessions WHERE tid IN ({self._marks(n)}) GROUP BY tid)"
+        )
+
+    def latest_sessions(self, conn: Connection, tids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found = {}
+        for r in conn.exec_driver_sql(self._sessions_sql(len(tids)), tuple(tids)):
+            row = dict(zip(SESSION_COLUMNS, r, strict=True))
+            if self._from_db is not None:
+                row["expires_at"] = self._from_db(row["expires_at"])
+            row["pik_enc"], row["mak_enc"] = bytes(row["pik_enc"]), bytes(row["mak_enc"])
+            found[row["tid"]] = row
+        return found
+
+    @functools.cache  # noqa: B019
+    def _stored_sql(self, n: int) -> str:
+        # A join with the keys as a table: SQLite scans the whole unique index for a row-value
+        # IN (VALUES …), and searches it key by key for this.
+        values = ", ".join([f"({self._marks(4)})"] * n)
+        return (
+            f"WITH k(tid, batch, stan, mti) AS (VALUES {values}) "
+            "SELECT r.tid, r.batch, r.stan, r.mti FROM k JOIN requests r "
+            "ON r.tid = k.tid AND r.batch = k.batch AND r.stan = k.stan AND r.mti = k.mti"
+        )
+
+    def stored_keys(
+        self, conn: Connection, keys: Sequence[tuple[str, str, str, str]]
+    ) -> set[tuple[str, ...]]:
+        """Which of these idempotency keys have a stored request already (uq_requests_key)."""
+        if not keys:
+            return set()
+        params = tuple(part for key in keys for part in key)
+        return {tuple(r) for r in conn.exec_driver_sql(self._stored_sql(len(keys)), params)}
+
+    @functools.cache  # noqa: B019
+    def _cards_sql(self, n: int) -> str:
+        lock = " FOR UPDATE" if self.postgres else ""
+        return (
+            f"SELECT {', '.join(CARD_COLUMNS)} FROM issuer_cards WHERE pan IN ({self._marks(n)}) "
+            f"ORDER BY id{lock}"
+        )
+
+    def cards(self, conn: Connection, pans: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Locked for update (PostgreSQL) in id order, so two groups never wait on each other
+        in a circle."""
+        if not pans:
+            return {}
+        rows = conn.exec_driver_sql(self._cards_sql(len(pans)), tuple(pans))
+        return {r[1]: dict(zip(CARD_COLUMNS, r, strict=True)) for r in rows}
+
+    # --- writes of a run ---------------------------------------------------------------------
+
+    @functools.cache  # noqa: B019
+    def _insert(self, table: Table) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
+        columns = tuple(c.name for c in table.columns if c.name != "id" or table in WITH_IDS)
+        datetimes = tuple(i for i, name in enumerate(columns) if isinstance(table.c[name].type, DateTime))
+        sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({self._marks(len(columns))})"
+        return sql, columns, datetimes
+
+    def insert(self, conn: Connection, table: Table, rows: Sequence[dict[str, object]]) -> None:
+        """One executemany of `rows` (dicts of every column; ids where the lane chose them)."""
+        sql, columns, datetimes = self._insert(table)
+        to_db = self._to_db
+        stored: dict[object, object] = {}  # a run's rows share few instants: each converted once
+        params = []
+        for row in rows:
+            values = [row[c] for c in columns]
+            if to_db is not None:
+                for i in datetimes:
+                    instant = values[i]
+                    if instant not in stored:
+                        stored[instant] = to_db(instant)
+                    values[i] = stored[instant]
+            params.append(tuple(values))
+        conn.exec_driver_sql(sql, params)
+
+    def set_balances(self, conn: Connection, balances: Sequence[tuple[int, int]]) -> None:
+        """(balance, card id) pairs."""
+        conn.exec_driver_sql(
+            f"UPDATE issuer_cards SET balance_minor = {self.mark} WHERE id = {self.mark}", list(balances)
+        )
+
+
+# Tables whose ids the lane hands out itself (`IdAllocator`); the others' come from the database.
+WITH_IDS = (requests, issuer_authorizations, ledger_entries)
+WRITTEN = (requests, issuer_authorizations, issuer_messages, ledger_entries, ledger_postings, transactions)
