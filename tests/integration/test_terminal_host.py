@@ -98,8 +98,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# How long a terminal waits for an answer. Fault-free exchanges get slack for a loaded machine
+# (1 s once reversed a fault-free decline in CI beside the browser tests); a test that loses
+# answers on purpose is marked `answers_lost` and waits less, as it waits once per lost answer.
+ANSWER_TIMEOUT_S = 5.0
+LOST_ANSWER_TIMEOUT_S = 1.5
+
+
+@pytest.fixture
+def answer_timeout_s(request: pytest.FixtureRequest) -> float:
+    lost = request.node.get_closest_marker("answers_lost") is not None
+    return LOST_ANSWER_TIMEOUT_S if lost else ANSWER_TIMEOUT_S
+
+
 def make_terminal(
-    data_dir: Path, address: tuple[str, int], *, backup: tuple[str, int] | None = None, **kw: object
+    data_dir: Path,
+    address: tuple[str, int],
+    *,
+    backup: tuple[str, int] | None = None,
+    response_timeout_s: float = ANSWER_TIMEOUT_S,
+    **kw: object,
 ) -> Terminal:
     config = TerminalConfig(
         tid=TID,
@@ -108,7 +126,7 @@ def make_terminal(
         host=HostAddress(*address),
         backup_host=HostAddress(*backup) if backup else None,
         merchant_name="一号便利店",
-        response_timeout_s=1.0,
+        response_timeout_s=response_timeout_s,
         connect_timeout_s=1.0,
         printer_url=kw.pop("printer_url", None),  # type: ignore[arg-type]
     )
@@ -116,8 +134,8 @@ def make_terminal(
 
 
 @pytest.fixture
-def term(tmp_path: Path, proxy: FaultProxy) -> Iterator[Terminal]:
-    t = make_terminal(tmp_path / "pos", proxy.address)
+def term(tmp_path: Path, proxy: FaultProxy, answer_timeout_s: float) -> Iterator[Terminal]:
+    t = make_terminal(tmp_path / "pos", proxy.address, response_timeout_s=answer_timeout_s)
     yield t
     t.close()
 
@@ -126,8 +144,8 @@ class SpyLink:
     """The real TCP link, keeping a decoded copy of every request sent (what the host saw, or
     would have); ``crash`` makes the device die right after the host answered."""
 
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.inner = TcpHostLink(address, connect_timeout_s=1.0, response_timeout_s=1.0)
+    def __init__(self, address: tuple[str, int], response_timeout_s: float) -> None:
+        self.inner = TcpHostLink(address, connect_timeout_s=1.0, response_timeout_s=response_timeout_s)
         self.sent: list[Message] = []
         self.crash = False
 
@@ -153,8 +171,8 @@ class DeviceDied(BaseException):
 
 
 @pytest.fixture
-def spy(proxy: FaultProxy) -> Iterator[SpyLink]:
-    link = SpyLink(proxy.address)
+def spy(proxy: FaultProxy, answer_timeout_s: float) -> Iterator[SpyLink]:
+    link = SpyLink(proxy.address, answer_timeout_s)
     yield link
     link.close()
 
@@ -191,6 +209,7 @@ def test_approve_then_decline_51(term: Terminal, store: HostStore) -> None:
     assert term.pending_reversals() == []
 
 
+@pytest.mark.answers_lost
 def test_lost_response_is_reversed_98_and_the_host_ledger_is_unchanged(
     term: Terminal, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -241,6 +260,7 @@ def test_backup_line_is_used_when_the_primary_cannot_be_reached(
     assert card_balance(store, PAN) == START_MINOR - 1350
 
 
+@pytest.mark.answers_lost
 def test_unanswered_reversal_stays_pending_and_recover_finishes_it(
     term: Terminal, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -360,6 +380,7 @@ def test_verified_96_repeats_the_same_request(
     assert a.fields == b.fields and card_balance(store, PAN) == START_MINOR - 300
 
 
+@pytest.mark.answers_lost
 def test_lost_response_reversal_carries_the_original_keys_and_no_pin(
     spied: Terminal, spy: SpyLink, proxy: FaultProxy, store: HostStore, printer: MemoryPrinter
 ) -> None:
@@ -374,6 +395,7 @@ def test_lost_response_reversal_carries_the_original_keys_and_no_pin(
     assert card_balance(store, PAN) == START_MINOR and printer.printed == []
 
 
+@pytest.mark.answers_lost
 def test_request_lost_before_the_host_is_reversed_too(
     spied: Terminal, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -395,6 +417,7 @@ def test_bad_response_mac_reverses_a0_after_a_new_sign_in(
     assert card_balance(store, PAN) == START_MINOR
 
 
+@pytest.mark.answers_lost
 def test_a_repeated_reversal_answered_00_is_done(
     spied: Terminal, spy: SpyLink, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -405,6 +428,7 @@ def test_a_repeated_reversal_answered_00_is_done(
     assert first.fields == second.fields and card_balance(store, PAN) == START_MINOR
 
 
+@pytest.mark.answers_lost
 def test_a_pending_reversal_blocks_then_goes_out_before_the_next_sale(
     spied: Terminal, spy: SpyLink, proxy: FaultProxy, store: HostStore
 ) -> None:
@@ -496,6 +520,7 @@ def test_void_by_trace_names_the_original(
     assert len(spy.of_mti("0200")) == 2  # the unknown trace sent nothing
 
 
+@pytest.mark.answers_lost
 def test_lost_void_response_is_reversed_and_the_sale_stands(
     spied: Terminal, proxy: FaultProxy, store: HostStore
 ) -> None:
