@@ -4,8 +4,10 @@ Starts `tillroll host serve` as its own process on a fresh database (SQLite by d
 WAL with synchronous=FULL), registers signed-in terminals, then drives sales from `--concurrency`
 connections for `--seconds`, and prints one JSON object.
 
-    python bench/host_auth.py --concurrency 50 --seconds 20 [--db URL] [--pin] [--workers N] [--peer]
+    python bench/host_auth.py --concurrency 50 --seconds 20 [--db URL] [--pin] [--peer]
+        [--workers N | --db-process]
 
+`--db-process` runs it as `host serve --db-process` (the database work in a second process).
 `--workers N` runs the host as `host serve --workers N` (N processes on one port; give `--db` an
 empty PostgreSQL database). `--peer` then measures an approve-all mock issuer that does no work
 (`iso8583sim serve`, from PyPI) driven by `iso8583sim load` at the same concurrency, one
@@ -91,10 +93,25 @@ def tree_cpu_s(pid: int) -> float:
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
         total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # Every thread's children: a process started from a thread is listed under that thread.
+        children = [
+            c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
+        ]
     except (OSError, ValueError):
         return total
     return total + sum(tree_cpu_s(int(c)) for c in children)
+
+
+def tree_pids(pid: int) -> list[int]:
+    try:
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
+    except (OSError, ValueError):
+        return [pid]
+    return [pid] + [p for c in children for p in tree_pids(c)]
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -249,6 +266,7 @@ def main() -> None:
     parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--pin", action="store_true", help="send a PIN block with every sale")
     parser.add_argument("--workers", type=int, default=None, help="host serve --workers N")
+    parser.add_argument("--db-process", action="store_true", help="host serve --db-process")
     parser.add_argument("--peer", action="store_true", help="also measure iso8583sim serve/load")
     parser.add_argument("--host-log", type=Path, default=None, help="write the host's log (stderr) here")
     args = parser.parse_args()
@@ -269,6 +287,8 @@ def main() -> None:
     command = [sys.executable, "-m", "tillroll", "host", "serve", "--listen", f"127.0.0.1:{port}", "--db", db]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
+    if args.db_process:
+        command += ["--db-process"]
     log = args.host_log.open("w") if args.host_log else subprocess.DEVNULL
     host = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE if args.workers else subprocess.DEVNULL,
@@ -281,11 +301,14 @@ def main() -> None:
             wait_listening(port, host, "tillroll host serve")
         load_before = load_1min()
         host_cpu0, client_cpu0, pg_cpu0 = tree_cpu_s(host.pid), time.process_time(), postgres_cpu()
+        pids = tree_pids(host.pid)
+        by_pid0 = [proc_cpu_s(p) for p in pids]
         # The loader on uvloop too: it shares the two cores with the host, so its own overhead
         # is kept small (it is not what is measured).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             latencies, errors, elapsed = runner.run(drive(tmks, port, args.seconds, args.pin))
         host_cpu, client_cpu = tree_cpu_s(host.pid) - host_cpu0, time.process_time() - client_cpu0
+        by_pid = [round(proc_cpu_s(p) - c0, 2) for p, c0 in zip(pids, by_pid0, strict=True)]
         pg_cpu = postgres_cpu_since(pg_cpu0)
         load_after = load_1min()
     finally:
@@ -308,8 +331,11 @@ def main() -> None:
         "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
         "cpus": os.cpu_count(),
         "workers": args.workers,
+        "db_process": args.db_process,
         "host_cpu_s": round(host_cpu, 2),  # every host process, during the measured run
         "host_cpu_us_per_auth": round(host_cpu / n * 1e6) if n else None,
+        # each host process (the started one first), a busiest one near seconds is the bound
+        "host_process_cpu_s": by_pid,
         "client_cpu_s": round(client_cpu, 2),
         # every PostgreSQL server process on the machine: other users of the server count too
         "postgres_cpu_s": round(pg_cpu, 2) if db.startswith("postgres") else None,

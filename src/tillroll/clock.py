@@ -9,6 +9,7 @@ local time, derived from an instant with `to_merchant_local` / `merchant_now`.
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Protocol
@@ -87,6 +88,14 @@ def to_merchant_local(instant: datetime, tz: tzinfo) -> datetime:
     """A UTC instant (naive UTC or aware) as the merchant's naive local wall-clock time."""
     aware = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
     return aware.astimezone(tz).replace(tzinfo=None)
+
+
+@functools.lru_cache(maxsize=256)
+def merchant_local_text(instant: datetime, tz: tzinfo, fmt: str) -> str:
+    """`to_merchant_local(instant, tz)` formatted with `fmt` (strftime), remembered: the host
+    answers a group's sales at one instant and stamps each of them several times (fields 12, 13,
+    15, the local date, the cardholder's message), so each stamp is formatted once a group."""
+    return to_merchant_local(instant, tz).strftime(fmt)
 
 
 def merchant_now(clock: Clock, tz: tzinfo) -> datetime:

@@ -100,7 +100,7 @@ def transaction_row(
         "auth_code": auth,
         "issuer_ref": issuer_ref,
         "original_id": original_id,
-        "local_date": ctx.local_now.strftime("%m%d"),
+        "local_date": ctx.local_date,
         "created_at": ctx.now,
         "updated_at": ctx.now,
     }

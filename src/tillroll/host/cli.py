@@ -258,15 +258,31 @@ def serve_cmd(
             "(PostgreSQL; on SQLite they queue on its one writer); 1..64",
         ),
     ] = None,
+    db_process: Annotated[
+        bool,
+        typer.Option(
+            "--db-process",
+            help="Do the database work in a second process (decode and sign in this one): "
+            "two cores for one host",
+        ),
+    ] = False,
     worker_fd: Annotated[int | None, typer.Option("--worker-fd", hidden=True)] = None,
 ) -> None:
     """Serve the card rail over TCP until interrupted."""
+    from tillroll.host.db_process import DbProcessFailed
     from tillroll.host.server import HostFailed, run_event_loop, serve
     from tillroll.host.store import open_store
 
     host, port = parse_listen(listen)
     try:
-        config = HostConfig(key_lifetime_s=key_lifetime_s, merchant_tz=tz, reuse_port=worker_fd is not None)
+        if db_process and workers is not None:
+            raise ConfigError("--workers and --db-process go one at a time")
+        config = HostConfig(
+            key_lifetime_s=key_lifetime_s,
+            merchant_tz=tz,
+            reuse_port=worker_fd is not None,
+            db_process=db_process,
+        )
         if workers is not None:
             _supervise(workers, host, port, db, config)
             return
@@ -288,10 +304,34 @@ def serve_cmd(
         run_event_loop(serve(store, config, host, port))
     except KeyboardInterrupt:
         typer.echo("stopped")
-    except HostFailed as exc:
+    except (HostFailed, DbProcessFailed) as exc:
         raise _fail(f"host stopped: {exc}") from None
     except OSError as exc:  # the address is taken or not ours
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+@app.command("db-process", hidden=True)
+def db_process_cmd(
+    link_fd: Annotated[int, typer.Option("--link-fd")],
+    db: DbOption = None,
+    key_lifetime_s: Annotated[int, typer.Option("--key-lifetime-s")] = 86_400,
+    tz: TzOption = DEFAULT_MERCHANT_TZ,
+) -> None:
+    """The database process of `serve --db-process` (started by it, never by hand)."""
+    from tillroll.clock import SystemClock
+    from tillroll.host.db_process import serve_db_process
+    from tillroll.host.pipeline import HostPipeline
+    from tillroll.host.store import open_store
+
+    try:
+        config = HostConfig(key_lifetime_s=key_lifetime_s, merchant_tz=tz)
+        store = open_store(db, migrate_schema=False)  # the serving process migrated it
+    except (ConfigError, DatabaseUrlError) as exc:
+        raise _fail(str(exc)) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s [db %(process)d] %(name)s %(message)s", force=True
+    )
+    serve_db_process(HostPipeline(store.engine, store.keystore, SystemClock(), config), link_fd)
 
 
 def _supervise(workers: int, host: str, port: int, db: str | None, config: HostConfig) -> None:

@@ -41,6 +41,10 @@ class HostConfig:
     # SO_REUSEPORT: several host processes listen on one port (`host serve --workers N`) and the
     # kernel spreads the connections over them.
     reuse_port: bool = False
+    # The groups' database work in a process of its own (`host serve --db-process`,
+    # host/db_process.py): the event loop's process decodes and signs on one core, the database
+    # process decides, books and commits on another.
+    db_process: bool = False
 
     def __post_init__(self) -> None:
         if self.key_lifetime_s <= 0:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from sqlalchemy import Connection
 
-from tillroll.clock import to_merchant_local
+from tillroll.clock import merchant_local_text
 from tillroll.crypto.keystore import KeyStore
 from tillroll.host.config import HostConfig
 from tillroll.iso8583.codes import ResponseCode
@@ -25,16 +24,14 @@ def response_for(
     code: ResponseCode,
     now: datetime,
     tz: tzinfo,
-    *,
-    local: datetime | None = None,
     **extra: str,
 ) -> Message:
     """A response echoing the request's identifying fields (PROFILE §3); fields 12/13 are the
-    UTC instant `now` in the merchant's zone `tz` (PROFILE §7), whatever the process's TZ
-    (`local`: that wall-clock time, when the caller has it already)."""
-    local = local or to_merchant_local(now, tz)
+    UTC instant `now` in the merchant's zone `tz` (PROFILE §7), whatever the process's TZ."""
     fields = {k: req.fields[k] for k in _ECHOED if k in req.fields}
-    fields.update({"12": local.strftime("%H%M%S"), "13": local.strftime("%m%d"), "39": code.value})
+    fields["12"] = merchant_local_text(now, tz, "%H%M%S")
+    fields["13"] = merchant_local_text(now, tz, "%m%d")
+    fields["39"] = code.value
     fields.update({k.lstrip("f"): v for k, v in extra.items()})
     return Message(_RESPONSE_MTI.get(req.mti, req.mti), fields)
 
@@ -53,10 +50,10 @@ class RequestContext:
     config: HostConfig
     keystore: KeyStore  # the issuer's PIN verification key is sealed under it
 
-    @functools.cached_property
-    def local_now(self) -> datetime:
-        """The merchant's wall-clock time of the request: fields 12/13/15, dates shown."""
-        return to_merchant_local(self.now, self.config.zone)
+    @property
+    def local_date(self) -> str:
+        """The merchant's calendar date of the request, MMDD: field 15, the stored local date."""
+        return merchant_local_text(self.now, self.config.zone, "%m%d")
 
     @property
     def tid(self) -> str:
@@ -68,7 +65,7 @@ class RequestContext:
 
     def respond(self, code: ResponseCode, auth_code: str | None = None, **extra: str) -> Message:
         fields = {
-            "15": self.local_now.strftime("%m%d"),
+            "15": self.local_date,
             "37": self.rrn,
             "44": f"{'03080000':<11}{self.config.acquirer_id:<11}",
             "63": f"CUP{self.config.issuer_name}",
@@ -76,7 +73,7 @@ class RequestContext:
         if auth_code:
             fields["38"] = auth_code
         fields.update({k.lstrip("f"): v for k, v in extra.items()})
-        return response_for(self.msg, code, self.now, self.config.zone, local=self.local_now, **fields)
+        return response_for(self.msg, code, self.now, self.config.zone, **fields)
 
 
 def stored_response(msg: Message) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -106,7 +107,7 @@ class _Sale:
     """An ordinary sale, decided: everything needed to book it."""
 
     req: GroupRequest
-    now: Any
+    now: datetime
     f60: Field60
     pan: str
     amount_minor: int
@@ -209,11 +210,14 @@ class SaleLane:
         cards = sql.cards(conn, sorted({p for p in (_pan(req.msg) for req in reqs) if p is not None}))
         pvk = self._pin_key(conn) if any("52" in req.msg for req in reqs) else None
 
+        # One instant for the run: its sales are decided and written together, and its stamps
+        # (fields 12/13/15, local date, stored datetimes) are then formatted once.
+        now = self.clock.now()
         ids = IdAllocator(conn)
         rows = _Rows.empty()
         answers: dict[int, Answer] = {}
         for position, req in enumerate(reqs):
-            sale = self._decide(req, found_terminals, latest, stored, cards, pvk)
+            sale = self._decide(req, now, found_terminals, latest, stored, cards, pvk)
             if sale is None:
                 rows.write(conn, sql)
                 answers[req.index] = slow(conn, req)
@@ -237,6 +241,7 @@ class SaleLane:
     def _decide(
         self,
         req: GroupRequest,
+        now: datetime,
         found_terminals: Mapping[str, Mapping[str, Any]],
         latest: Mapping[str, Mapping[str, Any]],
         stored: set[tuple[Any, ...]],
@@ -246,7 +251,6 @@ class SaleLane:
         """The sale, when it is approved on the spot exactly as the general steps would approve
         it; None for anything else (they then decide it, refusals and all)."""
         msg = req.msg
-        now = self.clock.now()
         tid = msg["41"]
         terminal = found_terminals.get(tid)
         if terminal is None or terminal["status"] != "active" or msg.get("42") != terminal["mid"]:

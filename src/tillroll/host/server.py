@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import signal
@@ -24,6 +25,7 @@ import uvloop
 from tillroll.clock import Clock, SystemClock
 from tillroll.host.boundary import Answer, FaultHook, GroupRequest, Reply
 from tillroll.host.config import HostConfig
+from tillroll.host.db_process import DbProcess
 from tillroll.host.offenders import OffenderLog, describe
 from tillroll.host.pipeline import HostPipeline
 from tillroll.host.store import HostStore, open_store
@@ -97,6 +99,14 @@ class HostService:
         )
         # SQLite has one writer at a time: more workers would only queue on its lock.
         self._workers_n = 1 if store.url.startswith("sqlite") else config.db_workers
+        # --db-process: the worker thread only gathers groups and hands them to that process.
+        self._remote = (
+            DbProcess(store.url, config, restarts_max=config.worker_restarts_max)
+            if config.db_process
+            else None
+        )
+        if self._remote is not None:
+            self._workers_n = 1
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=config.queue_max)
         self._workers: dict[int, threading.Thread] = {}
         self._worker_deaths: list[float] = []
@@ -118,6 +128,8 @@ class HostService:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._loop = asyncio.get_running_loop()
         self._failure = self._loop.create_future()
+        if self._remote is not None:  # before listening: a database process that cannot start stops the host
+            await asyncio.to_thread(self._remote.start)
         for n in range(self._workers_n):
             self._start_worker(n)
         self._server = await asyncio.start_server(
@@ -163,6 +175,8 @@ class HostService:
             self._queue.put(None)
         for worker in list(self._workers.values()):
             await asyncio.to_thread(worker.join, 10)
+        if self._remote is not None:
+            await asyncio.to_thread(self._remote.close)
         self.offenders.close()
         self.overload.close()
         log.info("%s; %s", self.groups.summary(), self.pipeline.sales.summary())
@@ -237,6 +251,11 @@ class HostService:
                 batch.append(nxt)
             group = [GroupRequest(i, w.frame, w.msg) for i, w in enumerate(batch)]
             self.groups.note(len(group))
+            if self._remote is not None:
+                # DbProcessFailed leaves (the group closed unanswered): this thread dies, and
+                # the worker-death rule restarts it or stops the host.
+                self._remote.send(group, functools.partial(self._answered, batch, group))
+                continue
             try:
                 answers = self.pipeline.answer(group)
             except BaseException as exc:
@@ -250,6 +269,13 @@ class HostService:
             self._resolve(
                 [(w.future, (req, answers.get(req.index))) for w, req in zip(batch, group, strict=True)]
             )
+
+    def _answered(
+        self, batch: list[_Work], group: list[GroupRequest], answers: dict[int, Answer] | None
+    ) -> None:
+        """A group back from the database process (None: outcome unknown, no answers)."""
+        found = answers or {}
+        self._resolve([(w.future, (req, found.get(req.index))) for w, req in zip(batch, group, strict=True)])
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tillroll import ledger
-from tillroll.clock import merchant_zone, to_merchant_local
+from tillroll.clock import merchant_local_text, merchant_zone
 from tillroll.crypto.keystore import KeyStore
 from tillroll.crypto.pin_offset import pin_matches, pin_offset, validation_data
 from tillroll.iso8583.codes import ResponseCode
@@ -87,8 +87,9 @@ _INSERT_MESSAGE = insert(issuer_messages)
 
 
 @functools.lru_cache(maxsize=256)  # a sale asks twice for its instant (expiry, then message)
-def _bank_time(now: datetime) -> datetime:
-    return to_merchant_local(now, merchant_zone(BANK_TIME_ZONE))
+def _bank_time(now: datetime, fmt: str) -> str:
+    """The instant on the bank's wall clock, formatted (remembered: one group, one instant)."""
+    return merchant_local_text(now, merchant_zone(BANK_TIME_ZONE), fmt)
 
 
 def pin_verification_key(
@@ -176,9 +177,7 @@ def card_refusal(
     if card["status"] != CardStatus.ACTIVE:
         return ResponseCode.DO_NOT_HONOUR
     card_expiry = str(card["expiry"])
-    if card_expiry < _bank_time(now).strftime("%y%m") or (
-        expiry_yymm is not None and expiry_yymm != card_expiry
-    ):
+    if card_expiry < _bank_time(now, "%y%m") or (expiry_yymm is not None and expiry_yymm != card_expiry):
         return ResponseCode.EXPIRED_CARD
     return None
 
@@ -236,7 +235,8 @@ def message_text(
 ) -> str:
     """The cardholder's "you paid" message of one authorization (pure)."""
     return (
-        f"您尾号{pan[-4:]}的卡于{_bank_time(now):%m月%d日%H:%M}{what}{format_yuan(amount_minor)}元，"
+        f"您尾号{pan[-4:]}的卡于{_bank_time(now, '%m月%d日%H:%M')}"
+        f"{what}{format_yuan(amount_minor)}元，"
         f"商户：{merchant_name}，可用余额{format_yuan(balance_minor)}元。【{BANK_NAME}】"
     )
 

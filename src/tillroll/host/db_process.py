@@ -1,0 +1,354 @@
+"""`tillroll host serve --db-process`: the groups' database work in a process of its own.
+
+One host process is one GIL: its event loop (reading, decoding, signing, writing ~250 µs of CPU
+a sale) and its database thread (~400 µs) take turns on one core while the machine's other core
+idles (docs/performance.md). With `--db-process` the host starts a second interpreter, the
+database process, and hands it each group over a socket pair: the event loop's process decodes
+and signs, the database process decides, books and commits — two cores. The durable contract
+does not move: the database process runs the same `HostPipeline.answer` (one transaction, one
+commit, every request all-or-nothing) and the answer leaves the host only after its commit.
+
+The link carries length-prefixed pickles of plain tuples (never objects of the other side's
+choosing: both ends are this host, the socket pair is no one else's). Front to database:
+`("group", gid, [(index, tpdu, header, message, mti, fields), …])`; back:
+`("answers", gid, [(answer, incident, error), …])` with `answer` = `(mti, fields, mak,
+must_sign_in)` or None, or `("failed", gid, text)` when the pipeline itself raised (a bug). Up
+to `in_flight_max` groups travel at once, so the database process finds the next group waiting
+when it commits one.
+
+When the database process dies or the link breaks, the groups in flight have an unknown outcome
+(they may have committed): their connections are closed unanswered, as for a failed COMMIT
+(PROFILE §7: the terminal reverses). The next group starts a new database process; more than
+`restarts_max` starts within a minute raise `DbProcessFailed`, which stops the host through its
+worker-death rule rather than leave a port open that answers nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tillroll.host.boundary import Answer, GroupRequest
+from tillroll.host.config import HostConfig
+from tillroll.host.offenders import describe
+from tillroll.iso8583 import framing
+from tillroll.iso8583.messages import Message
+
+log = logging.getLogger("tillroll.host")
+
+READY = ("ready",)
+LENGTH = struct.Struct(">I")
+LINK_MESSAGE_MAX_BYTES = 64 * 1024 * 1024  # a group of batch_max requests is ~100 KiB
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+STARTS_WINDOW_S = 60.0
+
+GroupDone = Callable[[dict[int, Answer] | None], None]
+
+
+class LinkLost(ConnectionError):
+    """The other end of the link closed it, or sent what is not a message of the link."""
+
+
+class DbProcessFailed(RuntimeError):
+    """The database process keeps dying: the host cannot answer."""
+
+
+class RemoteError(Exception):
+    """What went wrong with a request in the database process (its text only crosses)."""
+
+
+# --- the link: length-prefixed pickles ------------------------------------------------------
+
+
+def send_message(sock: socket.socket, message: tuple[Any, ...]) -> None:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(LENGTH.pack(len(body)) + body)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise LinkLost("the link closed")
+        got += k
+    return bytes(buf)
+
+
+def recv_message(sock: socket.socket) -> tuple[Any, ...]:
+    (length,) = LENGTH.unpack(_recv_exactly(sock, LENGTH.size))
+    if length > LINK_MESSAGE_MAX_BYTES:
+        raise LinkLost(f"a link message of {length} bytes (at most {LINK_MESSAGE_MAX_BYTES})")
+    message = pickle.loads(_recv_exactly(sock, length))
+    if not isinstance(message, tuple) or not message:
+        raise LinkLost("a link message that is not a tuple")
+    return message
+
+
+# --- what crosses: a group out, its answers back ------------------------------------------------
+
+GroupItem = tuple[int, bytes, bytes, bytes, str, dict[str, str]]
+AnswerItem = tuple[tuple[str, dict[str, str], bytes | None, bool] | None, str | None, str | None]
+
+
+def encode_group(group: Sequence[GroupRequest]) -> list[GroupItem]:
+    return [
+        (r.index, r.frame.tpdu, r.frame.header, r.frame.message, r.msg.mti, dict(r.msg.fields)) for r in group
+    ]
+
+
+def decode_group(items: Sequence[GroupItem]) -> list[GroupRequest]:
+    return [
+        GroupRequest(index, framing.Frame(tpdu, header, message), Message(mti, fields))
+        for index, tpdu, header, message, mti, fields in items
+    ]
+
+
+def encode_answers(group: Sequence[GroupRequest], answers: dict[int, Answer]) -> list[AnswerItem]:
+    out: list[AnswerItem] = []
+    for req in group:
+        answer = answers.get(req.index)
+        wire = (
+            None
+            if answer is None
+            else (answer.message.mti, dict(answer.message.fields), answer.mak, answer.must_sign_in)
+        )
+        out.append((wire, req.incident, None if req.error is None else describe(req.error)))
+    return out
+
+
+def decode_answers(group: Sequence[GroupRequest], items: Sequence[AnswerItem]) -> dict[int, Answer]:
+    """The answers by request index; each request's incident and error noted on it."""
+    if len(items) != len(group):
+        raise LinkLost(f"{len(items)} answers for a group of {len(group)}")
+    answers: dict[int, Answer] = {}
+    for req, (wire, incident, error) in zip(group, items, strict=True):
+        if incident is not None or error is not None:
+            req.failed(incident or "", None if error is None else RemoteError(error))
+        if wire is not None:
+            mti, fields, mak, must_sign_in = wire
+            answers[req.index] = Answer(Message(mti, fields), mak, must_sign_in)
+    return answers
+
+
+# --- the host's side -----------------------------------------------------------------------------
+
+
+def db_process_argv(config: HostConfig, fd: int) -> list[str]:
+    """A fresh interpreter for the database process; the database URL goes by environment
+    (`TILLROLL_DB`), so that a password in it is not in every process listing."""
+    return [
+        sys.executable, "-m", "tillroll.host", "db-process", "--link-fd", str(fd),
+        "--key-lifetime-s", str(config.key_lifetime_s), "--tz", config.merchant_tz,
+    ]  # fmt: skip
+
+
+class DbProcess:
+    """The database process as the host's worker thread sees it: `send` a group with what to do
+    with its answers (None: no answers, outcome unknown); a receiving thread calls that."""
+
+    def __init__(
+        self,
+        db_url: str,
+        config: HostConfig,
+        *,
+        in_flight_max: int = 2,
+        restarts_max: int = 5,
+        argv: Callable[[HostConfig, int], list[str]] = db_process_argv,
+    ) -> None:
+        self._db_url = db_url
+        self._config = config
+        self._argv = argv
+        self._restarts_max = restarts_max
+        self._slots = threading.BoundedSemaphore(in_flight_max)
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._link: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._in_flight: dict[int, tuple[list[GroupRequest], GroupDone]] = {}
+        self._starts: list[float] = []
+        self._closed = False
+        self.groups_sent = 0
+        self.starts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def start(self) -> None:
+        with self._lock:
+            if self._link is None:
+                self._start()
+
+    def send(self, group: list[GroupRequest], done: GroupDone) -> None:
+        """Hand a group over; blocks while `in_flight_max` groups are on their way already.
+        Raises DbProcessFailed (after calling `done(None)`) when the process cannot be had."""
+        self._slots.acquire()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise DbProcessFailed("the database process is stopped")
+                if self._link is None:
+                    self._start()
+                link = self._link
+                assert link is not None
+                gid = next(self._ids)
+                self._in_flight[gid] = (group, done)
+        except BaseException:
+            self._slots.release()
+            done(None)
+            raise
+        try:
+            send_message(link, ("group", gid, encode_group(group)))
+            self.groups_sent += 1
+        except OSError as exc:
+            self._lost(link, f"sending a group failed: {describe(exc)}")
+
+    def close(self) -> None:
+        """Close the link (the database process ends after the group it is on) and wait."""
+        with self._lock:
+            self._closed = True
+            link, proc = self._link, self._proc
+        if link is not None:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_WR)
+        if proc is not None:
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("the database process did not stop within %.0f s: killing it", STOP_TIMEOUT_S)
+                proc.kill()
+                proc.wait()
+        if link is not None:
+            self._lost(link, "the host is stopping")
+
+    # --- inside -------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Under the lock: a new database process and its link, ready."""
+        now = time.monotonic()
+        self._starts = [t for t in self._starts if now - t < STARTS_WINDOW_S]
+        if len(self._starts) > self._restarts_max:
+            raise DbProcessFailed(
+                f"the database process was started {len(self._starts)} times within a minute"
+            )
+        self._starts.append(now)
+        ours, theirs = socket.socketpair()
+        try:
+            env = dict(os.environ, TILLROLL_DB=self._db_url)
+            proc = subprocess.Popen(
+                self._argv(self._config, theirs.fileno()), pass_fds=(theirs.fileno(),), env=env
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        ours.settimeout(READY_TIMEOUT_S)
+        try:
+            hello = recv_message(ours)
+            if hello != READY:
+                raise LinkLost(f"the database process said {hello[0]!r} instead of ready")
+        except (OSError, LinkLost, pickle.UnpicklingError) as exc:
+            ours.close()
+            proc.kill()
+            proc.wait()
+            raise DbProcessFailed(f"the database process did not get ready: {describe(exc)}") from None
+        ours.settimeout(None)
+        self._link, self._proc = ours, proc
+        self.starts += 1
+        log.info("database process %d ready", proc.pid)
+        threading.Thread(target=self._receive, args=(ours,), name="host-db-link", daemon=True).start()
+
+    def _receive(self, link: socket.socket) -> None:
+        while True:
+            try:
+                kind, gid, payload = recv_message(link)
+                with self._lock:
+                    group, done = self._in_flight.pop(gid)
+            except (OSError, LinkLost, ValueError, KeyError, pickle.UnpicklingError) as exc:
+                self._lost(link, describe(exc))
+                return
+            self._slots.release()
+            if kind == "answers":
+                try:
+                    answers: dict[int, Answer] | None = decode_answers(group, payload)
+                except LinkLost as exc:
+                    self._lost(link, describe(exc))
+                    done(None)
+                    return
+            else:
+                log.error("the database process failed on a group of %d: %s", len(group), payload)
+                answers = None
+            done(answers)
+
+    def _lost(self, link: socket.socket, why: str) -> None:
+        """The link is gone: every group still on it has an unknown outcome."""
+        with self._lock:
+            if self._link is not link:
+                return  # a later process's link is the current one; this one was handled
+            proc, self._link, self._proc = self._proc, None, None
+            pending, self._in_flight = list(self._in_flight.values()), {}
+            closing = self._closed
+        with contextlib.suppress(OSError):
+            link.close()
+        if proc is not None and proc.poll() is None and not closing:
+            proc.kill()
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        if pending or not closing:
+            log.error(
+                "database process link lost (%s): %d groups in flight closed unanswered", why, len(pending)
+            )
+        for _group, done in pending:
+            self._slots.release()
+            done(None)
+
+
+# --- the database process ------------------------------------------------------------------------
+
+
+def serve_db_process(pipeline: Any, link_fd: int) -> None:
+    """The database process: answer groups from the link, one at a time, until it closes."""
+    # Ctrl-C reaches the whole process group: the host closes the link, which ends this one after
+    # the group in hand (an interrupt here would leave that group's outcome unknown for nothing).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    link = socket.socket(fileno=link_fd)
+    send_message(link, READY)
+    groups = requests = 0
+    try:
+        while True:
+            try:
+                kind, gid, items = recv_message(link)
+            except LinkLost:
+                return
+            if kind != "group":
+                log.error("database process: a link message %r is not a group: stopping", kind)
+                return
+            group = decode_group(items)
+            try:
+                answers = pipeline.answer(group)
+            except Exception as exc:  # the pipeline contains every request's failure: a bug
+                send_message(link, ("failed", gid, describe(exc)))
+                continue
+            groups += 1
+            requests += len(group)
+            send_message(link, ("answers", gid, encode_answers(group, answers)))
+    finally:
+        link.close()
+        log.info("database process: %d requests in %d groups; %s", requests, groups, pipeline.sales.summary())
