@@ -13,8 +13,8 @@ choosing: both ends are this host, the socket pair is no one else's). Front to d
 `("group", gid, [(index, tpdu, header, message, mti, fields), …])`; back:
 `("answers", gid, [(answer, incident, error), …])` with `answer` = `(mti, fields, mak,
 must_sign_in)` or None, or `("failed", gid, text)` when the pipeline itself raised (a bug). Up
-to `in_flight_max` groups travel at once, so the database process finds the next group waiting
-when it commits one.
+to `in_flight_max` groups travel at once, so the database process finds the next groups waiting
+when it commits one, and answers all of them with one commit.
 
 When the database process dies or the link breaks, the groups in flight have an unknown outcome
 (they may have committed): their connections are closed unanswered, as for a failed COMMIT
@@ -30,6 +30,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -166,7 +167,7 @@ class DbProcess:
         db_url: str,
         config: HostConfig,
         *,
-        in_flight_max: int = 2,
+        in_flight_max: int = 4,
         restarts_max: int = 5,
         argv: Callable[[HostConfig, int], list[str]] = db_process_argv,
     ) -> None:
@@ -323,32 +324,68 @@ class DbProcess:
 # --- the database process ------------------------------------------------------------------------
 
 
-def serve_db_process(pipeline: Any, link_fd: int) -> None:
-    """The database process: answer groups from the link, one at a time, until it closes."""
+def serve_db_process(pipeline: Any, link_fd: int, *, merge_max: int = 256) -> None:
+    """The database process: answer groups from the link until it closes. The groups waiting
+    when one is done are answered together, one transaction and one commit for all of them (up
+    to `merge_max` requests): while the database process commits, the serving process keeps
+    sending what arrives, and the next commit takes all of it."""
     # Ctrl-C reaches the whole process group: the host closes the link, which ends this one after
-    # the group in hand (an interrupt here would leave that group's outcome unknown for nothing).
+    # the groups in hand (an interrupt here would leave their outcome unknown for nothing).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     link = socket.socket(fileno=link_fd)
     send_message(link, READY)
-    groups = requests = 0
+    groups = requests = commits = 0
     try:
         while True:
-            try:
-                kind, gid, items = recv_message(link)
-            except LinkLost:
+            waiting, ended = _waiting_groups(link, merge_max)
+            if waiting:
+                _answer_together(pipeline, link, waiting)
+                commits += 1
+                groups += len(waiting)
+                requests += sum(len(group) for _, group in waiting)
+            if ended:
                 return
-            if kind != "group":
-                log.error("database process: a link message %r is not a group: stopping", kind)
-                return
-            group = decode_group(items)
-            try:
-                answers = pipeline.answer(group)
-            except Exception as exc:  # the pipeline contains every request's failure: a bug
-                send_message(link, ("failed", gid, describe(exc)))
-                continue
-            groups += 1
-            requests += len(group)
-            send_message(link, ("answers", gid, encode_answers(group, answers)))
     finally:
         link.close()
-        log.info("database process: %d requests in %d groups; %s", requests, groups, pipeline.sales.summary())
+        log.info(
+            "database process: %d requests in %d groups, %d commits; %s",
+            requests, groups, commits, pipeline.sales.summary(),
+        )  # fmt: skip
+
+
+def _waiting_groups(link: socket.socket, merge_max: int) -> tuple[list[tuple[int, list[GroupRequest]]], bool]:
+    """The next group (waiting for it), and every other whole one already there; whether the
+    link has ended (or sent what is not a group) after them."""
+    found: list[tuple[int, list[GroupRequest]]] = []
+    size = 0
+    while size < merge_max and (not found or select.select([link], [], [], 0)[0]):
+        try:
+            kind, gid, items = recv_message(link)
+        except LinkLost:
+            return found, True
+        if kind != "group":
+            log.error("database process: a link message %r is not a group: stopping", kind)
+            return found, True
+        group = decode_group(items)
+        found.append((gid, group))
+        size += len(group)
+    return found, False
+
+
+def _answer_together(
+    pipeline: Any, link: socket.socket, waiting: list[tuple[int, list[GroupRequest]]]
+) -> None:
+    """One `answer` for the requests of every waiting group, then each group's answers back."""
+    merged: list[GroupRequest] = []
+    for _, group in waiting:
+        for req in group:
+            req.index = len(merged)  # unique across the merged groups; the link is positional
+            merged.append(req)
+    try:
+        answers = pipeline.answer(merged)
+    except Exception as exc:  # the pipeline contains every request's failure: a bug
+        for gid, _group in waiting:
+            send_message(link, ("failed", gid, describe(exc)))
+        return
+    for gid, group in waiting:
+        send_message(link, ("answers", gid, encode_answers(group, answers)))
