@@ -195,7 +195,7 @@ def unpack(raw: bytes, *, mtis: frozenset[str] = strict.PROFILE_MTIS) -> Message
     fields of digits (tracks: digits and D). Anything else is a `DecodeError` with field and
     offset; no other exception leaves this function for any input bytes."""
     strict.check_mti(raw, mtis)
-    strict.check_bitmap(raw)
+    strict.check_bitmap_fields(raw)
     try:
         doc, encoded = iso8583.decode(bytearray(raw), SPEC)
     except iso8583.DecodeError as exc:
