@@ -9,7 +9,7 @@ from tillroll.crypto import des
 _BLOCK = 8
 
 
-def xor_blocks(data: bytes) -> int:
+def xor_blocks(data: bytes | bytearray) -> int:
     """The XOR of `data`'s 8-byte blocks, the last one zero-padded, as a 64-bit integer.
 
     The whole block is one integer (zero pad appended as a shift); halving folds XOR its upper
@@ -25,7 +25,7 @@ def xor_blocks(data: bytes) -> int:
     return r
 
 
-def mac_ecb(mak: bytes, mac_block: bytes) -> bytes:
+def mac_ecb(mak: bytes, mac_block: bytes | bytearray) -> bytes:
     """Return field 64: the 8 ASCII hex characters of the MAC."""
     r_hex = b"%016X" % xor_blocks(mac_block)
     encrypt = des.block_encryptor(mak)

@@ -26,8 +26,8 @@ PROFILE_MTIS = REQUEST_MTIS | frozenset(m[:2] + str(int(m[2]) + 1) + m[3] for m 
 
 # BCD fields: packed digits (n), or digits and nibble D for the track separator (z).
 BCD_FIELDS = frozenset(k for k in SUPPORTED_FIELDS if SPEC[k]["data_enc"] == "b") - BINARY_FIELDS
-_DIGITS = frozenset("0123456789")
-_TRACK_NIBBLES = _DIGITS | {"D"}
+DIGITS = frozenset("0123456789")
+TRACK_NIBBLES = DIGITS | {"D"}
 _DEFINED_BITS = frozenset(int(k) for k in SUPPORTED_FIELDS)
 # The primary bitmap's bits (as one big-endian integer) of fields the profile lacks, bit 1 included.
 _UNDEFINED_MASK = sum(1 << (64 - bit) for bit in range(1, 65) if bit not in _DEFINED_BITS)
@@ -107,7 +107,7 @@ def _raise_bad_nibble(encoded: Mapping[str, Mapping[str, bytes]]) -> NoReturn:
         offset = start + len(data)
         if key not in BCD_FIELDS:
             continue
-        allowed = _TRACK_NIBBLES if key in TRACK_FIELDS else _DIGITS
+        allowed = TRACK_NIBBLES if key in TRACK_FIELDS else DIGITS
         nibbles = data.hex().upper()
         if set(nibbles) <= allowed:
             continue
@@ -121,4 +121,4 @@ def value_ok(key: str, wire_value: str) -> bool:
     """The same rule for a value about to be packed (tracks already with D for '=')."""
     if key not in BCD_FIELDS:
         return True
-    return set(wire_value) <= (_TRACK_NIBBLES if key in TRACK_FIELDS else _DIGITS)
+    return set(wire_value) <= (TRACK_NIBBLES if key in TRACK_FIELDS else DIGITS)
