@@ -82,11 +82,45 @@ def test_check_nibbles_is_the_reference(doc: dict[str, dict[str, bytes]]) -> Non
     assert outcome(strict.check_nibbles, doc) == outcome(ref.check_nibbles, doc)
 
 
-@given(raw=st.binary(max_size=12))
+def test_check_nibbles_is_the_reference_for_every_byte_of_every_field() -> None:
+    for key in sorted(SUPPORTED_FIELDS, key=int):
+        for value in range(256):
+            doc = {
+                "t": {"len": b"", "data": b"\x02\x00"},
+                "p": {"len": b"", "data": bytes(8)},
+                "2": {"len": b"\x19", "data": bytes.fromhex("62220212345678901230")},
+                key: {"len": b"\x03", "data": bytes([0x12, value, 0x34])},
+            }
+            assert outcome(strict.check_nibbles, doc) == outcome(ref.check_nibbles, doc), (key, value)
+
+
+defined_bits = sorted(int(k) for k in SUPPORTED_FIELDS)
+bitmaps = st.tuples(
+    st.sets(st.sampled_from(defined_bits)), st.sets(st.integers(1, 64), max_size=2) | st.just(set())
+).map(lambda t: sum(1 << (64 - bit) for bit in t[0] | t[1]).to_bytes(8, "big"))
+heads = st.tuples(st.binary(min_size=2, max_size=2), bitmaps, st.binary(max_size=3)).map(b"".join)
+
+
+@given(raw=st.binary(max_size=12) | heads)
 @example(raw=bytes.fromhex("0200") + bytes.fromhex("8000000000000000"))
 @example(raw=bytes.fromhex("0200") + bytes.fromhex("0000000000000002"))
+@example(raw=bytes.fromhex("0200") + bytes.fromhex("0000000000000001"))
 def test_check_bitmap_is_the_reference(raw: bytes) -> None:
-    assert outcome(strict.check_bitmap, raw) == outcome(ref.check_bitmap, raw)
+    expected = outcome(ref.check_bitmap, raw)
+    assert outcome(strict.check_bitmap, raw) == expected
+    assert outcome(strict.check_bitmap_fields, raw) == (
+        ("value", None) if expected[0] == "value" else expected
+    )
+
+
+def test_check_bitmap_fields_is_the_reference_for_each_single_bit() -> None:
+    typical = sum(1 << (64 - bit) for bit in (2, 3, 4, 11, 22, 25, 35, 41, 42, 49, 52, 53, 60, 64))
+    for bit in range(1, 65):
+        for others in (0, typical):
+            raw = b"\x02\x00" + ((1 << (64 - bit)) | others).to_bytes(8, "big")
+            expected = outcome(ref.check_bitmap, raw)
+            got = outcome(strict.check_bitmap_fields, raw)
+            assert got == (("value", None) if expected[0] == "value" else expected), bit
 
 
 # Messages: valid ones from the profile's strategies, then damaged values and unknown fields.
