@@ -6,18 +6,33 @@ import hmac
 
 from tillroll.crypto import des
 
+_BLOCK = 8
 
-def mac_ecb(mak: bytes, mac_block: bytes) -> bytes:
+
+def xor_blocks(data: bytes | bytearray) -> int:
+    """The XOR of `data`'s 8-byte blocks, the last one zero-padded, as a 64-bit integer.
+
+    The whole block is one integer (zero pad appended as a shift); halving folds XOR its upper
+    blocks onto its lower ones, block-aligned, so the result is the XOR of every block.
+    """
+    n = -(-len(data) // _BLOCK)  # blocks, the last one padded
+    r = int.from_bytes(data, "big") << (8 * (-len(data) % _BLOCK))
+    while n > 1:
+        half = n >> 1
+        bits = half * 64
+        r = (r >> bits) ^ (r & ((1 << bits) - 1))
+        n -= half
+    return r
+
+
+def mac_ecb(mak: bytes, mac_block: bytes | bytearray) -> bytes:
     """Return field 64: the 8 ASCII hex characters of the MAC."""
-    padded = mac_block + bytes(-len(mac_block) % 8)
-    r = 0
-    for i in range(0, len(padded), 8):  # XOR of all 8-byte blocks
-        r ^= int.from_bytes(padded[i : i + 8], "big")
-    r_hex = r.to_bytes(8, "big").hex().upper().encode("ascii")
-    e1 = des.encrypt(mak, r_hex[:8])
+    r_hex = b"%016X" % xor_blocks(mac_block)
+    encrypt = des.block_encryptor(mak)
+    e1 = encrypt(r_hex[:8])
     x = (int.from_bytes(e1, "big") ^ int.from_bytes(r_hex[8:], "big")).to_bytes(8, "big")
-    e2 = des.encrypt(mak, x)
-    return e2.hex().upper()[:8].encode("ascii")
+    e2 = encrypt(x)
+    return e2[:4].hex().upper().encode("ascii")
 
 
 def mac_equal(computed: bytes, received: bytes) -> bool:

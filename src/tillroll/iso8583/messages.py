@@ -170,24 +170,39 @@ def classify(msg: Message) -> Kind:
     return Kind.UNKNOWN
 
 
+# Per BCD field, the characters its wire value may hold (`strict.value_ok`, looked up once).
+_WIRE_CHARS: dict[str, frozenset[str]] = {
+    key: strict.TRACK_NIBBLES if key in TRACK_FIELDS else strict.DIGITS for key in strict.BCD_FIELDS
+}
+_MAC_PLACEHOLDER = "0" * MAC_LEN
+_TRACK_KEYS = tuple(sorted(TRACK_FIELDS))
+
+
 def _to_wire(msg: Message) -> dict[str, Any]:
     doc: dict[str, Any] = {"t": msg.mti}
     for key, value in msg.fields.items():
         if key not in SUPPORTED_FIELDS:
             raise EncodeError("field not in the profile", field=key)
-        wire = value.replace("=", "D") if key in TRACK_FIELDS else value
-        if not strict.value_ok(key, wire):
-            raise EncodeError("numeric field holds more than digits", field=key)
-        doc[key] = wire
+        allowed = _WIRE_CHARS.get(key)
+        if allowed is not None:  # strict.value_ok, inlined
+            if key in TRACK_FIELDS:
+                value = value.replace("=", "D")
+            if not allowed.issuperset(value):
+                raise EncodeError("numeric field holds more than digits", field=key)
+        doc[key] = value
     return doc
 
 
-def pack(msg: Message) -> bytes:
+def _encode(doc: dict[str, Any]) -> bytearray:
     try:
-        raw, _ = iso8583.encode(_to_wire(msg), SPEC)
+        raw, _ = iso8583.encode(doc, SPEC)
     except iso8583.EncodeError as exc:
         raise EncodeError(exc.msg, field=exc.field) from None
-    return bytes(raw)
+    return raw
+
+
+def pack(msg: Message) -> bytes:
+    return bytes(_encode(_to_wire(msg)))
 
 
 def unpack(raw: bytes, *, mtis: frozenset[str] = strict.PROFILE_MTIS) -> Message:
@@ -195,17 +210,19 @@ def unpack(raw: bytes, *, mtis: frozenset[str] = strict.PROFILE_MTIS) -> Message
     fields of digits (tracks: digits and D). Anything else is a `DecodeError` with field and
     offset; no other exception leaves this function for any input bytes."""
     strict.check_mti(raw, mtis)
-    strict.check_bitmap(raw)
+    strict.check_bitmap_fields(raw)
     try:
-        doc, encoded = iso8583.decode(bytearray(raw), SPEC)
+        # bytes as they are (pyiso8583 then slices without copying); anything else as before
+        doc, encoded = iso8583.decode(raw if type(raw) is bytes else bytearray(raw), SPEC)
     except iso8583.DecodeError as exc:
         raise DecodeError(exc.msg, field=exc.field, offset=exc.pos) from None
     strict.check_nibbles(encoded)
     mti = doc.pop("t")
     doc.pop("p", None)
     doc.pop("h", None)
-    for key in TRACK_FIELDS & doc.keys():
-        doc[key] = doc[key].replace("D", "=")
+    for key in _TRACK_KEYS:
+        if key in doc:
+            doc[key] = doc[key].replace("D", "=")
     return Message(mti=mti, fields=doc)
 
 
@@ -216,8 +233,11 @@ def unpack_request(raw: bytes) -> Message:
 
 def sign(msg: Message, mak: bytes) -> bytes:
     """Pack with field 64 = UnionPay MAC over MTI..field 63 (bit 64 set)."""
-    placeholder = pack(msg.with_fields(f64="0" * MAC_LEN))
-    return placeholder[:-MAC_LEN] + mac_ecb(mak, placeholder[:-MAC_LEN])
+    doc = _to_wire(msg)  # a field 64 of `msg` is not checked (any text), and replaced here
+    doc[MAC_FIELD] = _MAC_PLACEHOLDER
+    raw = _encode(doc)  # field 64 is the last field, 8 bytes
+    raw[-MAC_LEN:] = mac_ecb(mak, raw[:-MAC_LEN])
+    return bytes(raw)
 
 
 def has_mac(raw: bytes) -> bool:
