@@ -39,12 +39,19 @@ def normalize_url(url: str) -> str:
     return url
 
 
+CACHE_KIB = 64 * 1024  # SQLite page cache per connection
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.execute("PRAGMA foreign_keys=ON")
+    # SQLite's default page cache is 2 MiB: the host's hot indexes outgrow it within minutes and
+    # every group then re-reads pages from the OS. 64 MiB, taken only as pages are used
+    # (bench/host_auth.py --db-process: 4 of 4 back-to-back pairs faster, +10..37 %).
+    cur.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     cur.close()
 
 
