@@ -3,8 +3,12 @@
 The same text on SQLite and PostgreSQL, bar the placeholder and the row locks SQLite has no
 words for (it holds the whole database's write lock from BEGIN IMMEDIATE). Compiling a Core
 statement costs more than running it on SQLite; these few run for every group, so they are
-written once here, and everything else stays SQLAlchemy Core. Values go through the column
-types' own bind and result processors (SQLite keeps datetimes as SQLAlchemy's text format).
+written once here, and everything else stays SQLAlchemy Core. They run on the DBAPI connection
+inside SQLAlchemy's (its transaction, its savepoints), on a cursor of their own: SQLAlchemy's
+execution and result wrapping cost as much again as SQLite's work for these. So they are not in
+SQLAlchemy's statement log, and their errors are the driver's (the lane falls back on any).
+Values go through the column types' own bind and result processors (SQLite keeps datetimes as
+SQLAlchemy's text format).
 """
 
 from __future__ import annotations
@@ -40,6 +44,24 @@ class HotSql:
         self._to_db = impl.bind_processor(dialect)  # SQLite: the text SQLAlchemy stores
         self._from_db = impl.result_processor(dialect, None)
 
+    @staticmethod
+    def _run(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One statement on the DBAPI connection of `conn`; its rows (none for a write)."""
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, params)
+            return cursor.fetchall() if cursor.description is not None else []
+        finally:
+            cursor.close()
+
+    @staticmethod
+    def _run_many(conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, params)
+        finally:
+            cursor.close()
+
     def _marks(self, n: int) -> str:
         return ", ".join([self.mark] * n)
 
@@ -55,7 +77,7 @@ class HotSql:
 
     def terminals(self, conn: Connection, tids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Share-locked (PostgreSQL) like `card.open_batch_locked`: a host-side close waits."""
-        rows = conn.exec_driver_sql(self._terminals_sql(len(tids)), tuple(tids))
+        rows = self._run(conn, self._terminals_sql(len(tids)), tuple(tids))
         return {r[0]: dict(zip(TERMINAL_COLUMNS, r, strict=True)) for r in rows}
 
     @functools.cache  # noqa: B019
@@ -67,7 +89,7 @@ class HotSql:
 
     def latest_sessions(self, conn: Connection, tids: Sequence[str]) -> dict[str, dict[str, Any]]:
         found = {}
-        for r in conn.exec_driver_sql(self._sessions_sql(len(tids)), tuple(tids)):
+        for r in self._run(conn, self._sessions_sql(len(tids)), tuple(tids)):
             row = dict(zip(SESSION_COLUMNS, r, strict=True))
             if self._from_db is not None:
                 row["expires_at"] = self._from_db(row["expires_at"])
@@ -93,7 +115,7 @@ class HotSql:
         if not keys:
             return set()
         params = tuple(part for key in keys for part in key)
-        return {tuple(r) for r in conn.exec_driver_sql(self._stored_sql(len(keys)), params)}
+        return {tuple(r) for r in self._run(conn, self._stored_sql(len(keys)), params)}
 
     @functools.cache  # noqa: B019
     def _cards_sql(self, n: int) -> str:
@@ -108,7 +130,7 @@ class HotSql:
         in a circle."""
         if not pans:
             return {}
-        rows = conn.exec_driver_sql(self._cards_sql(len(pans)), tuple(pans))
+        rows = self._run(conn, self._cards_sql(len(pans)), tuple(pans))
         return {r[1]: dict(zip(CARD_COLUMNS, r, strict=True)) for r in rows}
 
     # --- writes of a run ---------------------------------------------------------------------
@@ -135,12 +157,12 @@ class HotSql:
                         stored[instant] = to_db(instant)
                     values[i] = stored[instant]
             params.append(tuple(values))
-        conn.exec_driver_sql(sql, params)
+        self._run_many(conn, sql, params)
 
     def set_balances(self, conn: Connection, balances: Sequence[tuple[int, int]]) -> None:
         """(balance, card id) pairs."""
-        conn.exec_driver_sql(
-            f"UPDATE issuer_cards SET balance_minor = {self.mark} WHERE id = {self.mark}", list(balances)
+        self._run_many(
+            conn, f"UPDATE issuer_cards SET balance_minor = {self.mark} WHERE id = {self.mark}", balances
         )
 
 
