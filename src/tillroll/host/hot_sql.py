@@ -159,6 +159,19 @@ class HotSql:
             params.append(tuple(values))
         self._run_many(conn, sql, params)
 
+    # --- the run's savepoint --------------------------------------------------------------------
+
+    def savepoint(self, conn: Connection) -> None:
+        self._run(conn, f"SAVEPOINT {LANE_SAVEPOINT}", ())
+
+    def release_savepoint(self, conn: Connection) -> None:
+        self._run(conn, f"RELEASE SAVEPOINT {LANE_SAVEPOINT}", ())
+
+    def rollback_to_savepoint(self, conn: Connection) -> None:
+        """Undo the run's writes and end its savepoint (the transaction goes on)."""
+        self._run(conn, f"ROLLBACK TO SAVEPOINT {LANE_SAVEPOINT}", ())
+        self.release_savepoint(conn)
+
     def set_balances(self, conn: Connection, balances: Sequence[tuple[int, int]]) -> None:
         """(balance, card id) pairs."""
         self._run_many(
@@ -166,6 +179,7 @@ class HotSql:
         )
 
 
+LANE_SAVEPOINT = "sale_lane_run"
 # Tables whose ids the lane hands out itself (`IdAllocator`); the others' come from the database.
 WITH_IDS = (requests, issuer_authorizations, ledger_entries)
 WRITTEN = (requests, issuer_authorizations, issuer_messages, ledger_entries, ledger_postings, transactions)

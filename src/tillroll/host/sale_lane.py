@@ -13,9 +13,11 @@ come out in request order. The approved ones become rows: the request with its s
 the card's new balance, the authorization, the cardholder's message, the ledger entry and its
 postings, the host transaction.
 
-The run is one savepoint: should its writes fail (a racing host process on the same PostgreSQL
-took a request key first, or anything else), the run is rolled back and each of its requests
-goes through the general steps on its own, which replay, decline or answer 96 one by one.
+The run is one savepoint, in plain SQL (`HotSql.savepoint`; SQLAlchemy's nested transaction was
+~5 % of the database process's time), and the general steps' own savepoints nest inside it.
+Should its writes fail (a racing host process on the same PostgreSQL took a request key first,
+or anything else), the run is rolled back and each of its requests goes through the general
+steps on its own, which replay, decline or answer 96 one by one.
 """
 
 from __future__ import annotations
@@ -189,14 +191,15 @@ class SaleLane:
     ) -> dict[int, Answer]:
         """Answer a run of sales (distinct terminals and cards), in request order."""
         self.stats["runs"] += 1
-        savepoint = conn.begin_nested()
+        sql = self._sql(conn)
+        sql.savepoint(conn)
         try:
             answers = self._run(conn, reqs, slow, fault)
         except Exception:
-            savepoint.rollback()  # if even this fails, the group is broken: the boundary answers
+            sql.rollback_to_savepoint(conn)  # if even this fails, the group is broken: the boundary answers
             self.stats["fallbacks"] += 1
             return {req.index: slow(conn, req) for req in reqs}
-        savepoint.commit()
+        sql.release_savepoint(conn)
         return answers
 
     def _run(

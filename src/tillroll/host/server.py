@@ -68,12 +68,10 @@ class GroupSizes:
         self.requests += size
         self.largest = max(self.largest, size)
 
-    def summary(self) -> str:
+    def summary(self, *, commits: bool = True) -> str:
         mean = self.requests / self.groups if self.groups else 0.0
-        return (
-            f"{self.requests} requests in {self.groups} group commits "
-            f"(mean {mean:.1f}, largest {self.largest})"
-        )
+        what = "group commits" if commits else "groups"
+        return f"{self.requests} requests in {self.groups} {what} (mean {mean:.1f}, largest {self.largest})"
 
 
 class HostFailed(RuntimeError):
@@ -179,7 +177,10 @@ class HostService:
             await asyncio.to_thread(self._remote.close)
         self.offenders.close()
         self.overload.close()
-        log.info("%s; %s", self.groups.summary(), self.pipeline.sales.summary())
+        if self._remote is not None:  # the database process logs the sale lane's figures
+            log.info("%s handed to the database process", self.groups.summary(commits=False))
+        else:
+            log.info("%s; %s", self.groups.summary(), self.pipeline.sales.summary())
 
     async def _close_idle(self) -> None:
         """Close connections silent for `idle_timeout_s`: one sweep a fraction of that, instead of
