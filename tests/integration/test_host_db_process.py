@@ -178,6 +178,34 @@ def test_many_terminals_at_once_every_sale_booked_once(
     assert ledger_clean(db) == []
 
 
+def test_the_money_trail_through_the_database_process(
+    served: tuple[HostProcess, tuple[str, int]], db: str
+) -> None:
+    """Void, refund, reversal and settlement are the general steps, run in the database process:
+    each answered as by one process, the ledger sound, the batch closed by the settlement."""
+    _host, address = served
+    client = WireClient(address)
+    try:
+        assert client.sign_in().code == "00"
+        sale1 = client.sale_message(10_000, pin=None)
+        ans1 = client.send(sale1)
+        sale2 = client.sale_message(5_000, pin=None)
+        ans2 = client.send(sale2)
+        sale3 = client.sale_message(700, pin=None)
+        assert [a.code for a in (ans1, ans2, client.send(sale3))] == ["00", "00", "00"]
+        assert client.send(client.void_message(sale2, ans2.message)).code == "00"
+        assert client.send(client.refund_message(sale1, ans1.message, 1_000)).code == "00"
+        assert client.send(client.reversal_of(sale3)).code == "00"  # its answer "lost": reversed
+        settled = client.send(client.settle_message(10_000, 1, 1_000, 1))
+        assert settled.code == "00" and settled.mac_ok
+        assert settled.message["48"][:31] == f"{10_000:012d}001{1_000:012d}0011"
+        assert client.send(client.sale_message(100, pin=None)).code == "77"  # the batch is closed
+    finally:
+        client.close()
+    assert card_balance(db, PAN) == CARD_BALANCE_MINOR - 10_000 + 1_000
+    assert ledger_clean(db) == []
+
+
 def test_workers_and_db_process_go_one_at_a_time(db: str) -> None:
     result = CliRunner().invoke(app, ["serve", "--db-process", "--workers", "2", "--db", db])
     assert result.exit_code != 0
