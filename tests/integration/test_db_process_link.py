@@ -108,3 +108,22 @@ def test_closing_lets_the_process_answer_what_it_holds_then_it_exits() -> None:
     assert answers is not None and answers[0].message["39"] == "00"
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped: closed and waited for
+
+
+def test_a_database_process_that_answers_nothing_is_killed_and_replaced() -> None:
+    """Hung, not dead: once every slot has waited `stuck_after_s`, the process is killed, its
+    groups closed unanswered, and the next group goes to a new one."""
+    remote = DbProcess(
+        "sqlite://", HostConfig(), argv=fake("hang"), in_flight_max=1, stuck_after_s=0.5, stop_timeout_s=1.0
+    )
+    try:
+        remote.start()
+        first_pid = remote.pid
+        held, waiting = Outcome(), Outcome()
+        remote.send(group_of("000001"), held)
+        remote.send(group_of("000002"), waiting)  # blocks 0.5 s on the one slot, then kills
+        assert held.wait() is None
+        assert remote.starts == 2 and remote.pid not in (None, first_pid)
+    finally:
+        remote.close()  # the second one hangs too: killed after stop_timeout_s
+    assert waiting.wait() is None

@@ -169,9 +169,15 @@ class DbProcess:
         *,
         in_flight_max: int = 4,
         restarts_max: int = 5,
+        stuck_after_s: float | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
         argv: Callable[[HostConfig, int], list[str]] = db_process_argv,
     ) -> None:
         self._db_url = db_url
+        # A database process that answers nothing for this long is killed (its groups' outcome
+        # is then unknown, as at any death): hung, it would otherwise hold every slot forever.
+        self._stuck_after_s = config.request_timeout_s if stuck_after_s is None else stuck_after_s
+        self._stop_timeout_s = stop_timeout_s
         self._config = config
         self._argv = argv
         self._restarts_max = restarts_max
@@ -198,7 +204,8 @@ class DbProcess:
     def send(self, group: list[GroupRequest], done: GroupDone) -> None:
         """Hand a group over; blocks while `in_flight_max` groups are on their way already.
         Raises DbProcessFailed (after calling `done(None)`) when the process cannot be had."""
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=self._stuck_after_s):
+            self._kill_stuck()
         try:
             with self._lock:
                 if self._closed:
@@ -229,15 +236,28 @@ class DbProcess:
                 link.shutdown(socket.SHUT_WR)
         if proc is not None:
             try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=self._stop_timeout_s)
             except subprocess.TimeoutExpired:
-                log.warning("the database process did not stop within %.0f s: killing it", STOP_TIMEOUT_S)
+                log.warning(
+                    "the database process did not stop within %.0f s: killing it", self._stop_timeout_s
+                )
                 proc.kill()
                 proc.wait()
         if link is not None:
             self._lost(link, "the host is stopping")
 
     # --- inside -------------------------------------------------------------------------------
+
+    def _kill_stuck(self) -> None:
+        """Every slot has been taken for `stuck_after_s`: the process answers nothing. Killing it
+        ends its link, and the receiving thread closes the groups it held."""
+        with self._lock:
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            log.error(
+                "database process %d answered nothing for %.0f s: killing it", proc.pid, self._stuck_after_s
+            )
+            proc.kill()
 
     def _start(self) -> None:
         """Under the lock: a new database process and its link, ready."""
@@ -311,7 +331,7 @@ class DbProcess:
             proc.kill()
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=STOP_TIMEOUT_S)
+                proc.wait(timeout=self._stop_timeout_s)
         if pending or not closing:
             log.error(
                 "database process link lost (%s): %d groups in flight closed unanswered", why, len(pending)
