@@ -9,6 +9,7 @@ answered on its own; and when the database process dies, the groups it held are 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import threading
@@ -204,6 +205,24 @@ def test_the_money_trail_through_the_database_process(
         client.close()
     assert card_balance(db, PAN) == CARD_BALANCE_MINOR - 10_000 + 1_000
     assert ledger_clean(db) == []
+
+
+def test_a_database_process_whose_serving_process_is_killed_stops_by_itself(
+    served: tuple[HostProcess, tuple[str, int]],
+) -> None:
+    host, _address = served
+    db_pid = int(host.wait_for(DB_READY).group(1))
+    host.proc.kill()
+    host.proc.wait(timeout=10)
+    try:
+        fd = os.pidfd_open(db_pid)
+    except ProcessLookupError:
+        return  # gone (and reaped) already
+    try:
+        readable, _, _ = select.select([fd], [], [], 20.0)
+    finally:
+        os.close(fd)
+    assert readable, "the database process kept running without its serving process"
 
 
 def test_workers_and_db_process_go_one_at_a_time(db: str) -> None:

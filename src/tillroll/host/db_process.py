@@ -359,7 +359,13 @@ def serve_db_process(pipeline: Any, link_fd: int, *, merge_max: int = 256) -> No
         while True:
             waiting, ended = _waiting_groups(link, merge_max)
             if waiting:
-                _answer_together(pipeline, link, waiting)
+                try:
+                    _answer_together(pipeline, link, waiting)
+                except OSError as exc:  # committed, but the serving process has gone
+                    log.warning(
+                        "database process: the serving process has gone (%s): stopping", describe(exc)
+                    )
+                    return
                 commits += 1
                 groups += len(waiting)
                 requests += sum(len(group) for _, group in waiting)
