@@ -74,9 +74,6 @@ class GroupRequest:
     frame: framing.Frame
     msg: Message
     verified: dict[str, bytes] = field(default_factory=dict)  # "mak" once the MAC verified
-    # `context.content_digest` of the request, when worked out ahead (`--db-process`: by the
-    # serving process, which has the CPU to spare); the sale lane uses it.
-    content_hash: str | None = None
     incident: str | None = None
     error: BaseException | None = None
 

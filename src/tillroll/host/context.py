@@ -76,12 +76,6 @@ class RequestContext:
         return response_for(self.msg, code, self.now, self.config.zone, **fields)
 
 
-def content_digest(keystore: KeyStore, msg: Message) -> str:
-    """The keyed digest of a request's content (every field but 64): what a retry of the same
-    key must match to be answered from the stored response."""
-    return keystore.digest(json.dumps(msg.content_key()).encode())
-
-
 def stored_response(msg: Message) -> str:
     """The stored response, with the card number masked (PROFILE §7)."""
     fields = dict(msg.fields)

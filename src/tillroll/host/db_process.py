@@ -102,29 +102,20 @@ def recv_message(sock: socket.socket) -> tuple[Any, ...]:
 
 # --- what crosses: a group out, its answers back ------------------------------------------------
 
-GroupItem = tuple[int, bytes, bytes, bytes, str, dict[str, str], str | None]
+GroupItem = tuple[int, bytes, bytes, bytes, str, dict[str, str]]
 AnswerItem = tuple[tuple[str, dict[str, str], bytes | None, bool] | None, str | None, str | None]
 
 
 def encode_group(group: Sequence[GroupRequest]) -> list[GroupItem]:
     return [
-        (
-            r.index,
-            r.frame.tpdu,
-            r.frame.header,
-            r.frame.message,
-            r.msg.mti,
-            dict(r.msg.fields),
-            r.content_hash,
-        )
-        for r in group
+        (r.index, r.frame.tpdu, r.frame.header, r.frame.message, r.msg.mti, dict(r.msg.fields)) for r in group
     ]
 
 
 def decode_group(items: Sequence[GroupItem]) -> list[GroupRequest]:
     return [
-        GroupRequest(index, framing.Frame(tpdu, header, message), Message(mti, fields), content_hash=digest)
-        for index, tpdu, header, message, mti, fields, digest in items
+        GroupRequest(index, framing.Frame(tpdu, header, message), Message(mti, fields))
+        for index, tpdu, header, message, mti, fields in items
     ]
 
 

@@ -8,6 +8,7 @@ group commit and the containment of failures (PROFILE §7) are `boundary`'s; the
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -23,13 +24,7 @@ from tillroll.host.boundary import Answer as _Answer
 from tillroll.host.boundary import FaultHook, GroupRequest, RequestBoundary
 from tillroll.host.boundary import Replay as _Replay
 from tillroll.host.config import HostConfig
-from tillroll.host.context import (
-    RequestContext,
-    content_digest,
-    replayed_response,
-    response_for,
-    stored_response,
-)
+from tillroll.host.context import RequestContext, replayed_response, response_for, stored_response
 from tillroll.host.states import MAC_VALID_STATES, SessionState
 from tillroll.host.store import key_label
 from tillroll.iso8583.codes import ResponseCode
@@ -139,7 +134,7 @@ class HostPipeline(RequestBoundary):
         if not stan or not stan.isdigit():
             return _Answer(response_for(msg, RC.FORMAT_ERROR, now, self.config.zone), mak)
 
-        content_hash = content_digest(self.keystore, msg)
+        content_hash = self.keystore.digest(json.dumps(msg.content_key()).encode())
         key = {"b_tid": tid, "b_batch": f60.batch, "b_stan": stan, "b_mti": msg.mti}
         stored = conn.execute(_STORED_REQUEST, key).mappings().first()
         if stored is not None:

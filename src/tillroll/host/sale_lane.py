@@ -22,6 +22,7 @@ steps on its own, which replay, decline or answer 96 one by one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +37,7 @@ from tillroll.crypto.pin import decrypt_pin
 from tillroll.host import card
 from tillroll.host.boundary import Answer, GroupRequest
 from tillroll.host.config import HostConfig
-from tillroll.host.context import RequestContext, content_digest, response_for, stored_response
+from tillroll.host.context import RequestContext, response_for, stored_response
 from tillroll.host.hot_sql import HotSql
 from tillroll.host.offenders import describe
 from tillroll.host.states import SessionState
@@ -291,7 +292,7 @@ class SaleLane:
         if bank.debit_refusal(holder, int(amount)) is not None:
             return None
         req.verified["mak"] = mak
-        content_hash = req.content_hash or content_digest(self.keystore, msg)
+        content_hash = self.keystore.digest(json.dumps(msg.content_key()).encode())
         return _Sale(req, now, f60, pan, int(amount), content_hash, pik, terminal, holder)
 
     def _keys(self, tid: str, session: Mapping[str, Any]) -> tuple[bytes, bytes]:

@@ -25,7 +25,6 @@ import uvloop
 from tillroll.clock import Clock, SystemClock
 from tillroll.host.boundary import Answer, FaultHook, GroupRequest, Reply
 from tillroll.host.config import HostConfig
-from tillroll.host.context import content_digest
 from tillroll.host.db_process import DbProcess
 from tillroll.host.offenders import OffenderLog, describe
 from tillroll.host.pipeline import HostPipeline
@@ -254,8 +253,6 @@ class HostService:
             group = [GroupRequest(i, w.frame, w.msg) for i, w in enumerate(batch)]
             self.groups.note(len(group))
             if self._remote is not None:
-                for req in group:  # this process has CPU to spare; the database process has not
-                    req.content_hash = content_digest(self.pipeline.keystore, req.msg)
                 # DbProcessFailed leaves (the group closed unanswered): this thread dies, and
                 # the worker-death rule restarts it or stops the host.
                 self._remote.send(group, functools.partial(self._answered, batch, group))
