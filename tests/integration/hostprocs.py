@@ -13,7 +13,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
+
+import pytest
+from hostwire import host_store
 
 START_TIMEOUT_S = 30.0  # two interpreters importing at once on a shared two-core machine
 
@@ -96,6 +100,16 @@ def start_host(
     host._reader = threading.Thread(target=host._read, args=(stream,), daemon=True)
     host._reader.start()
     return host
+
+
+def sqlite_host_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite host database with the test merchant, terminal and card, for `host serve`
+    processes: its master key in a file named by the environment they inherit."""
+    monkeypatch.setenv("TILLROLL_MASTER_KEY_FILE", str(tmp_path / "master.key"))
+    url = f"sqlite:///{tmp_path / 'host.db'}"
+    with host_store(url):
+        pass
+    return url
 
 
 def serve_many(n: int, db_url: str, env: dict[str, str]) -> list[tuple[HostProcess, tuple[str, int]]]:

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostprocs import HostProcess, start_host
-from hostwire import CARD_BALANCE_MINOR, PAN, WireClient, host_store
+from hostprocs import HostProcess, sqlite_host_db, start_host
+from hostwire import CARD_BALANCE_MINOR, PAN, WireClient
 from typer.testing import CliRunner
 
 from tillroll.host.admin import card_balance
@@ -47,11 +47,7 @@ DB_READY = r"database process (\d+) ready"
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TILLROLL_MASTER_KEY_FILE", str(tmp_path / "master.key"))
-    url = f"sqlite:///{tmp_path / 'host.db'}"
-    with host_store(url):
-        pass
-    return url
+    return sqlite_host_db(tmp_path, monkeypatch)
 
 
 @pytest.fixture

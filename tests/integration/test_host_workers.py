@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hostprocs import HostProcess, start_host
-from hostwire import PAN, WireClient, host_store
+from hostprocs import HostProcess, sqlite_host_db, start_host
+from hostwire import PAN, WireClient
 from typer.testing import CliRunner
 
 from tillroll.host.admin import card_balance
@@ -62,11 +62,7 @@ def sell(address: tuple[str, int], client: WireClient, amount: int) -> str:
 
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TILLROLL_MASTER_KEY_FILE", str(tmp_path / "master.key"))
-    url = f"sqlite:///{tmp_path / 'host.db'}"
-    with host_store(url):
-        pass
-    return url
+    return sqlite_host_db(tmp_path, monkeypatch)
 
 
 def serve_workers(db: str, n: int) -> tuple[HostProcess, tuple[str, int]]:
