@@ -88,21 +88,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def tree_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a process and all its live descendants (Linux /proc)."""
-    total = 0.0
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-        # Every thread's children: a process started from a thread is listed under that thread.
-        children = [
-            c for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()
-        ]
-    except (OSError, ValueError):
-        return total
-    return total + sum(tree_cpu_s(int(c)) for c in children)
+    return sum(proc_cpu_s(p) for p in tree_pids(pid))
 
 
 def tree_pids(pid: int) -> list[int]:
+    """A process and its live descendants, those started from any of its threads too."""
     try:
         children = [
             int(c)

@@ -13,6 +13,7 @@ SQLAlchemy's text format).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -45,22 +46,19 @@ class HotSql:
         self._from_db = impl.result_processor(dialect, None)
 
     @staticmethod
-    def _run(conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-        """One statement on the DBAPI connection of `conn`; its rows (none for a write)."""
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+    def _cursor(conn: Connection) -> contextlib.closing[Any]:
+        """A cursor of the DBAPI connection inside `conn`, closed after use."""
+        return contextlib.closing(conn.connection.driver_connection.cursor())  # type: ignore[union-attr]
+
+    def _run(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+        """One statement; its rows (none for a write)."""
+        with self._cursor(conn) as cursor:
             cursor.execute(sql, params)
             return cursor.fetchall() if cursor.description is not None else []
-        finally:
-            cursor.close()
 
-    @staticmethod
-    def _run_many(conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
+    def _run_many(self, conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        with self._cursor(conn) as cursor:
             cursor.executemany(sql, params)
-        finally:
-            cursor.close()
 
     def _marks(self, n: int) -> str:
         return ", ".join([self.mark] * n)

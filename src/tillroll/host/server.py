@@ -96,15 +96,14 @@ class HostService:
             store.engine, store.keystore, clock or SystemClock(), config, fault_hook=fault_hook
         )
         # SQLite has one writer at a time: more workers would only queue on its lock.
-        self._workers_n = 1 if store.url.startswith("sqlite") else config.db_workers
-        # --db-process: the worker thread only gathers groups and hands them to that process.
+        # --db-process: one worker thread, which only gathers groups and hands them over.
+        one = store.url.startswith("sqlite") or config.db_process
+        self._workers_n = 1 if one else config.db_workers
         self._remote = (
             DbProcess(store.url, config, restarts_max=config.worker_restarts_max)
             if config.db_process
             else None
         )
-        if self._remote is not None:
-            self._workers_n = 1
         self._queue: queue.Queue[_Work | None] = queue.Queue(maxsize=config.queue_max)
         self._workers: dict[int, threading.Thread] = {}
         self._worker_deaths: list[float] = []
@@ -262,19 +261,17 @@ class HostService:
             except BaseException as exc:
                 # The pipeline contains every request's failure; this is a bug or the thread being
                 # torn down. Whether the group committed is unknown: no answers, close them.
-                self._resolve([(w.future, (req, None)) for w, req in zip(batch, group, strict=True)])
+                self._answered(batch, group, None)
                 if not isinstance(exc, Exception):
                     raise
                 log.error("pipeline failed on a batch of %d: %s", len(batch), describe(exc))
                 continue
-            self._resolve(
-                [(w.future, (req, answers.get(req.index))) for w, req in zip(batch, group, strict=True)]
-            )
+            self._answered(batch, group, answers)
 
     def _answered(
         self, batch: list[_Work], group: list[GroupRequest], answers: dict[int, Answer] | None
     ) -> None:
-        """A group back from the database process (None: outcome unknown, no answers)."""
+        """A group's answers to its connections (None: outcome unknown, no answers: closed)."""
         found = answers or {}
         self._resolve([(w.future, (req, found.get(req.index))) for w, req in zip(batch, group, strict=True)])
 
