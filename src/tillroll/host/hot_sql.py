@@ -155,7 +155,20 @@ class HotSql:
                         stored[instant] = to_db(instant)
                     values[i] = stored[instant]
             params.append(tuple(values))
-        self._run_many(conn, sql, params)
+        if not self.postgres:
+            self._run_many(conn, sql, params)  # SQLite's executemany: one prepared statement, a C loop
+            return
+        # PostgreSQL: one statement of many rows, not one per row (each row executed on its own
+        # costs the server as much as the rest of the sale).
+        for chunk in _chunks(params, ROWS_PER_STATEMENT_MAX):
+            flat = [value for row in chunk for value in row]
+            self._run(conn, self._insert_rows_sql(table, len(chunk)), flat)
+
+    @functools.cache  # noqa: B019
+    def _insert_rows_sql(self, table: Table, n: int) -> str:
+        sql, columns, _ = self._insert(table)
+        row = f"({self._marks(len(columns))})"
+        return sql.rsplit(" VALUES ", 1)[0] + " VALUES " + ", ".join([row] * n)
 
     # --- the run's savepoint --------------------------------------------------------------------
 
@@ -172,12 +185,29 @@ class HotSql:
 
     def set_balances(self, conn: Connection, balances: Sequence[tuple[int, int]]) -> None:
         """(balance, card id) pairs."""
-        self._run_many(
-            conn, f"UPDATE issuer_cards SET balance_minor = {self.mark} WHERE id = {self.mark}", balances
+        if not self.postgres:
+            self._run_many(conn, "UPDATE issuer_cards SET balance_minor = ? WHERE id = ?", balances)
+            return
+        for chunk in _chunks(balances, ROWS_PER_STATEMENT_MAX):
+            flat = [value for pair in chunk for value in pair]
+            self._run(conn, self._balances_sql(len(chunk)), flat)
+
+    @functools.cache  # noqa: B019
+    def _balances_sql(self, n: int) -> str:
+        rows = ", ".join(["(%s::bigint, %s::bigint)"] * n)
+        return (
+            f"UPDATE issuer_cards AS c SET balance_minor = v.balance FROM (VALUES {rows}) "
+            "AS v(balance, id) WHERE c.id = v.id"
         )
 
 
+def _chunks(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
 LANE_SAVEPOINT = "sale_lane_run"
+# Rows in one multi-row statement on PostgreSQL: far below its 65,535 parameters for any table.
+ROWS_PER_STATEMENT_MAX = 500
 # Tables whose ids the lane hands out itself (`IdAllocator`); the others' come from the database.
 WITH_IDS = (requests, issuer_authorizations, ledger_entries)
 WRITTEN = (requests, issuer_authorizations, issuer_messages, ledger_entries, ledger_postings, transactions)
