@@ -1,7 +1,8 @@
 """The sale lane's statements as plain SQL on the DBAPI cursor of SQLAlchemy's connection.
 
-The same text on SQLite and PostgreSQL, bar the placeholder and the row locks SQLite has no
-words for (it holds the whole database's write lock from BEGIN IMMEDIATE). Compiling a Core
+The same text on SQLite and PostgreSQL, bar the placeholders (`?`, numbered `$k` on PostgreSQL),
+the row locks SQLite has no words for (it holds the whole database's write lock from BEGIN
+IMMEDIATE), and how many rows one statement writes (below). Compiling a Core
 statement costs more than running it on SQLite; these few run for every group, so they are
 written once here, and everything else stays SQLAlchemy Core. They run on the DBAPI connection
 inside SQLAlchemy's (its transaction, its savepoints), on a cursor of their own: SQLAlchemy's
@@ -18,6 +19,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, DateTime, Table
 from sqlalchemy.engine import Dialect
 
@@ -40,28 +42,31 @@ class HotSql:
 
     def __init__(self, dialect: Dialect) -> None:
         self.postgres = dialect.name == "postgresql"
-        self.mark = "%s" if self.postgres else "?"
         impl = DateTime().dialect_impl(dialect)
         self._to_db = impl.bind_processor(dialect)  # SQLite: the text SQLAlchemy stores
         self._from_db = impl.result_processor(dialect, None)
 
-    @staticmethod
-    def _cursor(conn: Connection) -> contextlib.closing[Any]:
-        """A cursor of the DBAPI connection inside `conn`, closed after use."""
-        return contextlib.closing(conn.connection.driver_connection.cursor())  # type: ignore[union-attr]
+    def _cursor(self, conn: Connection) -> contextlib.closing[Any]:
+        """A cursor of the DBAPI connection inside `conn`, closed after use. On PostgreSQL a
+        raw one: psycopg takes `$n` as they are instead of parsing the text for `%s` (which it
+        does anew for every statement longer than 4 KiB, as a group's multi-row INSERT is)."""
+        driver: Any = conn.connection.driver_connection
+        cursor = psycopg.RawCursor(driver) if self.postgres else driver.cursor()
+        return contextlib.closing(cursor)
 
     def _run(self, conn: Connection, sql: str, params: Sequence[Any]) -> list[Any]:
         """One statement; its rows (none for a write)."""
         with self._cursor(conn) as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(_numbered(sql) if self.postgres else sql, params)
             return cursor.fetchall() if cursor.description is not None else []
 
     def _run_many(self, conn: Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
         with self._cursor(conn) as cursor:
-            cursor.executemany(sql, params)
+            cursor.executemany(_numbered(sql) if self.postgres else sql, params)
 
-    def _marks(self, n: int) -> str:
-        return ", ".join([self.mark] * n)
+    @staticmethod
+    def _marks(n: int) -> str:
+        return ", ".join(["?"] * n)
 
     # --- reads of a run ----------------------------------------------------------------------
 
@@ -194,11 +199,19 @@ class HotSql:
 
     @functools.cache  # noqa: B019
     def _balances_sql(self, n: int) -> str:
-        rows = ", ".join(["(%s::bigint, %s::bigint)"] * n)
+        rows = ", ".join(["(?::bigint, ?::bigint)"] * n)
         return (
             f"UPDATE issuer_cards AS c SET balance_minor = v.balance FROM (VALUES {rows}) "
             "AS v(balance, id) WHERE c.id = v.id"
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _numbered(sql: str) -> str:
+    """PostgreSQL's placeholders for SQLite's: the k-th `?` becomes `$k` (no `?` is anything
+    else in these statements)."""
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${k}{part}" for k, part in enumerate(parts[1:], start=1))
 
 
 def _chunks(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
