@@ -30,7 +30,7 @@ import itertools
 import logging
 import os
 import pickle
-import select
+import queue
 import signal
 import socket
 import struct
@@ -348,16 +348,20 @@ def serve_db_process(pipeline: Any, link_fd: int, *, merge_max: int = 256) -> No
     """The database process: answer groups from the link until it closes. The groups waiting
     when one is done are answered together, one transaction and one commit for all of them (up
     to `merge_max` requests): while the database process commits, the serving process keeps
-    sending what arrives, and the next commit takes all of it."""
+    sending what arrives, and the next commit takes all of it. A reading thread receives and
+    unpickles the groups meanwhile: SQLite's work and the commit's fsync leave the interpreter
+    free for it."""
     # Ctrl-C reaches the whole process group: the host closes the link, which ends this one after
     # the groups in hand (an interrupt here would leave their outcome unknown for nothing).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     link = socket.socket(fileno=link_fd)
     send_message(link, READY)
+    arrived: queue.SimpleQueue[tuple[int, list[GroupRequest]] | None] = queue.SimpleQueue()
+    threading.Thread(target=_read_groups, args=(link, arrived), name="db-link-reader", daemon=True).start()
     groups = requests = commits = 0
     try:
         while True:
-            waiting, ended = _waiting_groups(link, merge_max)
+            waiting, ended = _waiting_groups(arrived, merge_max)
             if waiting:
                 try:
                     _answer_together(pipeline, link, waiting)
@@ -379,22 +383,40 @@ def serve_db_process(pipeline: Any, link_fd: int, *, merge_max: int = 256) -> No
         )  # fmt: skip
 
 
-def _waiting_groups(link: socket.socket, merge_max: int) -> tuple[list[tuple[int, list[GroupRequest]]], bool]:
-    """The next group (waiting for it), and every other whole one already there; whether the
-    link has ended (or sent what is not a group) after them."""
+def _read_groups(
+    link: socket.socket, arrived: queue.SimpleQueue[tuple[int, list[GroupRequest]] | None]
+) -> None:
+    """The reading thread: each group as it arrives, then None once the link has ended (or sent
+    what is not a group)."""
+    try:
+        while True:
+            kind, gid, items = recv_message(link)
+            if kind != "group":
+                log.error("database process: a link message %r is not a group: stopping", kind)
+                return
+            arrived.put((gid, decode_group(items)))
+    except (OSError, LinkLost, ValueError, pickle.UnpicklingError):
+        return
+    finally:
+        arrived.put(None)
+
+
+def _waiting_groups(
+    arrived: queue.SimpleQueue[tuple[int, list[GroupRequest]] | None], merge_max: int
+) -> tuple[list[tuple[int, list[GroupRequest]]], bool]:
+    """The next group (waiting for it), and every other one already there; whether the link has
+    ended after them."""
     found: list[tuple[int, list[GroupRequest]]] = []
     size = 0
-    while size < merge_max and (not found or select.select([link], [], [], 0)[0]):
+    while size < merge_max:
         try:
-            kind, gid, items = recv_message(link)
-        except LinkLost:
+            item = arrived.get(block=not found)
+        except queue.Empty:
+            return found, False
+        if item is None:
             return found, True
-        if kind != "group":
-            log.error("database process: a link message %r is not a group: stopping", kind)
-            return found, True
-        group = decode_group(items)
-        found.append((gid, group))
-        size += len(group)
+        found.append(item)
+        size += len(item[1])
     return found, False
 
 
