@@ -68,7 +68,7 @@ ALLOCATED = (requests.name, issuer_authorizations.name, ledger_entries.name)
 
 class IdAllocator:
     """Primary keys of a sale's request, authorization and ledger entry (`ALLOCATED`), handed out
-    before the rows are written, so that one `executemany` per table writes a whole run; one
+    before the rows are written, so that one statement per table writes a whole run; one
     statement a block, whatever the number of tables.
 
     PostgreSQL: blocks from the tables' own sequences (`nextval`), shared safely by every host
