@@ -5,9 +5,11 @@ WAL with synchronous=FULL), registers signed-in terminals, then drives sales fro
 connections for `--seconds`, and prints one JSON object.
 
     python bench/host_auth.py --concurrency 50 --seconds 20 [--db URL] [--pin] [--peer]
-        [--workers N | --db-process]
+        [--workers N | --db-process | --one-process]
 
-`--db-process` runs it as `host serve --db-process` (the database work in a second process).
+The host runs as `host serve` does by default (on SQLite with two cores: the database work in a
+second process); `--db-process` and `--one-process` pass those flags on (`db_process` in the JSON
+says which ran).
 `--workers N` runs the host as `host serve --workers N` (N processes on one port; give `--db` an
 empty PostgreSQL database).
 
@@ -112,6 +114,13 @@ def tree_pids(pid: int) -> list[int]:
     except (OSError, ValueError):
         return [pid]
     return [pid] + [p for c in children for p in tree_pids(c)]
+
+
+def is_db_process(pid: int) -> bool:
+    try:
+        return b"db-process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -396,6 +405,7 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="send a PIN block with every sale")
     parser.add_argument("--workers", type=int, default=None, help="host serve --workers N")
     parser.add_argument("--db-process", action="store_true", help="host serve --db-process")
+    parser.add_argument("--one-process", action="store_true", help="host serve --one-process")
     parser.add_argument("--peer", action="store_true", help="also measure iso8583sim serve (both loaders)")
     parser.add_argument("--host-log", type=Path, default=None, help="write the host's log (stderr) here")
     args = parser.parse_args()
@@ -416,8 +426,12 @@ def main() -> None:
     command = [sys.executable, "-m", "tillroll", "host", "serve", "--listen", f"127.0.0.1:{port}", "--db", db]
     if args.workers is not None:
         command += ["--workers", str(args.workers)]
+    if args.db_process and args.one_process:
+        parser.error("--db-process and --one-process go one at a time")
     if args.db_process:
         command += ["--db-process"]
+    if args.one_process:
+        command += ["--one-process"]
     log = args.host_log.open("w") if args.host_log else subprocess.DEVNULL
     host = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE if args.workers else subprocess.DEVNULL,
@@ -430,6 +444,7 @@ def main() -> None:
             wait_listening(port, host, "tillroll host serve")
         snapshot: dict[str, Any] = {}
         pids = tree_pids(host.pid)
+        db_process = any(is_db_process(p) for p in pids)  # asked for, or the host's default
 
         def started() -> None:  # the measured run begins: every counter's starting point
             snapshot.update(
@@ -467,7 +482,7 @@ def main() -> None:
         "p99_ms": round(latencies[min(n - 1, int(n * 0.99))] * 1000, 2) if n else None,
         "cpus": os.cpu_count(),
         "workers": args.workers,
-        "db_process": args.db_process,
+        "db_process": db_process,
         "host_cpu_s": round(host_cpu, 2),  # every host process, during the measured run
         "host_cpu_us_per_auth": round(host_cpu / n * 1e6) if n else None,
         # each host process (the started one first), a busiest one near seconds is the bound

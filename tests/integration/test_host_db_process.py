@@ -9,6 +9,7 @@ answered on its own; and when the database process dies, the groups it held are 
 from __future__ import annotations
 
 import os
+import re
 import select
 import signal
 import socket
@@ -219,6 +220,25 @@ def test_a_database_process_whose_serving_process_is_killed_stops_by_itself(
     finally:
         os.close(fd)
     assert readable, "the database process kept running without its serving process"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the default takes a second core")
+def test_on_sqlite_with_two_cores_the_database_process_is_the_default(db: str) -> None:
+    for flags, second in (([], True), (["--one-process"], False)):
+        host = start_host(["serve", *flags, "--listen", "127.0.0.1:0", "--db", db], dict(os.environ))
+        try:
+            m = host.wait_for(LISTENING)
+            client = WireClient((m.group(1), int(m.group(2))))
+            try:
+                assert client.sign_in().code == "00"
+                assert client.send(client.sale_message(100, pin=None)).code == "00"
+            finally:
+                client.close()
+        finally:
+            host.stop()
+        started = [line for line in host.lines if re.search(DB_READY, line)]
+        assert bool(started) is second, (flags, host.lines)
+    assert ledger_clean(db) == []
 
 
 def test_workers_and_db_process_go_one_at_a_time(db: str) -> None:

@@ -6,7 +6,9 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -259,13 +261,14 @@ def serve_cmd(
         ),
     ] = None,
     db_process: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--db-process",
+            "--db-process/--one-process",
             help="Do the database work in a second process (decode and sign in this one): "
-            "two cores for one host",
+            "two cores for one host. Default: a second process on SQLite when the machine has "
+            "two cores or more, one process on PostgreSQL (which grows with --workers)",
         ),
-    ] = False,
+    ] = None,
     worker_fd: Annotated[int | None, typer.Option("--worker-fd", hidden=True)] = None,
 ) -> None:
     """Serve the card rail over TCP until interrupted."""
@@ -281,13 +284,15 @@ def serve_cmd(
             key_lifetime_s=key_lifetime_s,
             merchant_tz=tz,
             reuse_port=worker_fd is not None,
-            db_process=db_process,
+            db_process=bool(db_process),
         )
         if workers is not None:
             _supervise(workers, host, port, db, config)
             return
         # A child of --workers: its parent migrated the database already.
         store = open_store(db, migrate_schema=worker_fd is None)
+        if db_process is None and worker_fd is None:
+            config = replace(config, db_process=_two_cores_for(store.url))
     except (ConfigError, DatabaseUrlError) as exc:
         raise _fail(str(exc)) from None
     # force: a library may have put a handler on the root logger first (then INFO was lost).
@@ -332,6 +337,13 @@ def db_process_cmd(
         level=logging.INFO, format="%(asctime)s [db %(process)d] %(name)s %(message)s", force=True
     )
     serve_db_process(HostPipeline(store.engine, store.keystore, SystemClock(), config), link_fd)
+
+
+def _two_cores_for(url: str) -> bool:
+    """Whether `serve` takes a database process by default: on SQLite (one writer: more host
+    processes only take turns at it) when there is a second core to run it on
+    (docs/performance.md: +37–78 % at concurrency 50 on two cores)."""
+    return url.startswith("sqlite") and len(os.sched_getaffinity(0)) >= 2
 
 
 def _supervise(workers: int, host: str, port: int, db: str | None, config: HostConfig) -> None:
