@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from tillroll.host.admin import card_balance
 from tillroll.host.boundary import Answer, GroupRequest
-from tillroll.host.cli import app
+from tillroll.host.cli import app, usable_cores
 from tillroll.host.db_process import (
     LENGTH,
     LINK_MESSAGE_MAX_BYTES,
@@ -222,7 +222,7 @@ def test_a_database_process_whose_serving_process_is_killed_stops_by_itself(
     assert readable, "the database process kept running without its serving process"
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the default takes a second core")
+@pytest.mark.skipif(usable_cores() < 2, reason="the default takes a second core")
 def test_on_sqlite_with_two_cores_the_database_process_is_the_default(db: str) -> None:
     for flags, second in (([], True), (["--one-process"], False)):
         host = start_host(["serve", *flags, "--listen", "127.0.0.1:0", "--db", db], dict(os.environ))

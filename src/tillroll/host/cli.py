@@ -343,7 +343,15 @@ def _two_cores_for(url: str) -> bool:
     """Whether `serve` takes a database process by default: on SQLite (one writer: more host
     processes only take turns at it) when there is a second core to run it on
     (docs/performance.md: +37–78 % at concurrency 50 on two cores)."""
-    return url.startswith("sqlite") and len(os.sched_getaffinity(0)) >= 2
+    return url.startswith("sqlite") and usable_cores() >= 2
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the system has one: a container's
+    CPU set, `taskset`), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _supervise(workers: int, host: str, port: int, db: str | None, config: HostConfig) -> None:
