@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from tillroll.clock import FakeClock
 from tillroll.crypto import encrypt_pin_block, unwrap_working_keys
 from tillroll.crypto.keys import WorkingKeys
+from tillroll.host import hot_sql
 from tillroll.host.admin import add_card, add_merchant, add_terminal
 from tillroll.host.config import HostConfig
 from tillroll.host.pipeline import HostPipeline
@@ -233,6 +234,26 @@ def test_ordinary_sales_of_a_group_go_through_the_lane_in_runs(template: Templat
         assert rrns == sorted(rrns) and len(set(rrns)) == 6  # in request order
     finally:
         store.engine.dispose()
+
+
+def test_a_run_split_over_several_statements_keeps_what_the_steps_do(
+    template: Template, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows past one statement's bound go out in further statements: with two rows a statement,
+    three sales (six postings) take several, and every row is the steps' own, once."""
+    monkeypatch.setattr(hot_sql, "ROWS_PER_STATEMENT_MAX", 2)
+    lane_store, lane = _host(template, tmp_path, lane=True)
+    steps_store, steps = _host(template, tmp_path, lane=False)
+    try:
+        frames = _sales(template, 1)
+        with_lane = [r.frame for r in lane.handle_batch(frames)]
+        assert with_lane == [r.frame for r in steps.handle_batch(frames)]
+        assert [_answer(f)["39"] for f in with_lane] == ["00"] * 3
+        assert lane.sales.stats["laned"] == 3 and lane.sales.stats["fallbacks"] == 0
+        assert _dump(lane_store) == _dump(steps_store)
+    finally:
+        lane_store.engine.dispose()
+        steps_store.engine.dispose()
 
 
 def test_a_failing_write_in_the_lane_fails_only_its_own_request(template: Template, tmp_path: Path) -> None:

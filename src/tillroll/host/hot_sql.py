@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -155,12 +155,17 @@ class HotSql:
                         stored[instant] = to_db(instant)
                     values[i] = stored[instant]
             params.append(tuple(values))
-        # One statement of many rows, not one per row: on PostgreSQL each row executed on its own
-        # cost the server as much as the rest of the sale; on SQLite it is ~1 % fewer instructions
-        # than executemany.
-        for chunk in _chunks(params, ROWS_PER_STATEMENT_MAX):
-            flat = [value for row in chunk for value in row]
-            self._run(conn, self._insert_rows_sql(table, len(chunk)), flat)
+        self._run_rows(conn, functools.partial(self._insert_rows_sql, table), params)
+
+    def _run_rows(
+        self, conn: Connection, sql_for: Callable[[int], str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """`rows` as few statements of many rows each (`sql_for(n)`: the text for n rows), not one
+        per row: on PostgreSQL each row executed on its own cost the server as much as the rest of
+        the sale; on SQLite it is ~1 % fewer instructions than executemany."""
+        for i in range(0, len(rows), ROWS_PER_STATEMENT_MAX):
+            chunk = rows[i : i + ROWS_PER_STATEMENT_MAX]
+            self._run(conn, sql_for(len(chunk)), [value for row in chunk for value in row])
 
     @functools.cache  # noqa: B019
     def _insert_rows_sql(self, table: Table, n: int) -> str:
@@ -183,9 +188,7 @@ class HotSql:
 
     def set_balances(self, conn: Connection, balances: Sequence[tuple[int, int]]) -> None:
         """(balance, card id) pairs."""
-        for chunk in _chunks(balances, ROWS_PER_STATEMENT_MAX):
-            flat = [value for pair in chunk for value in pair]
-            self._run(conn, self._balances_sql(len(chunk)), flat)
+        self._run_rows(conn, self._balances_sql, balances)
 
     @functools.cache  # noqa: B019
     def _balances_sql(self, n: int) -> str:
@@ -202,10 +205,6 @@ def _numbered(sql: str) -> str:
     else in these statements)."""
     parts = sql.split("?")
     return parts[0] + "".join(f"${k}{part}" for k, part in enumerate(parts[1:], start=1))
-
-
-def _chunks(rows: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 LANE_SAVEPOINT = "sale_lane_run"
