@@ -6,7 +6,10 @@ process for the next group, and a bound on how often one is started."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Callable
@@ -16,7 +19,16 @@ import pytest
 
 from tillroll.host.boundary import Answer, GroupRequest
 from tillroll.host.config import HostConfig
-from tillroll.host.db_process import DbProcess, DbProcessFailed
+from tillroll.host.db_process import (
+    LENGTH,
+    READY,
+    DbProcess,
+    DbProcessFailed,
+    LinkLost,
+    encode_group,
+    recv_message,
+    send_message,
+)
 from tillroll.iso8583 import framing
 from tillroll.iso8583.messages import Message
 
@@ -127,3 +139,38 @@ def test_a_database_process_that_answers_nothing_is_killed_and_replaced() -> Non
     finally:
         remote.close()  # the second one hangs too: killed after stop_timeout_s
     assert waiting.wait() is None
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        pytest.param(lambda: pickle.dumps(("hello", 2, [])), id="a message that is not a group"),
+        pytest.param(lambda: b"\x80\x05not a pickle at all", id="bytes that are not a pickle"),
+    ],
+)
+def test_the_database_process_answers_what_it_has_then_stops_at_a_foreign_message(
+    foreign: Callable[[], bytes],
+) -> None:
+    """The database process's reading thread meets what the serving process never sends: the
+    group before it is still answered, then the process ends by itself (status 0)."""
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(
+        [sys.executable, FAKE, str(theirs.fileno()), "approve"], pass_fds=(theirs.fileno(),)
+    )
+    theirs.close()
+    try:
+        ours.settimeout(WAIT_S)
+        assert recv_message(ours) == READY
+        send_message(ours, ("group", 1, encode_group(group_of("000031"))))
+        body = foreign()
+        ours.sendall(LENGTH.pack(len(body)) + body)
+        kind, gid, items = recv_message(ours)
+        assert (kind, gid) == ("answers", 1) and items[0][0][1]["39"] == "00"
+        assert proc.wait(timeout=WAIT_S) == 0
+        with pytest.raises(LinkLost):
+            recv_message(ours)  # nothing more: the link closed
+    finally:
+        ours.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
